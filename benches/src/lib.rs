@@ -1,0 +1,1 @@
+//! Benchmarks for tokio-rdma (being built).

@@ -1,0 +1,1 @@
+//! librdmacm connection management for tokio-rdma (being built).

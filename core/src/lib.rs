@@ -1,0 +1,1 @@
+//! Sans-IO completion dispatch for tokio-rdma (being built).

@@ -1,0 +1,1 @@
+//! Example programs for tokio-rdma; see `src/bin`.

@@ -1,0 +1,1 @@
+//! Safe async ibverbs for tokio (being built).
