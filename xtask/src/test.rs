@@ -1,0 +1,315 @@
+//! `cargo xtask test`: every test of the project.
+//!
+//! 1. Host tests: `cargo test --workspace`. Device tests are `#[ignore = "needs an RDMA
+//!    device"]` (in this project `#[ignore]` is reserved for them), so here they show as ignored.
+//! 2. loom models of core (`--cfg loom`, release) and core's tests under AddressSanitizer.
+//! 3. Device tests: every test binary with ignored tests runs them (`--ignored`) on the device:
+//!    inside the soft-RoCE VM unless the machine has a real one.
+//!
+//! It ends with one line `tests: N passed, N failed, N skipped` over all of it.
+
+use crate::device::Target;
+use crate::process::{self, shell_quote};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `cargo xtask test` arguments.
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Skip the host tests (loom and ASAN included).
+    #[arg(long)]
+    pub no_host: bool,
+    /// Skip loom and AddressSanitizer runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Skip the device tests.
+    #[arg(long)]
+    pub no_device: bool,
+    /// Time limit of the VM run, in seconds.
+    #[arg(long, default_value_t = 2400)]
+    pub timeout: u64,
+    /// Only device tests whose name contains this.
+    pub filter: Option<String>,
+}
+
+/// Totals parsed from libtest's `test result:` lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Passed tests.
+    pub passed: u64,
+    /// Failed tests.
+    pub failed: u64,
+    /// Ignored tests.
+    pub ignored: u64,
+}
+
+impl Tally {
+    /// Adds the counts of one `test result: ...` line, if `line` is one.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+}
+
+/// Runs `cmd`, echoing its stdout and tallying libtest results.
+fn run_tallied(cmd: &mut Command) -> Result<(i32, Tally)> {
+    eprintln!("xtask: $ {}", process::describe(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", process::describe(cmd)))?;
+    let mut tally = Tally::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap_or_default();
+            println!("{line}");
+            tally.add_line(&line);
+        }
+    }
+    Ok((process::code_of(child.wait()?), tally))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(crate::project_root());
+    c
+}
+
+fn has_nightly() -> bool {
+    process::output(Command::new("rustup").args(["toolchain", "list"]))
+        .map(|s| s.lines().any(|l| l.starts_with("nightly")))
+        .unwrap_or(false)
+}
+
+/// `cargo xtask test`.
+pub fn run(args: &TestArgs) -> Result<i32> {
+    let mut total = Tally::default();
+    let mut failures: Vec<String> = Vec::new();
+    let mut skipped_suites: Vec<String> = Vec::new();
+    let target_root = crate::project_root().join("target");
+
+    if !args.no_host {
+        let (code, t) = run_tallied(cargo().args(["test", "--workspace"]))?;
+        total.add(t);
+        if code != 0 {
+            failures.push("host tests".into());
+        }
+        if !args.quick {
+            let (code, t) = run_tallied(
+                cargo()
+                    .args([
+                        "test",
+                        "-p",
+                        "tokio-rdma-core",
+                        "--release",
+                        "--test",
+                        "loom",
+                    ])
+                    .env("RUSTFLAGS", "--cfg loom")
+                    .env("LOOM_MAX_PREEMPTIONS", "2")
+                    .env("CARGO_TARGET_DIR", target_root.join("loom")),
+            )?;
+            total.add(t);
+            if code != 0 {
+                failures.push("loom models".into());
+            }
+            if has_nightly() {
+                let (code, t) = run_tallied(
+                    cargo()
+                        .args(["+nightly", "test", "-p", "tokio-rdma-core"])
+                        .args(["--target", "x86_64-unknown-linux-gnu", "--lib", "--tests"])
+                        .env("RUSTFLAGS", "-Zsanitizer=address")
+                        .env("RUSTDOCFLAGS", "-Zsanitizer=address")
+                        .env("ASAN_OPTIONS", "detect_leaks=1")
+                        .env("CARGO_TARGET_DIR", target_root.join("asan")),
+                )?;
+                total.add(t);
+                if code != 0 {
+                    failures.push("AddressSanitizer run of core".into());
+                }
+            } else {
+                skipped_suites.push("AddressSanitizer run (no nightly toolchain)".into());
+            }
+        }
+    }
+
+    let mut device_tests = 0;
+    if !args.no_device {
+        let (code, t, n) = device_tests_run(args)?;
+        device_tests = n;
+        // Device tests were counted as ignored by the host run.
+        total.ignored = total.ignored.saturating_sub(t.passed + t.failed);
+        total.passed += t.passed;
+        total.failed += t.failed;
+        if code != 0 {
+            failures.push("device tests".into());
+        }
+    } else {
+        skipped_suites.push("device tests (--no-device)".into());
+    }
+
+    eprintln!();
+    for s in &skipped_suites {
+        eprintln!("xtask: SKIPPED: {s}");
+    }
+    for f in &failures {
+        eprintln!("xtask: FAILED: {f}");
+    }
+    eprintln!("xtask: {device_tests} device tests ran on the device");
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
+    Ok(if failures.is_empty() { 0 } else { 1 })
+}
+
+/// A test binary with device tests.
+struct DeviceSuite {
+    exe: PathBuf,
+    package_dir: PathBuf,
+    tests: Vec<String>,
+}
+
+/// Builds the test binaries and finds those with device (ignored) tests.
+fn device_suites(filter: Option<&str>) -> Result<Vec<DeviceSuite>> {
+    let out = cargo()
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut suites = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((exe, manifest)) = parse_test_artifact(line) else {
+            continue;
+        };
+        let listing = process::output(
+            Command::new(&exe)
+                .args(["--list", "--ignored", "--format", "terse"])
+                .current_dir(manifest.parent().unwrap_or(Path::new("."))),
+        )?;
+        let tests: Vec<String> = listing
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .filter(|name| filter.is_none_or(|f| name.contains(f)))
+            .map(str::to_string)
+            .collect();
+        if !tests.is_empty() {
+            suites.push(DeviceSuite {
+                exe,
+                package_dir: manifest.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                tests,
+            });
+        }
+    }
+    Ok(suites)
+}
+
+/// `(executable, manifest_path)` of a test-profile compiler artifact message.
+fn parse_test_artifact(line: &str) -> Option<(PathBuf, PathBuf)> {
+    let msg: serde_json::Value = serde_json::from_str(line).ok()?;
+    if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
+        return None;
+    }
+    Some((
+        msg["executable"].as_str()?.into(),
+        msg["manifest_path"].as_str()?.into(),
+    ))
+}
+
+fn device_tests_run(args: &TestArgs) -> Result<(i32, Tally, usize)> {
+    let suites = device_suites(args.filter.as_deref())?;
+    let count: usize = suites.iter().map(|s| s.tests.len()).sum();
+    if suites.is_empty() {
+        eprintln!("xtask: no device tests found");
+        return Ok((0, Tally::default(), 0));
+    }
+    let target = Target::detect();
+    eprintln!(
+        "xtask: running {count} device tests from {} binaries on {}",
+        suites.len(),
+        target.describe()
+    );
+    let mut script = String::from("failed=0\n");
+    for s in &suites {
+        let name = s.exe.file_name().unwrap_or_default().to_string_lossy();
+        script += &format!(
+            "echo \"== device tests: {name}\"\n(cd {} && {} --ignored --test-threads=1{}) || failed=1\n",
+            shell_quote(&s.package_dir.to_string_lossy()),
+            shell_quote(&s.exe.to_string_lossy()),
+            args.filter
+                .as_deref()
+                .map(|f| format!(" {}", shell_quote(f)))
+                .unwrap_or_default()
+        );
+    }
+    script += "exit $failed\n";
+    let outcome = target.run(&script, Duration::from_secs(args.timeout))?;
+    let mut tally = Tally::default();
+    for line in &outcome.output {
+        tally.add_line(line);
+    }
+    Ok((outcome.status, tally, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_reads_libtest_summaries() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 12 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add_line(
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            Tally {
+                passed: 13,
+                failed: 2,
+                ignored: 3
+            }
+        );
+    }
+
+    #[test]
+    fn finds_test_artifacts_only() {
+        let test = r#"{"reason":"compiler-artifact","package_id":"x","manifest_path":"/p/verbs/Cargo.toml","target":{"name":"t"},"profile":{"test":true},"executable":"/p/target/debug/deps/t-1"}"#;
+        let lib = r#"{"reason":"compiler-artifact","manifest_path":"/p/verbs/Cargo.toml","profile":{"test":false},"executable":null}"#;
+        assert_eq!(
+            parse_test_artifact(test),
+            Some((
+                "/p/target/debug/deps/t-1".into(),
+                "/p/verbs/Cargo.toml".into()
+            ))
+        );
+        assert_eq!(parse_test_artifact(lib), None);
+    }
+}
