@@ -1,0 +1,391 @@
+//! The completion dispatcher: a fixed table of work-request slots per CQ.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::completion::{Completion, WcStatus};
+use crate::error::Error;
+use crate::free_list::{FreeList, MAX_SLOTS};
+use crate::inbox::InboxSender;
+use crate::stats::{Counters, DispatchStats, Tally};
+use crate::sync::{Arc, CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
+use crate::wr_id::WrId;
+
+/// What [`Dispatcher::handle_completion`] did with one completion.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Routed {
+    /// Stored for a live [`Operation`] (woken if it was waiting).
+    Woken = 0,
+    /// Delivered with its resources into the slot's inbox.
+    Delivered = 1,
+    /// Freed an abandoned slot (its parked resources were dropped now), or a routed delivery
+    /// failed (inbox full or closed; counted as `undeliverable` too) and the resources were
+    /// dropped.
+    Reclaimed = 2,
+    /// The generation did not match the slot's current one: ignored.
+    Stale = 3,
+    /// Index out of range, or the slot was never posted at this generation: ignored.
+    Unknown = 4,
+    /// The slot already holds a completion for this generation: ignored.
+    Duplicate = 5,
+}
+
+/// A routed completion, delivered into an inbox together with the resources parked at
+/// [`Dispatcher::reserve_into`] (typically the receive buffer).
+#[derive(Debug)]
+pub struct Delivery<R> {
+    /// The completion.
+    pub completion: Completion,
+    /// The resources parked with the slot.
+    pub resources: R,
+}
+
+type Route<R> = InboxSender<Delivery<R>>;
+
+struct Shared<R: Send + 'static> {
+    slots: Box<[Slot<R, Route<R>>]>,
+    free: FreeList,
+    counters: Counters,
+}
+
+/// Routes completions of one CQ to the operations and inboxes waiting for them.
+///
+/// Holds `capacity` pre-allocated slots (the queue depth: every work request that can be
+/// outstanding at once on the QPs sharing the CQ needs one). `R` is the type of resources
+/// (buffers, memory-region guards) a slot keeps alive while the NIC may still access them.
+///
+/// Cheap to clone (an `Arc` inside); `Send + Sync`. Nothing allocates after [`new`](Self::new):
+/// reserving, completing and polling are a handful of atomic operations, never a lock.
+pub struct Dispatcher<R: Send + 'static = ()> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R: Send + 'static> Clone for Dispatcher<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> fmt::Debug for Dispatcher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("capacity", &self.capacity())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Send + 'static> Dispatcher<R> {
+    /// A dispatcher with `capacity` slots, all free.
+    ///
+    /// # Panics
+    /// If `capacity` exceeds `u32::MAX - 1` (slot indices are 32-bit).
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity <= MAX_SLOTS, "capacity above {MAX_SLOTS}");
+        Self {
+            shared: Arc::new(Shared {
+                slots: (0..capacity).map(|_| Slot::new()).collect(),
+                free: FreeList::new(capacity),
+                counters: Counters::new(),
+            }),
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// Slots currently in use (posted, routed, abandoned or completed but not yet consumed).
+    /// A snapshot computed by scanning the table (cold path).
+    pub fn in_flight(&self) -> usize {
+        self.shared
+            .slots
+            .iter()
+            .filter(|s| !matches!(s.snapshot(), SlotSnapshot::Free(_)))
+            .count()
+    }
+
+    fn pop_free(&self) -> Result<u32, Error> {
+        self.shared.free.pop().ok_or(Error::Exhausted {
+            capacity: self.capacity(),
+        })
+    }
+
+    /// Reserves a slot for a work request about to be posted (Free -> Posted).
+    ///
+    /// Put [`Operation::wr_id`] into the work request, post it, then await the operation. If
+    /// posting fails, call [`Operation::cancel_unposted`]; if the operation must be dropped
+    /// while the NIC may still use its buffers, hand them to [`Operation::abandon`].
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] when every slot is in use.
+    pub fn reserve(&self) -> Result<Operation<R>, Error> {
+        let index = self.pop_free()?;
+        match self.shared.slots[index as usize].try_post() {
+            Some(ticket) => Ok(Operation {
+                shared: self.shared.clone(),
+                index,
+                ticket: Some(ticket),
+                done: None,
+            }),
+            None => {
+                // Unreachable by construction (free-list entries are free slots); never trust
+                // it blindly: give the index back and report exhaustion.
+                debug_assert!(false, "free list handed out a busy slot");
+                self.shared.free.push(index);
+                Err(Error::Exhausted {
+                    capacity: self.capacity(),
+                })
+            }
+        }
+    }
+
+    /// Reserves a routed slot (Free -> Posted, routed): its completion is delivered together
+    /// with `resources` into `sender` as a [`Delivery`]. Used for receives.
+    ///
+    /// **Back-pressure:** the inbox must have room for every slot routed to it (capacity ≥
+    /// number of receive slots posted into it), so delivery never finds it full: a receive
+    /// slot is only re-posted after its delivery was taken out of the inbox. If delivery fails
+    /// anyway (inbox full or closed), the completion is counted as `undeliverable` and
+    /// `reclaimed` in [`stats`](Self::stats) and the resources are dropped (the NIC is done
+    /// with them by then).
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] when every slot is in use (the resources are dropped);
+    /// [`Error::InboxClosed`] when the inbox is already closed.
+    pub fn reserve_into(
+        &self,
+        sender: &InboxSender<Delivery<R>>,
+        resources: R,
+    ) -> Result<WrId, Error> {
+        if sender.is_closed() {
+            return Err(Error::InboxClosed);
+        }
+        let index = self.pop_free()?;
+        match self.shared.slots[index as usize].try_route(sender.clone(), resources) {
+            Ok(generation) => Ok(WrId::new(index, generation)),
+            Err(_) => {
+                debug_assert!(false, "free list handed out a busy slot");
+                self.shared.free.push(index);
+                Err(Error::Exhausted {
+                    capacity: self.capacity(),
+                })
+            }
+        }
+    }
+
+    /// A routed slot whose post failed: takes the resources back and frees the slot.
+    /// `None` if `id` is not a routed slot waiting for its completion.
+    pub fn cancel_routed(&self, id: WrId) -> Option<R> {
+        let slot = self.shared.slots.get(id.index() as usize)?;
+        let (_route, resources) = slot.cancel_route(id.generation())?;
+        self.shared.free.push(id.index());
+        Some(resources)
+    }
+
+    #[inline]
+    fn route(&self, c: Completion, tally: &mut Tally) -> Routed {
+        let id = WrId::from_raw(c.wr_id);
+        let routed = match self.shared.slots.get(id.index() as usize) {
+            None => Routed::Unknown,
+            Some(slot) => match slot.complete(id.generation(), c) {
+                CompleteOutcome::Stored => Routed::Woken,
+                CompleteOutcome::Reclaimed(resources) => {
+                    self.shared.free.push(id.index());
+                    drop(resources);
+                    Routed::Reclaimed
+                }
+                CompleteOutcome::Routed(sender, resources) => {
+                    self.shared.free.push(id.index());
+                    let delivery = Delivery {
+                        completion: c,
+                        resources,
+                    };
+                    if sender.try_send(delivery).is_ok() {
+                        Routed::Delivered
+                    } else {
+                        tally.undeliverable();
+                        Routed::Reclaimed
+                    }
+                }
+                CompleteOutcome::Stale => Routed::Stale,
+                CompleteOutcome::Unknown => Routed::Unknown,
+                CompleteOutcome::Duplicate => Routed::Duplicate,
+            },
+        };
+        tally.count(routed);
+        routed
+    }
+
+    /// Routes one completion by its `wr_id`. Never panics, whatever the input: ids that are
+    /// out of range, stale, never posted or duplicated are counted and ignored.
+    pub fn handle_completion(&self, c: Completion) -> Routed {
+        let mut tally = Tally::default();
+        let r = self.route(c, &mut tally);
+        self.shared.counters.add(&tally);
+        r
+    }
+
+    /// Routes a batch (e.g. one `ibv_poll_cq` result); returns how many reached a live owner
+    /// ([`Routed::Woken`] or [`Routed::Delivered`]). Counters are updated once per batch.
+    pub fn handle_completions(&self, batch: &[Completion]) -> usize {
+        let mut tally = Tally::default();
+        for c in batch {
+            let _ = self.route(*c, &mut tally);
+        }
+        self.shared.counters.add(&tally);
+        tally.routed_live()
+    }
+
+    /// Fails every outstanding slot with a synthetic completion of `status` (e.g. when the CQ
+    /// is destroyed or the device is gone): waiting operations are woken, routed slots deliver
+    /// their resources, abandoned slots are reclaimed. The synthetic completion has the slot's
+    /// `wr_id`, the given status and otherwise [`Completion::zeroed`] fields (like a flushed
+    /// work completion, its opcode is meaningless).
+    pub fn fail_all(&self, status: WcStatus) {
+        let mut tally = Tally::default();
+        for (index, slot) in self.shared.slots.iter().enumerate() {
+            let generation = match slot.snapshot() {
+                SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) => g,
+                SlotSnapshot::Free(_) | SlotSnapshot::Busy => continue,
+            };
+            let c = Completion {
+                wr_id: WrId::new(index as u32, generation).into_raw(),
+                status,
+                ..Completion::zeroed()
+            };
+            let _ = self.route(c, &mut tally);
+        }
+        self.shared.counters.add(&tally);
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DispatchStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// One posted work request: a future resolving to its [`Completion`].
+///
+/// `Unpin`; polling after it resolved returns the same completion again. Dropping it before
+/// the completion arrived does not free the slot: the slot becomes *abandoned* and is freed by
+/// the completion (or flush error) when it comes. Use [`abandon`](Self::abandon) to keep
+/// buffers alive until then, [`cancel_unposted`](Self::cancel_unposted) if the work request
+/// never reached the NIC.
+pub struct Operation<R: Send + 'static = ()> {
+    shared: Arc<Shared<R>>,
+    index: u32,
+    /// `Some` while we own the slot.
+    ticket: Option<OwnerTicket>,
+    /// The completion, once taken.
+    done: Option<Completion>,
+}
+
+impl<R: Send + 'static> fmt::Debug for Operation<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Operation")
+            .field("wr_id", &self.wr_id())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Send + 'static> Operation<R> {
+    /// The id to put into the work request's `wr_id`.
+    pub fn wr_id(&self) -> WrId {
+        let generation = match (&self.ticket, &self.done) {
+            (Some(t), _) => t.generation(),
+            (None, Some(c)) => WrId::from_raw(c.wr_id).generation(),
+            (None, None) => 0,
+        };
+        WrId::new(self.index, generation)
+    }
+
+    fn slot(&self) -> &Slot<R, Route<R>> {
+        &self.shared.slots[self.index as usize]
+    }
+
+    fn finish(&mut self, c: Completion) -> Completion {
+        self.shared.free.push(self.index);
+        self.done = Some(c);
+        c
+    }
+
+    /// Non-blocking check: the completion, if it has arrived (the slot is then freed).
+    pub fn try_complete(&mut self) -> Option<Completion> {
+        if let Some(c) = self.done {
+            return Some(c);
+        }
+        let ticket = self.ticket.take()?;
+        match self.slot().try_take(ticket) {
+            Ok(c) => Some(self.finish(c)),
+            Err(ticket) => {
+                self.ticket = Some(ticket);
+                None
+            }
+        }
+    }
+
+    fn release_slot(&mut self, resources: Option<R>, posted: bool) {
+        if let Some(ticket) = self.ticket.take() {
+            let released = if posted {
+                self.slot().release(ticket, resources)
+            } else {
+                self.slot().cancel(ticket)
+            };
+            if let Released::Freed(r) = released {
+                self.shared.free.push(self.index);
+                drop(r);
+            }
+        }
+    }
+
+    /// The work request never reached the NIC (post failed): free the slot now.
+    pub fn cancel_unposted(mut self) {
+        self.release_slot(None, false);
+    }
+
+    /// Drops the operation while the NIC may still use `resources`: they are parked in the
+    /// slot and dropped when this slot's completion (or flush error) arrives, never before.
+    /// If the completion already arrived, they are dropped right away.
+    pub fn abandon(mut self, resources: R) {
+        self.release_slot(Some(resources), true);
+    }
+}
+
+impl<R: Send + 'static> Future for Operation<R> {
+    type Output = Completion;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        let this = &mut *self;
+        if let Some(c) = this.try_complete() {
+            return Poll::Ready(c);
+        }
+        let Some(ticket) = this.ticket.take() else {
+            // Unreachable: no ticket means `done` is set.
+            return Poll::Pending;
+        };
+        // Register, then re-check (inside `register`).
+        match this.slot().register(ticket, cx.waker()) {
+            Ok(c) => Poll::Ready(this.finish(c)),
+            Err(ticket) => {
+                this.ticket = Some(ticket);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> Drop for Operation<R> {
+    fn drop(&mut self) {
+        // Without `abandon`: the slot is abandoned with no resources (or freed if the
+        // completion already arrived).
+        self.release_slot(None, true);
+    }
+}

@@ -1,0 +1,52 @@
+//! Synchronisation primitives, switchable between `std` and [loom].
+//!
+//! This is the **only** module of the crate that contains `unsafe` code. Every primitive here
+//! wraps an `UnsafeCell` behind a safe API whose soundness is enforced by an atomic state
+//! machine, so the dispatcher and the inbox can be written in safe code on top of it:
+//!
+//! - [`AtomicWaker`]: a lock-free single-waker registration cell (the classic
+//!   `REGISTERING`/`WAKING` protocol).
+//! - `Ring` (crate-private): a bounded, pre-allocated Vyukov MPMC ring buffer, used by the
+//!   inbox.
+//! - `Slot` (crate-private): the per-work-request state machine of the dispatcher, whose
+//!   completion/resource/route cells are only touched by the party that won the transition
+//!   into the state owning them.
+//!
+//! The atomics, `Arc` and `UnsafeCell` come from `std` normally and from `loom` when the crate
+//! is built with `--cfg loom`, following tokio's `loom/mod.rs` pattern, so the very same code
+//! is model-checked.
+//!
+//! [loom]: https://docs.rs/loom
+
+mod atomic_waker;
+mod cell;
+mod ring;
+mod slot;
+
+pub use atomic_waker::AtomicWaker;
+pub(crate) use ring::Ring;
+pub(crate) use slot::{CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Arc,
+};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Arc,
+};
+
+/// Pads and aligns a value to a cache line pair, so hot atomics written by different threads do
+/// not false-share.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

@@ -1,0 +1,383 @@
+//! The per-work-request slot state machine of the dispatcher.
+//!
+//! One `AtomicU64` holds `generation << 32 | flags | tag`. The three payload cells (completion,
+//! parked resources, route) are owned by whoever the current state says owns them; every
+//! transition that hands a cell to another party is a Release/Acquire pair on the state word:
+//!
+//! ```text
+//!            try_post                    complete (CAS)            complete (CAS)
+//!   FREE(g) ─────────► POSTED(g) ──────────────────► COMPLETING(g) ──────────► COMPLETED(g)
+//!     ▲                 │  │ +WAITER (owner registered a waker)     │ +DROPPED      │ owner
+//!     │                 │  └ +DROPPED (owner gone, resources parked)│               │ takes
+//!     │                 │          │ complete                       ▼               ▼
+//!     │  try_route      │          └──────────► CLAIMED(g) ──► FREE(g+1) ◄──────────┘
+//!     ├──► CLAIMED(g) ─►ROUTED(g) ── complete / cancel_route ─► CLAIMED(g) ─► FREE(g+1)
+//! ```
+//!
+//! | state                  | completion cell | resources cell | route cell |
+//! |------------------------|-----------------|----------------|------------|
+//! | FREE, CLAIMED          | winner of the transition into CLAIMED / the free-list popper ||
+//! | POSTED                 | nobody          | owner          | nobody     |
+//! | POSTED \| DROPPED      | nobody          | slot (next completer) | nobody |
+//! | COMPLETING             | completer       | owner (slot if DROPPED) | nobody |
+//! | COMPLETED              | owner           | owner          | nobody     |
+//! | ROUTED                 | nobody          | slot (next completer / canceller) | same |
+//!
+//! The owner of a posted slot is proven by an [`OwnerTicket`], which only [`Slot::try_post`]
+//! creates, cannot be cloned, and is bound to one slot and one generation.
+
+use std::task::Waker;
+
+use super::cell::UnsafeCell;
+use super::{AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
+use crate::completion::Completion;
+
+const TAG_MASK: u64 = 0b111;
+const FREE: u64 = 0;
+const POSTED: u64 = 1;
+const COMPLETING: u64 = 2;
+const COMPLETED: u64 = 3;
+const ROUTED: u64 = 4;
+const CLAIMED: u64 = 5;
+/// The owner registered a waker: the completer must wake it.
+const WAITER: u64 = 1 << 3;
+/// The owner is gone: the completer reclaims the slot (and the parked resources).
+const DROPPED: u64 = 1 << 4;
+
+#[inline(always)]
+const fn pack(generation: u32, bits: u64) -> u64 {
+    ((generation as u64) << 32) | bits
+}
+
+#[inline(always)]
+const fn generation_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// What a slot looked like at one instant (for cold-path scans).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotSnapshot {
+    /// Free at this generation.
+    Free(u32),
+    /// Posted (owned by a live or dropped `Operation`) at this generation.
+    Posted(u32),
+    /// Routed into an inbox at this generation.
+    Routed(u32),
+    /// In transition or completed and not yet consumed.
+    Busy,
+}
+
+/// Proof of ownership of a posted slot: bound to one slot and one generation, not `Clone`.
+#[derive(Debug)]
+pub(crate) struct OwnerTicket {
+    slot: usize,
+    generation: u32,
+}
+
+impl OwnerTicket {
+    /// The generation this ticket owns.
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+/// Result of feeding a completion to a slot.
+#[derive(Debug)]
+pub(crate) enum CompleteOutcome<R, S> {
+    /// Stored for the live owner (woken if it was waiting).
+    Stored,
+    /// The owner had dropped its operation: the slot is now free (the caller must put it back
+    /// on the free list) and these parked resources may be dropped.
+    Reclaimed(Option<R>),
+    /// A routed slot: the slot is now free (the caller must put it back on the free list);
+    /// deliver the completion with the resources into the route.
+    Routed(S, R),
+    /// Generation mismatch.
+    Stale,
+    /// The slot is free at this generation: the id was never issued.
+    Unknown,
+    /// The slot already has a completion (or is being reclaimed) at this generation.
+    Duplicate,
+}
+
+/// Result of an owner giving up its slot.
+#[derive(Debug)]
+pub(crate) enum Released<R> {
+    /// The slot stays in use until its completion arrives (the completer frees it).
+    Parked,
+    /// The slot is free now (the caller must put it back on the free list); these resources
+    /// may be dropped (the completion has arrived, or the work request was never posted).
+    Freed(Option<R>),
+}
+
+/// One work-request slot. See the module documentation for the state machine.
+#[repr(align(64))]
+pub(crate) struct Slot<R, S> {
+    state: AtomicU64,
+    waker: AtomicWaker,
+    completion: UnsafeCell<Completion>,
+    resources: UnsafeCell<Option<R>>,
+    route: UnsafeCell<Option<S>>,
+}
+
+// SAFETY: every cell is accessed only by the party the state word assigns it to (module docs);
+// handing a cell to another thread goes through a Release/Acquire pair on `state`. The cells
+// hold `R` and `S` values moved between threads, hence the `Send` bounds.
+unsafe impl<R: Send, S: Send> Sync for Slot<R, S> {}
+// SAFETY: as above; the slot owns `R`/`S` values, which may move to another thread.
+unsafe impl<R: Send, S: Send> Send for Slot<R, S> {}
+
+impl<R, S> Slot<R, S> {
+    /// A free slot at generation 0.
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicU64::new(pack(0, FREE)),
+            waker: AtomicWaker::new(),
+            completion: UnsafeCell::new(Completion::zeroed()),
+            resources: UnsafeCell::new(None),
+            route: UnsafeCell::new(None),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Current state (Acquire), for cold-path scans.
+    pub(crate) fn snapshot(&self) -> SlotSnapshot {
+        let w = self.state.load(Acquire);
+        let g = generation_of(w);
+        match w & TAG_MASK {
+            FREE => SlotSnapshot::Free(g),
+            POSTED => SlotSnapshot::Posted(g),
+            ROUTED => SlotSnapshot::Routed(g),
+            _ => SlotSnapshot::Busy,
+        }
+    }
+
+    /// FREE -> POSTED. `None` if the slot is not free.
+    pub(crate) fn try_post(&self) -> Option<OwnerTicket> {
+        let cur = self.state.load(Acquire);
+        if cur & !(u64::MAX << 32) != FREE {
+            return None;
+        }
+        let g = generation_of(cur);
+        self.state
+            .compare_exchange(cur, pack(g, POSTED), Acquire, Acquire)
+            .ok()?;
+        Some(OwnerTicket {
+            slot: self.addr(),
+            generation: g,
+        })
+    }
+
+    /// FREE -> ROUTED with `route` and `resources` parked; returns the generation. Gives the
+    /// values back if the slot is not free.
+    pub(crate) fn try_route(&self, route: S, resources: R) -> Result<u32, (S, R)> {
+        let cur = self.state.load(Acquire);
+        let g = generation_of(cur);
+        if cur & !(u64::MAX << 32) != FREE
+            || self
+                .state
+                .compare_exchange(cur, pack(g, CLAIMED), Acquire, Acquire)
+                .is_err()
+        {
+            return Err((route, resources));
+        }
+        // SAFETY: we moved FREE -> CLAIMED, so we own every cell until we publish ROUTED.
+        self.resources.with_mut(|p| unsafe { *p = Some(resources) });
+        // SAFETY: as above.
+        self.route.with_mut(|p| unsafe { *p = Some(route) });
+        self.state.store(pack(g, ROUTED), Release);
+        Ok(g)
+    }
+
+    /// Takes resources and route out of a CLAIMED slot and frees it (generation + 1).
+    ///
+    /// Only called by the party that moved the slot into CLAIMED at generation `g`.
+    fn take_and_free(&self, g: u32) -> (Option<R>, Option<S>) {
+        // SAFETY: callers hold the slot in CLAIMED (they won the transition into it), which
+        // owns every cell.
+        let r = self.resources.with_mut(|p| unsafe { (*p).take() });
+        // SAFETY: as above.
+        let s = self.route.with_mut(|p| unsafe { (*p).take() });
+        self.state.store(pack(g.wrapping_add(1), FREE), Release);
+        (r, s)
+    }
+
+    /// ROUTED -> FREE, giving the parked resources back (the work request was never posted).
+    pub(crate) fn cancel_route(&self, generation: u32) -> Option<(S, R)> {
+        self.state
+            .compare_exchange(
+                pack(generation, ROUTED),
+                pack(generation, CLAIMED),
+                Acquire,
+                Acquire,
+            )
+            .ok()?;
+        match self.take_and_free(generation) {
+            (Some(r), Some(s)) => Some((s, r)),
+            _ => None,
+        }
+    }
+
+    /// Feeds the completion for `generation` to this slot. Never panics.
+    pub(crate) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
+        let mut cur = self.state.load(Acquire);
+        loop {
+            if generation_of(cur) != generation {
+                return CompleteOutcome::Stale;
+            }
+            let (next, outcome_after_claim) = match cur & TAG_MASK {
+                POSTED if cur & DROPPED != 0 => (pack(generation, CLAIMED), true),
+                POSTED => ((cur & !TAG_MASK) | COMPLETING, false),
+                ROUTED => (pack(generation, CLAIMED), true),
+                FREE => return CompleteOutcome::Unknown,
+                _ => return CompleteOutcome::Duplicate,
+            };
+            match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
+                Ok(_) if outcome_after_claim => {
+                    let routed = cur & TAG_MASK == ROUTED;
+                    if cur & WAITER != 0 {
+                        drop(self.waker.take());
+                    }
+                    return match (routed, self.take_and_free(generation)) {
+                        (true, (Some(r), Some(s))) => CompleteOutcome::Routed(s, r),
+                        (_, (r, _)) => CompleteOutcome::Reclaimed(r),
+                    };
+                }
+                Ok(_) => return self.finish_completion(generation, next, c),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// COMPLETING -> COMPLETED (or -> FREE if the owner dropped meanwhile).
+    fn finish_completion(&self, g: u32, mut cur: u64, c: Completion) -> CompleteOutcome<R, S> {
+        // SAFETY: we moved POSTED -> COMPLETING, which gives the completer the completion cell
+        // until COMPLETED is published; the owner reads it only after seeing COMPLETED.
+        self.completion.with_mut(|p| unsafe { *p = c });
+        loop {
+            let next = if cur & DROPPED != 0 {
+                pack(g, CLAIMED)
+            } else {
+                (cur & !TAG_MASK) | COMPLETED
+            };
+            match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
+                Ok(_) if cur & DROPPED != 0 => {
+                    if cur & WAITER != 0 {
+                        drop(self.waker.take());
+                    }
+                    let (r, _) = self.take_and_free(g);
+                    return CompleteOutcome::Reclaimed(r);
+                }
+                Ok(_) => {
+                    if cur & WAITER != 0 {
+                        self.waker.wake();
+                    }
+                    return CompleteOutcome::Stored;
+                }
+                // Only the WAITER / DROPPED flags can change under us.
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn check(&self, t: &OwnerTicket) {
+        assert_eq!(t.slot, self.addr(), "OwnerTicket used on a foreign slot");
+    }
+
+    /// COMPLETED -> FREE (generation + 1), returning the completion; gives the ticket back if
+    /// the completion has not arrived yet.
+    pub(crate) fn try_take(&self, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
+        self.check(&t);
+        let cur = self.state.load(Acquire);
+        if cur & TAG_MASK != COMPLETED {
+            return Err(t);
+        }
+        Ok(self.consume(t, cur))
+    }
+
+    /// Owner side of COMPLETED -> FREE.
+    fn consume(&self, t: OwnerTicket, cur: u64) -> Completion {
+        debug_assert_eq!(cur & TAG_MASK, COMPLETED);
+        // SAFETY: COMPLETED (seen with Acquire) hands the completion cell to the owner, proven
+        // by the ticket; completers treat COMPLETED as a duplicate and never write it.
+        let c = self.completion.with(|p| unsafe { *p });
+        if cur & WAITER != 0 {
+            // A waker registered after the completer's wake-up check is still stored.
+            drop(self.waker.take());
+        }
+        self.state
+            .store(pack(t.generation.wrapping_add(1), FREE), Release);
+        c
+    }
+
+    /// Registers `waker` for the owner, then re-checks: returns the completion (slot freed)
+    /// if it had already arrived, or the ticket back if the caller must wait.
+    pub(crate) fn register(
+        &self,
+        t: OwnerTicket,
+        waker: &Waker,
+    ) -> Result<Completion, OwnerTicket> {
+        self.check(&t);
+        self.waker.register(waker);
+        // Publish WAITER with an RMW on the state word, so it is totally ordered with the
+        // completer's COMPLETING -> COMPLETED CAS: either the completer sees WAITER and wakes,
+        // or we see COMPLETED here.
+        let prev = self.state.fetch_or(WAITER, AcqRel);
+        if prev & TAG_MASK == COMPLETED {
+            Ok(self.consume(t, prev | WAITER))
+        } else {
+            Err(t)
+        }
+    }
+
+    /// The owner gives up the slot, parking `resources` in it until the completion arrives.
+    pub(crate) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
+        self.check(&t);
+        if resources.is_some() {
+            // SAFETY: the resources cell belongs to the owner (ticket) until DROPPED is
+            // published below.
+            self.resources.with_mut(|p| unsafe { *p = resources });
+        }
+        let prev = self.state.fetch_or(DROPPED, AcqRel);
+        match prev & TAG_MASK {
+            COMPLETED => {
+                // SAFETY: COMPLETED: the owner still owns the resources cell (completers treat
+                // COMPLETED as duplicate); take back what we just parked.
+                let r = self.resources.with_mut(|p| unsafe { (*p).take() });
+                let _ = self.consume(t, prev);
+                Released::Freed(r)
+            }
+            _ => {
+                if prev & WAITER != 0 {
+                    drop(self.waker.take());
+                }
+                Released::Parked
+            }
+        }
+    }
+
+    /// The owner's work request never reached the NIC: POSTED -> FREE at once.
+    pub(crate) fn cancel(&self, t: OwnerTicket) -> Released<R> {
+        self.check(&t);
+        let g = t.generation;
+        let mut cur = self.state.load(Acquire);
+        while cur & TAG_MASK == POSTED {
+            match self
+                .state
+                .compare_exchange(cur, pack(g, CLAIMED), AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    drop(self.waker.take());
+                    let (r, _) = self.take_and_free(g);
+                    return Released::Freed(r);
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+        // A completion arrived after all: treat like a drop.
+        self.release(t, None)
+    }
+}
