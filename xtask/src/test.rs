@@ -157,6 +157,20 @@ pub fn run(args: &TestArgs) -> Result<i32> {
     }
 
     let mut device_tests = 0;
+    if !args.no_device && matches!(Target::detect(), Target::Vm) && args.filter.is_none() {
+        // The two-host harness (two VMs on a socket network) works end to end.
+        let ok = two_host_smoke()?;
+        println!(
+            "test xtask::two_host_rping ... {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+        if ok {
+            total.passed += 1;
+        } else {
+            total.failed += 1;
+            failures.push("two-host VM smoke test".into());
+        }
+    }
     if !args.no_device {
         let (code, t, n) = device_tests_run(args)?;
         device_tests = n;
@@ -184,6 +198,26 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         total.passed, total.failed, total.ignored
     );
     Ok(if failures.is_empty() { 0 } else { 1 })
+}
+
+/// Boots two VMs (192.0.2.1 and 192.0.2.2) and runs rdma-core's rping between them.
+fn two_host_smoke() -> Result<bool> {
+    eprintln!("xtask: two-host VM smoke test: rping 192.0.2.2 -> 192.0.2.1");
+    let server = "rping -s -a 192.0.2.1 -C 3 -v";
+    let client = "sleep 2; rping -c -a 192.0.2.1 -C 3 -v";
+    let outcome = crate::vm::run(&crate::vm::RunSpec {
+        cpus: 1,
+        mem: 1024,
+        timeout: Duration::from_secs(180),
+        scripts: vec![server.to_string(), client.to_string()],
+        verbose: false,
+    })?;
+    let pings = outcome
+        .output
+        .iter()
+        .filter(|l| l.starts_with("ping data"))
+        .count();
+    Ok(outcome.status == 0 && pings == 3)
 }
 
 /// A test binary with device tests.
