@@ -1,1 +1,101 @@
-//! Safe async ibverbs for tokio (being built).
+//! Safe, async ibverbs for tokio, driven by `tokio-rdma-core`.
+//!
+//! Every ibverbs object has exactly one owning Rust type holding a `NonNull` and destroying it in
+//! `Drop`, plus an `Arc` to its parent, so a context outlives its PDs, CQs and channels, a PD
+//! outlives its MRs, QPs, SRQs and AHs, and a CQ outlives the QPs that use it.
+//!
+//! # Architecture
+//!
+//! ```text
+//!  ibv_post_send/recv ◄── QueuePair::{send, write, read, ...} ──► OpFuture (owns the buffer)
+//!        │                       reserve a slot in the CQ's Dispatcher ┘        ▲ woken
+//!        ▼                                                                      │
+//!   NIC / rxe ──► CQ ──► comp-channel fd ──► driver task (one per channel) ──► Dispatcher
+//!                  ▲                               poll-arm-poll, spin           (core)
+//!                  └──── inline poll by an OpFuture / RecvStream (try-lock, never blocks)
+//! ```
+//!
+//! * **Dispatch.** Each [`CompletionQueue`] owns a `tokio_rdma_core::Dispatcher` with one slot
+//!   per CQ entry. Posting reserves a slot (its `WrId` is the work request's `wr_id`; never a
+//!   pointer), posts, and returns an [`OpFuture`] that owns the buffer. Completions are
+//!   converted to plain `Completion`s and routed by `wr_id`.
+//! * **Driver.** A [`CompletionChannel`] spawns one driver task that owns the channel's
+//!   `AsyncFd` (the only waiter on that fd, so tokio's single-waker-per-direction rule cannot
+//!   strand a wake-up). It drains `ibv_get_cq_event` to `EAGAIN` (readiness is cleared only
+//!   then, via `try_io`), counts events per CQ and acks them in batches, and then polls the
+//!   signalled CQs in batches of up to 64. When a CQ runs dry it keeps polling for
+//!   [`DriverConfig::spin_iterations`] rounds (each a cooperative `yield_now`, bounded by count,
+//!   never by clock), then **arms** it with `ibv_req_notify_cq` and **polls again**; only a CQ
+//!   still empty after that is parked. So idle CQs cost nothing, busy ones are never re-armed
+//!   per completion, and no completion can slip between the last poll and the arm.
+//! * **Inline polling.** An operation future that is polled while pending first registers its
+//!   waker with the dispatcher and then tries to poll the CQ itself, guarded by a per-CQ
+//!   atomic `draining` flag (skipped, never waited for, when the driver or another future holds
+//!   it). That cuts a task hop off the latency without making futures responsible for wake-ups.
+//! * **Cancel safety.** Dropping an [`OpFuture`] before its completion parks the buffer (and
+//!   everything the work request references, e.g. an AH) in the dispatcher slot via
+//!   `Operation::abandon`; it is dropped when the completion or flush error arrives, or when
+//!   the CQ is destroyed, which happens only after every QP using it is destroyed.
+//! * **Teardown.** A QP's `Drop` moves it to ERR (flushing outstanding work requests) and then
+//!   destroys it. A CQ's `Drop` unregisters it from its channel, acks its outstanding events,
+//!   fails whatever is still in its dispatcher (releasing parked buffers), and destroys it.
+//!   The channel's driver stops when the channel and all its CQs are gone.
+//! * **Receives.** [`QueuePair::recv`] posts one buffer; [`QueuePair::recv_stream`] and
+//!   [`SharedReceiveQueue::recv_stream`] post a registered pool whose completions are routed
+//!   (`Dispatcher::reserve_into`) into an inbox that the [`RecvStream`] drains; a
+//!   [`RecvMessage`] reposts its buffer when dropped.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tokio_rdma_verbs::{Access, ConnectOptions, Context, QpType, QueuePairBuilder};
+//!
+//! # async fn demo() -> Result<(), tokio_rdma_verbs::Error> {
+//! let ctx = Context::open_default()?;
+//! let pd = ctx.alloc_pd()?;
+//! let channel = ctx.create_comp_channel()?;
+//! let cq = channel.create_cq(&ctx, 256)?;
+//! let a = QueuePairBuilder::new(&pd, QpType::Rc, &cq).build()?;
+//! let b = QueuePairBuilder::new(&pd, QpType::Rc, &cq).build()?;
+//! let opts = ConnectOptions::default();
+//! let (ia, ib) = (a.local_info(&opts)?, b.local_info(&opts)?);
+//! a.connect(&opts, &ib)?;
+//! b.connect(&opts, &ia)?;
+//!
+//! let rx = pd.register(vec![0u8; 4096], Access::LOCAL_WRITE)?;
+//! let tx = pd.register(b"hello".to_vec(), Access::LOCAL_WRITE)?;
+//! let recv = b.recv(rx);
+//! let (sent, _tx) = a.send(tx).await;
+//! sent?;
+//! let (got, rx) = recv.await;
+//! assert_eq!(&rx[..got?.byte_len as usize], b"hello");
+//! # Ok(()) }
+//! ```
+
+mod cq;
+mod device;
+mod error;
+mod event;
+mod mr;
+mod ops;
+mod qp;
+mod recv;
+
+pub use cq::{CompletionChannel, CompletionQueue, CqStats, DriverConfig};
+pub use device::{
+    choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, LinkLayer,
+    Mtu, PortAttr, PortState,
+};
+pub use error::{Error, Result};
+pub use event::{AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEventSource, AsyncEvents};
+pub use mr::{
+    Access, AlignedBuf, LocalBuffer, LocalBufferMut, MemoryRegion, ProtectionDomain,
+    RegisterBuffer, RemoteBuffer, Slice,
+};
+pub use ops::{BufResult, OpFuture};
+pub use qp::{
+    AddressHandle, ConnectOptions, QpInfo, QpType, QueuePair, QueuePairBuilder, SendOp,
+    SendRequest, DEFAULT_QKEY,
+};
+pub use recv::{RecvMessage, RecvStream, SharedReceiveQueue, GRH_LEN};
+pub use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};

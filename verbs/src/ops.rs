@@ -1,0 +1,150 @@
+//! Operation futures: what posting a work request returns.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio_rdma_core::{Completion, Operation};
+
+use crate::cq::{CqInner, Parked};
+use crate::error::{Error, Result};
+
+/// The output of an operation: the result and the buffer, which always comes back (like
+/// tokio-uring's `BufResult`).
+pub type BufResult<T, L> = (Result<T>, L);
+
+enum State<L: Send + 'static> {
+    Posted {
+        op: Operation<Parked>,
+        buf: Option<L>,
+        cq: Arc<CqInner>,
+    },
+    Failed(Option<(Error, L)>),
+    Done,
+}
+
+/// A posted work request. Posting happens eagerly when the operation is created; awaiting
+/// yields its completion (a failed work completion becomes [`Error::Completion`]) together
+/// with the buffer.
+///
+/// Dropping it before completion is safe: the buffer is parked in the dispatcher slot and
+/// freed only when the completion (or flush error) for the work request arrives.
+#[must_use = "the operation is posted; drop it only if you do not need the result"]
+pub struct OpFuture<L: Send + 'static> {
+    state: State<L>,
+}
+
+impl<L: Send + 'static> fmt::Debug for OpFuture<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match &self.state {
+            State::Posted { op, .. } => format!("posted {:?}", op.wr_id()),
+            State::Failed(_) => "failed".into(),
+            State::Done => "done".into(),
+        };
+        f.debug_struct("OpFuture").field("state", &s).finish()
+    }
+}
+
+impl<L: Send + 'static> OpFuture<L> {
+    pub(crate) fn posted(op: Operation<Parked>, buf: L, cq: Arc<CqInner>) -> Self {
+        Self {
+            state: State::Posted {
+                op,
+                buf: Some(buf),
+                cq,
+            },
+        }
+    }
+
+    pub(crate) fn failed(e: Error, buf: L) -> Self {
+        Self {
+            state: State::Failed(Some((e, buf))),
+        }
+    }
+}
+
+/// Turns a completion into the future's result.
+pub(crate) fn check(c: Completion) -> Result<Completion> {
+    if c.is_success() {
+        Ok(c)
+    } else {
+        Err(Error::Completion {
+            status: c.status,
+            vendor_err: c.vendor_err,
+            opcode: c.opcode,
+            qp_num: c.qp_num,
+        })
+    }
+}
+
+// The buffer is never pinned (no structural pinning; it is only moved out by value), so the
+// future is Unpin whatever `L` is.
+impl<L: Send + 'static> Unpin for OpFuture<L> {}
+
+impl<L: Send + 'static> Future for OpFuture<L> {
+    type Output = BufResult<Completion, L>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `State` holds nothing self-referential; `OpFuture` is Unpin.
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Posted { op, cq, .. } => {
+                let mut ready = Pin::new(&mut *op).poll(cx);
+                if ready.is_pending() {
+                    // Inline poll for latency (never blocks: skipped when the driver or another
+                    // future is draining). The waker is registered already, so a completion
+                    // routed by anyone from now on wakes us.
+                    if let Ok(Some(n)) = cq.poll_once(cq.batch()) {
+                        if n > 0 {
+                            ready = Pin::new(&mut *op).poll(cx);
+                        }
+                    }
+                }
+                match ready {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(c) => {
+                        let State::Posted { buf, .. } =
+                            std::mem::replace(&mut this.state, State::Done)
+                        else {
+                            unreachable!("state checked above")
+                        };
+                        let buf = buf.expect("buffer present until completion");
+                        Poll::Ready((check(c), buf))
+                    }
+                }
+            }
+            State::Failed(f) => match f.take() {
+                Some((e, buf)) => {
+                    this.state = State::Done;
+                    Poll::Ready((Err(e), buf))
+                }
+                None => Poll::Pending,
+            },
+            State::Done => panic!("OpFuture polled after completion"),
+        }
+    }
+}
+
+impl<L: Send + 'static> Drop for OpFuture<L> {
+    fn drop(&mut self) {
+        if let State::Posted { .. } = self.state {
+            let State::Posted { mut op, buf, .. } = std::mem::replace(&mut self.state, State::Done)
+            else {
+                return;
+            };
+            if op.try_complete().is_some() {
+                // Completed: the NIC is done with the buffer; drop it normally.
+                return;
+            }
+            let parked = match buf {
+                Some(b) if std::mem::size_of::<L>() > 0 || std::mem::needs_drop::<L>() => {
+                    Parked::Boxed(Box::new(b))
+                }
+                _ => Parked::None,
+            };
+            op.abandon(parked);
+        }
+    }
+}
