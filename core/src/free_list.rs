@@ -40,12 +40,10 @@ impl FreeList {
             let index = top - 1;
             let below = self.next[index as usize].load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
-            match self.head.compare_exchange_weak(
-                head,
-                (tag << 32) | below as u64,
-                Acquire,
-                Acquire,
-            ) {
+            match self
+                .head
+                .compare_exchange(head, (tag << 32) | below as u64, Acquire, Acquire)
+            {
                 Ok(_) => return Some(index),
                 Err(actual) => head = actual,
             }
@@ -58,7 +56,7 @@ impl FreeList {
         loop {
             self.next[index as usize].store(head as u32, Relaxed);
             let tag = (head >> 32).wrapping_add(1);
-            match self.head.compare_exchange_weak(
+            match self.head.compare_exchange(
                 head,
                 (tag << 32) | (index as u64 + 1),
                 Release,

@@ -82,7 +82,9 @@ impl AtomicWaker {
                 drop(old);
             }
             Err(WAKING) => {
-                // A wake is in progress and may have missed our condition: wake now.
+                // A wake is in progress and may have missed our condition: wake now. (The
+                // caller re-polls; let the waking thread finish first.)
+                super::spin_hint();
                 waker.wake_by_ref();
             }
             Err(_) => {

@@ -38,6 +38,16 @@ pub(crate) use std::sync::{
     Arc,
 };
 
+/// Back-off hint inside a retry loop that waits for another thread's progress (a stale read):
+/// a CPU spin hint normally, a yield under loom so the model checker schedules the other thread.
+#[inline(always)]
+pub(crate) fn spin_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
 /// Pads and aligns a value to a cache line pair, so hot atomics written by different threads do
 /// not false-share.
 #[derive(Debug, Default)]

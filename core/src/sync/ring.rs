@@ -3,7 +3,9 @@
 use std::mem::MaybeUninit;
 
 use super::cell::UnsafeCell;
-use super::{AtomicUsize, CachePadded, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use super::{
+    spin_hint, AtomicUsize, CachePadded, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 struct Cell<T> {
     /// Lap-stamped sequence number: `pos` when the cell is empty and writable for position
@@ -66,7 +68,7 @@ impl<T> Ring<T> {
             if diff == 0 {
                 match self
                     .tail
-                    .compare_exchange_weak(pos, pos.wrapping_add(1), Relaxed, Relaxed)
+                    .compare_exchange(pos, pos.wrapping_add(1), Relaxed, Relaxed)
                 {
                     Ok(_) => {
                         // SAFETY: we won position `pos` while its cell had `seq == pos`: the
@@ -82,6 +84,7 @@ impl<T> Ring<T> {
                 // The cell still holds the value from one lap ago: full.
                 return Err(value);
             } else {
+                spin_hint();
                 pos = self.tail.load(Relaxed);
             }
         }
@@ -97,7 +100,7 @@ impl<T> Ring<T> {
             if diff == 0 {
                 match self
                     .head
-                    .compare_exchange_weak(pos, pos.wrapping_add(1), Relaxed, Relaxed)
+                    .compare_exchange(pos, pos.wrapping_add(1), Relaxed, Relaxed)
                 {
                     Ok(_) => {
                         // SAFETY: `seq == pos + 1` (Acquire) means the producer of `pos`
@@ -114,6 +117,7 @@ impl<T> Ring<T> {
                 // Empty (or the producer of `pos` has not finished writing yet).
                 return None;
             } else {
+                spin_hint();
                 pos = self.head.load(Relaxed);
             }
         }
