@@ -134,7 +134,10 @@ fn steady_state_dispatch_allocates_nothing() {
     let (tx, mut rx) = inbox(BATCH);
     let mut recv_ids = Vec::with_capacity(BATCH);
     for _ in 0..BATCH {
-        recv_ids.push(b.d.reserve_into(&tx, vec![0u8; 256].into_boxed_slice()).unwrap());
+        recv_ids.push(
+            b.d.reserve_into(&tx, vec![0u8; 256].into_boxed_slice())
+                .unwrap(),
+        );
     }
     let mut recv_batch = Vec::with_capacity(BATCH);
     let mut recv_round = |d: &Dispatcher<Box<[u8]>>| {
@@ -182,7 +185,10 @@ fn steady_state_dispatch_allocates_nothing() {
     let allocations = ALLOCATIONS.load(Relaxed);
     let stats = b.d.stats();
     assert!(done >= TOTAL);
-    assert!(b.wakes.0.load(Relaxed) >= TOTAL / 4 - BATCH, "waiting rounds were woken");
+    assert!(
+        b.wakes.0.load(Relaxed) >= TOTAL / 4 - BATCH,
+        "waiting rounds were woken"
+    );
     assert!(stats.completed as usize >= TOTAL / 2);
     assert!(stats.reclaimed as usize >= TOTAL / 4 - BATCH);
     assert!(stats.delivered as usize >= TOTAL / 4 - BATCH);
@@ -191,6 +197,13 @@ fn steady_state_dispatch_allocates_nothing() {
     COUNTING.with(|c| c.set(true));
     drop(std::hint::black_box(vec![1u8; 16]));
     COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Relaxed), allocations + 1, "allocator not counting");
-    assert_eq!(allocations, 0, "steady-state dispatch allocated {allocations} times");
+    assert_eq!(
+        ALLOCATIONS.load(Relaxed),
+        allocations + 1,
+        "allocator not counting"
+    );
+    assert_eq!(
+        allocations, 0,
+        "steady-state dispatch allocated {allocations} times"
+    );
 }

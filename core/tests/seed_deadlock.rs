@@ -1,0 +1,302 @@
+//! The seed deadlock (Linux ib_cm / ib_mad, 2009), reproduced with real mutexes.
+//!
+//! Three actors:
+//! 1. **poster**: holds the connection lock while posting a MAD, which takes the agent lock;
+//! 2. **canceller**: holds the agent lock while waiting synchronously for the timer callback to
+//!    finish (`del_timer_sync`);
+//! 3. **timer**: its callback delivers the "established" event; with callback dispatch the
+//!    event handler runs right there and takes the connection lock.
+//!
+//! With [`CallbackDispatcher`] the three wait on each other in a cycle: a watchdog detects it,
+//! reports the wait-for edges, and makes every lock wait give up so the test exits. With
+//! [`Dispatcher`] the timer only stores the event and wakes the connection task, which takes
+//! the connection lock later, holding no lock while it awaits: the same workload completes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tokio_rdma_core::{CallbackDispatcher, Completion, Dispatcher, Routed, WrId};
+
+#[derive(Debug)]
+struct Aborted;
+
+/// Shared test context: the two real locks, the timer's state, and the watchdog's view.
+#[derive(Default)]
+struct World {
+    conn: Mutex<Conn>,
+    agent: Mutex<Agent>,
+    /// Set when the timer callback has returned (what `del_timer_sync` waits for).
+    timer_done: AtomicBool,
+    /// Set by the watchdog: every wait gives up.
+    abort: AtomicBool,
+    /// actor -> what it is waiting for right now.
+    waiting: Mutex<BTreeMap<&'static str, &'static str>>,
+}
+
+#[derive(Default)]
+struct Conn {
+    established: bool,
+    mads_posted: u32,
+}
+
+#[derive(Default)]
+struct Agent {
+    sent: u32,
+    timer_cancelled: bool,
+}
+
+impl World {
+    fn wait<T>(
+        &self,
+        who: &'static str,
+        what: &'static str,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Result<T, Aborted> {
+        self.waiting.lock().unwrap().insert(who, what);
+        let result = loop {
+            if let Some(v) = ready() {
+                break Ok(v);
+            }
+            if self.abort.load(SeqCst) {
+                break Err(Aborted);
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        self.waiting.lock().unwrap().remove(who);
+        result
+    }
+
+    /// `Mutex::lock` that gives up once the watchdog fired (try_lock_for-style loop).
+    fn lock<'a, T>(
+        &self,
+        m: &'a Mutex<T>,
+        who: &'static str,
+        what: &'static str,
+    ) -> Result<MutexGuard<'a, T>, Aborted> {
+        self.wait(who, what, || m.try_lock().ok())
+    }
+}
+
+/// Actor 1: connection lock held while posting a MAD, which takes the agent lock.
+fn poster(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
+    let mut conn = w.lock(&w.conn, "poster", "agent lock")?; // uncontended at start
+    barrier.wait();
+    let mut agent = w.lock(&w.agent, "poster", "agent lock")?;
+    agent.sent += 1;
+    conn.mads_posted += 1;
+    Ok(())
+}
+
+/// Actor 2: agent lock held while waiting synchronously for the timer callback to finish.
+fn canceller(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
+    let mut agent = w.lock(&w.agent, "canceller", "timer callback")?;
+    barrier.wait();
+    w.wait("canceller", "timer callback", || {
+        w.timer_done.load(SeqCst).then_some(())
+    })?;
+    agent.timer_cancelled = true;
+    Ok(())
+}
+
+/// Actor 3: the timer callback, interrupted by the "established" event delivery.
+fn timer(
+    w: &World,
+    barrier: &Barrier,
+    deliver_established: impl FnOnce() -> Result<(), Aborted>,
+) -> Result<(), Aborted> {
+    barrier.wait();
+    deliver_established()?;
+    w.timer_done.store(true, SeqCst);
+    Ok(())
+}
+
+struct Outcome {
+    deadlocked: bool,
+    /// Wait-for edges seen by the watchdog when it fired.
+    waits: BTreeMap<&'static str, &'static str>,
+    finished: Vec<&'static str>,
+}
+
+fn spawn(
+    tx: &Sender<&'static str>,
+    name: &'static str,
+    f: impl FnOnce() -> Result<(), Aborted> + Send + 'static,
+) -> JoinHandle<Result<(), Aborted>> {
+    let tx = tx.clone();
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = f();
+            if r.is_ok() {
+                let _ = tx.send(name);
+            }
+            r
+        })
+        .unwrap()
+}
+
+/// Runs the actors, watches them for `timeout`, then aborts whatever is stuck.
+fn watchdog(
+    w: &World,
+    timeout: Duration,
+    threads: Vec<JoinHandle<Result<(), Aborted>>>,
+    rx: std::sync::mpsc::Receiver<&'static str>,
+) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let mut finished = Vec::new();
+    let mut deadlocked = false;
+    while finished.len() < threads.len() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(name) => finished.push(name),
+            Err(RecvTimeoutError::Timeout) => {
+                deadlocked = true;
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let waits = w.waiting.lock().unwrap().clone();
+    if deadlocked {
+        eprintln!("watchdog: no progress for {timeout:?}; wait-for edges: {waits:?}; aborting");
+        w.abort.store(true, SeqCst);
+    }
+    for t in threads {
+        let _ = t.join().expect("actor panicked");
+    }
+    Outcome {
+        deadlocked,
+        waits,
+        finished,
+    }
+}
+
+#[test]
+fn callback_dispatch_deadlocks_and_is_detected() {
+    let w = Arc::new(World::default());
+    let barrier = Arc::new(Barrier::new(3));
+    let mut cb = CallbackDispatcher::new(4);
+    // The connection's event handler, run on the delivering (timer) thread, takes the
+    // connection lock — like cm_establish_handler under the MAD timer.
+    let w2 = w.clone();
+    let handler_result = Arc::new(Mutex::new(None));
+    let hr = handler_result.clone();
+    let conn_handler = cb.register(move |_c: &Completion| {
+        let r = w2
+            .lock(&w2.conn, "timer", "connection lock")
+            .map(|mut conn| conn.established = true);
+        *hr.lock().unwrap() = Some(r.is_ok());
+    });
+    let cb = Arc::new(cb);
+    let established = cb.post(conn_handler).unwrap();
+
+    let (tx, rx) = channel();
+    let threads = vec![
+        spawn(&tx, "poster", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || poster(&w, &b)
+        }),
+        spawn(&tx, "canceller", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || canceller(&w, &b)
+        }),
+        spawn(&tx, "timer", {
+            let (w, b, cb) = (w.clone(), barrier.clone(), cb.clone());
+            move || {
+                timer(&w, &b, || {
+                    let c = Completion {
+                        wr_id: established.into_raw(),
+                        ..Completion::zeroed()
+                    };
+                    assert_eq!(cb.handle_completion(c), Routed::Woken);
+                    // The callback ran inline; it may have given up because of the watchdog.
+                    match handler_result.lock().unwrap().take() {
+                        Some(true) => Ok(()),
+                        _ => Err(Aborted),
+                    }
+                })
+            }
+        }),
+    ];
+    let out = watchdog(&w, Duration::from_secs(2), threads, rx);
+
+    assert!(
+        out.deadlocked,
+        "callback dispatch was expected to deadlock; finished: {:?}",
+        out.finished
+    );
+    assert!(
+        out.finished.is_empty(),
+        "nobody can finish in the cycle: {:?}",
+        out.finished
+    );
+    // The cycle: poster -> agent lock (canceller) -> timer callback (timer) -> conn (poster).
+    assert_eq!(out.waits.get("poster"), Some(&"agent lock"));
+    assert_eq!(out.waits.get("canceller"), Some(&"timer callback"));
+    assert_eq!(out.waits.get("timer"), Some(&"connection lock"));
+    // After the abort the stuck waits gave up and every thread exited (joined above).
+}
+
+#[test]
+fn await_dispatch_completes_the_same_workload() {
+    let w = Arc::new(World::default());
+    let barrier = Arc::new(Barrier::new(3));
+    let d: Dispatcher = Dispatcher::new(4);
+    // The connection task awaits the "established" event, holding no lock while it waits,
+    // and takes the connection lock only after the event was handed over.
+    let op = d.reserve().unwrap();
+    let established: WrId = op.wr_id();
+
+    let (tx, rx) = channel();
+    let threads = vec![
+        spawn(&tx, "poster", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || poster(&w, &b)
+        }),
+        spawn(&tx, "canceller", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || canceller(&w, &b)
+        }),
+        spawn(&tx, "timer", {
+            let (w, b, d) = (w.clone(), barrier.clone(), d.clone());
+            move || {
+                timer(&w, &b, || {
+                    // Delivery only stores the event and wakes the task: no consumer lock.
+                    let c = Completion {
+                        wr_id: established.into_raw(),
+                        ..Completion::zeroed()
+                    };
+                    assert_eq!(d.handle_completion(c), Routed::Woken);
+                    Ok(())
+                })
+            }
+        }),
+        spawn(&tx, "connection task", {
+            let w = w.clone();
+            move || {
+                let event = futures::executor::block_on(op);
+                assert_eq!(event.wr_id, established.into_raw());
+                let mut conn = w.lock(&w.conn, "connection task", "connection lock")?;
+                conn.established = true;
+                Ok(())
+            }
+        }),
+    ];
+    let out = watchdog(&w, Duration::from_secs(20), threads, rx);
+
+    assert!(
+        !out.deadlocked,
+        "await style must not deadlock; stuck: {:?}",
+        out.waits
+    );
+    assert_eq!(out.finished.len(), 4);
+    let conn = w.conn.lock().unwrap();
+    assert!(conn.established);
+    assert_eq!(conn.mads_posted, 1);
+    let agent = w.agent.lock().unwrap();
+    assert_eq!((agent.sent, agent.timer_cancelled), (1, true));
+    assert_eq!(d.in_flight(), 0);
+}
