@@ -45,6 +45,31 @@ pub struct Delivery<R> {
 
 type Route<R> = InboxSender<Delivery<R>>;
 
+/// The inbox whose receiver still has to be woken (woken when replaced or dropped).
+struct DeferredWake<R: Send + 'static>(Option<Route<R>>);
+
+impl<R: Send + 'static> DeferredWake<R> {
+    #[inline]
+    fn defer(&mut self, sender: Route<R>) {
+        match &self.0 {
+            Some(pending) if pending.same_inbox(&sender) => {}
+            _ => {
+                if let Some(previous) = self.0.replace(sender) {
+                    previous.wake_receiver();
+                }
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> Drop for DeferredWake<R> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.wake_receiver();
+        }
+    }
+}
+
 struct Shared<R: Send + 'static> {
     slots: Box<[Slot<R, Route<R>>]>,
     free: FreeList,
@@ -131,8 +156,8 @@ impl<R: Send + 'static> Dispatcher<R> {
             Some(ticket) => Ok(Operation {
                 shared: self.shared.clone(),
                 index,
+                generation: ticket.generation(),
                 ticket: Some(ticket),
-                done: None,
             }),
             None => {
                 // Unreachable by construction (free-list entries are free slots); never trust
@@ -190,7 +215,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     }
 
     #[inline]
-    fn route(&self, c: Completion, tally: &mut Tally) -> Routed {
+    fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
         let routed = match self.shared.slots.get(id.index() as usize) {
             None => Routed::Unknown,
@@ -207,7 +232,8 @@ impl<R: Send + 'static> Dispatcher<R> {
                         completion: c,
                         resources,
                     };
-                    if sender.try_send(delivery).is_ok() {
+                    if sender.try_send_deferred(delivery).is_ok() {
+                        wake.defer(sender);
                         Routed::Delivered
                     } else {
                         tally.undeliverable();
@@ -227,7 +253,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// out of range, stale, never posted or duplicated are counted and ignored.
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
-        let r = self.route(c, &mut tally);
+        let r = self.route(c, &mut tally, &mut DeferredWake(None));
         self.shared.counters.add(&tally);
         r
     }
@@ -236,9 +262,12 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// ([`Routed::Woken`] or [`Routed::Delivered`]). Counters are updated once per batch.
     pub fn handle_completions(&self, batch: &[Completion]) -> usize {
         let mut tally = Tally::default();
+        // Consecutive deliveries into the same inbox wake its receiver once.
+        let mut wake = DeferredWake(None);
         for c in batch {
-            let _ = self.route(*c, &mut tally);
+            let _ = self.route(*c, &mut tally, &mut wake);
         }
+        drop(wake);
         self.shared.counters.add(&tally);
         tally.routed_live()
     }
@@ -260,7 +289,7 @@ impl<R: Send + 'static> Dispatcher<R> {
                 status,
                 ..Completion::zeroed()
             };
-            let _ = self.route(c, &mut tally);
+            let _ = self.route(c, &mut tally, &mut DeferredWake(None));
         }
         self.shared.counters.add(&tally);
     }
@@ -273,7 +302,8 @@ impl<R: Send + 'static> Dispatcher<R> {
 
 /// One posted work request: a future resolving to its [`Completion`].
 ///
-/// `Unpin`; polling after it resolved returns the same completion again. Dropping it before
+/// `Unpin`. The completion is handed out once: polling again after `Ready` panics (as most
+/// futures do), and [`try_complete`](Self::try_complete) then returns `None`. Dropping it before
 /// the completion arrived does not free the slot: the slot becomes *abandoned* and is freed by
 /// the completion (or flush error) when it comes. Use [`abandon`](Self::abandon) to keep
 /// buffers alive until then, [`cancel_unposted`](Self::cancel_unposted) if the work request
@@ -281,17 +311,17 @@ impl<R: Send + 'static> Dispatcher<R> {
 pub struct Operation<R: Send + 'static = ()> {
     shared: Arc<Shared<R>>,
     index: u32,
-    /// `Some` while we own the slot.
+    /// The generation of our slot use (for `wr_id` after completion).
+    generation: u32,
+    /// `Some` while we own the slot; `None` once the completion was taken.
     ticket: Option<OwnerTicket>,
-    /// The completion, once taken.
-    done: Option<Completion>,
 }
 
 impl<R: Send + 'static> fmt::Debug for Operation<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Operation")
             .field("wr_id", &self.wr_id())
-            .field("done", &self.done)
+            .field("done", &self.ticket.is_none())
             .finish_non_exhaustive()
     }
 }
@@ -299,12 +329,7 @@ impl<R: Send + 'static> fmt::Debug for Operation<R> {
 impl<R: Send + 'static> Operation<R> {
     /// The id to put into the work request's `wr_id`.
     pub fn wr_id(&self) -> WrId {
-        let generation = match (&self.ticket, &self.done) {
-            (Some(t), _) => t.generation(),
-            (None, Some(c)) => WrId::from_raw(c.wr_id).generation(),
-            (None, None) => 0,
-        };
-        WrId::new(self.index, generation)
+        WrId::new(self.index, self.generation)
     }
 
     fn slot(&self) -> &Slot<R, Route<R>> {
@@ -313,15 +338,12 @@ impl<R: Send + 'static> Operation<R> {
 
     fn finish(&mut self, c: Completion) -> Completion {
         self.shared.free.push(self.index);
-        self.done = Some(c);
         c
     }
 
-    /// Non-blocking check: the completion, if it has arrived (the slot is then freed).
+    /// Non-blocking check: the completion, if it has arrived (the slot is then freed and
+    /// the operation is finished: later calls return `None`).
     pub fn try_complete(&mut self) -> Option<Completion> {
-        if let Some(c) = self.done {
-            return Some(c);
-        }
         let ticket = self.ticket.take()?;
         match self.slot().try_take(ticket) {
             Ok(c) => Some(self.finish(c)),
@@ -364,14 +386,14 @@ impl<R: Send + 'static> Future for Operation<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
         let this = &mut *self;
-        if let Some(c) = this.try_complete() {
-            return Poll::Ready(c);
-        }
         let Some(ticket) = this.ticket.take() else {
-            // Unreachable: no ticket means `done` is set.
-            return Poll::Pending;
+            panic!("`Operation` polled after it returned `Ready`");
         };
         // Register, then re-check (inside `register`).
+        let ticket = match this.slot().try_take(ticket) {
+            Ok(c) => return Poll::Ready(this.finish(c)),
+            Err(ticket) => ticket,
+        };
         match this.slot().register(ticket, cx.waker()) {
             Ok(c) => Poll::Ready(this.finish(c)),
             Err(ticket) => {

@@ -92,12 +92,28 @@ impl<T> InboxSender<T> {
     /// # Errors
     /// [`TrySendError::Full`] when the ring is full, [`TrySendError::Closed`] once closed.
     pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        self.try_send_deferred(v)?;
+        self.wake_receiver();
+        Ok(())
+    }
+
+    /// `try_send` without waking the receiver: the caller must call
+    /// [`wake_receiver`](Self::wake_receiver) afterwards (used to wake once per batch).
+    pub(crate) fn try_send_deferred(&self, v: T) -> Result<(), TrySendError<T>> {
         if self.chan.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Closed(v));
         }
-        self.chan.ring.push(v).map_err(TrySendError::Full)?;
+        self.chan.ring.push(v).map_err(TrySendError::Full)
+    }
+
+    /// Wakes the receiver (after [`try_send_deferred`](Self::try_send_deferred)).
+    pub(crate) fn wake_receiver(&self) {
         self.chan.rx_waker.wake();
-        Ok(())
+    }
+
+    /// Whether both senders feed the same inbox.
+    pub(crate) fn same_inbox(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.chan, &other.chan)
     }
 
     /// Closes the inbox for every sender: further sends fail with `Closed`; the receiver

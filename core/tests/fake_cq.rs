@@ -349,3 +349,38 @@ fn waiting_operation_is_woken_across_threads() {
     assert_eq!(d.in_flight(), 0);
     assert_eq!(d.stats().completed, 1600);
 }
+
+#[test]
+fn completion_is_handed_out_once() {
+    let d: Dispatcher = Dispatcher::new(1);
+    let mut op = d.reserve().unwrap();
+    let id = op.wr_id();
+    assert_eq!(op.try_complete(), None);
+    let _ = d.handle_completion(Completion {
+        wr_id: id.into_raw(),
+        ..Completion::zeroed()
+    });
+    assert_eq!(op.try_complete().map(|c| c.wr_id), Some(id.into_raw()));
+    assert_eq!(op.try_complete(), None);
+    assert_eq!(op.wr_id(), id, "wr_id stays stable");
+    assert_eq!(d.in_flight(), 0);
+    drop(op); // finished: dropping does not touch the (already reused-able) slot
+    let again = d.reserve().unwrap();
+    assert_eq!(again.wr_id(), WrId::new(0, 1));
+    again.cancel_unposted();
+}
+
+#[test]
+#[should_panic(expected = "polled after it returned `Ready`")]
+fn polling_after_ready_panics() {
+    use std::future::Future;
+    let d: Dispatcher = Dispatcher::new(1);
+    let mut op = d.reserve().unwrap();
+    let _ = d.handle_completion(Completion {
+        wr_id: op.wr_id().into_raw(),
+        ..Completion::zeroed()
+    });
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    assert!(std::pin::Pin::new(&mut op).poll(&mut cx).is_ready());
+    let _ = std::pin::Pin::new(&mut op).poll(&mut cx);
+}
