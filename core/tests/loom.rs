@@ -36,13 +36,18 @@ impl Drop for Guard {
     }
 }
 
-#[test]
-fn completion_vs_abandon() {
-    loom::model(|| {
+/// The owner abandons its operation (with a resource) while the completion arrives; if
+/// `waiting`, the owner had polled once (registered a waker) before.
+fn abandon_race(waiting: bool) {
+    loom::model(move || {
         let d: Dispatcher<Guard> = Dispatcher::new(1);
         let nic_done = Arc::new(AtomicBool::new(false));
         let drops = Arc::new(AtomicUsize::new(0));
-        let op = d.reserve().unwrap();
+        let mut op = d.reserve().unwrap();
+        if waiting {
+            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            assert!(std::pin::Pin::new(&mut op).poll(&mut cx).is_pending());
+        }
         let c = completion(op.wr_id());
         let (d2, done2) = (d.clone(), nic_done.clone());
         let cq = thread::spawn(move || {
@@ -51,7 +56,7 @@ fn completion_vs_abandon() {
             assert!(matches!(r, Routed::Woken | Routed::Reclaimed), "{r:?}");
         });
         op.abandon(Guard {
-            nic_done: nic_done.clone(),
+            nic_done,
             drops: drops.clone(),
         });
         cq.join().unwrap();
@@ -61,17 +66,33 @@ fn completion_vs_abandon() {
 }
 
 #[test]
+fn completion_vs_abandon() {
+    abandon_race(false);
+}
+
+#[test]
+fn waiting_operation_abandoned_vs_completion() {
+    abandon_race(true);
+}
+
+/// Reserves an operation and spawns the CQ thread that completes it.
+fn posted_with_cq_thread(
+    d: &Dispatcher,
+) -> (tokio_rdma_core::Operation, thread::JoinHandle<Routed>) {
+    let op = d.reserve().unwrap();
+    let c = completion(op.wr_id());
+    let d2 = d.clone();
+    (op, thread::spawn(move || d2.handle_completion(c)))
+}
+
+#[test]
 fn completion_vs_plain_drop() {
     loom::model(|| {
         let d: Dispatcher = Dispatcher::new(1);
-        let op = d.reserve().unwrap();
-        let c = completion(op.wr_id());
-        let d2 = d.clone();
-        let cq = thread::spawn(move || {
-            let _ = d2.handle_completion(c);
-        });
+        let (op, cq) = posted_with_cq_thread(&d);
         drop(op);
-        cq.join().unwrap();
+        let r = cq.join().unwrap();
+        assert!(matches!(r, Routed::Woken | Routed::Reclaimed), "{r:?}");
         assert_eq!(d.in_flight(), 0);
         // The slot is reusable at the next generation.
         let again = d.reserve().unwrap();
@@ -84,16 +105,11 @@ fn completion_vs_plain_drop() {
 fn waker_registration_vs_completion() {
     loom::model(|| {
         let d: Dispatcher = Dispatcher::new(1);
-        let op = d.reserve().unwrap();
-        let c = completion(op.wr_id());
-        let d2 = d.clone();
-        let cq = thread::spawn(move || {
-            assert_eq!(d2.handle_completion(c), Routed::Woken);
-        });
+        let (op, cq) = posted_with_cq_thread(&d);
         // block_on parks until woken: a lost wake-up is reported by loom as a deadlock.
         let got = block_on(op);
         assert_eq!(got.byte_len, 42);
-        cq.join().unwrap();
+        assert_eq!(cq.join().unwrap(), Routed::Woken);
         assert_eq!(d.in_flight(), 0);
     });
 }
@@ -186,31 +202,5 @@ fn inbox_producers_vs_consumer() {
         p2.join().unwrap();
         got.sort();
         assert_eq!(got, [1, 2]);
-    });
-}
-
-#[test]
-fn waiting_operation_dropped_vs_completion() {
-    loom::model(|| {
-        let d: Dispatcher<Guard> = Dispatcher::new(1);
-        let nic_done = Arc::new(AtomicBool::new(false));
-        let drops = Arc::new(AtomicUsize::new(0));
-        let mut op = d.reserve().unwrap();
-        // Poll once: registers a waker (Waiting).
-        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        assert!(std::pin::Pin::new(&mut op).poll(&mut cx).is_pending());
-        let c = completion(op.wr_id());
-        let (d2, done2) = (d.clone(), nic_done.clone());
-        let cq = thread::spawn(move || {
-            done2.store(true, SeqCst);
-            let _ = d2.handle_completion(c);
-        });
-        op.abandon(Guard {
-            nic_done,
-            drops: drops.clone(),
-        });
-        cq.join().unwrap();
-        assert_eq!(drops.load(SeqCst), 1);
-        assert_eq!(d.in_flight(), 0);
     });
 }

@@ -174,10 +174,47 @@ fn watchdog(
     }
 }
 
+/// The "established" event of the connection.
+fn established_event(id: WrId) -> Completion {
+    Completion {
+        wr_id: id.into_raw(),
+        ..Completion::zeroed()
+    }
+}
+
+type Actor = Box<dyn FnOnce() -> Result<(), Aborted> + Send>;
+
+/// Runs poster, canceller and the timer (whose callback runs `deliver_established`), plus
+/// `extra` actors, under the watchdog.
+fn run_workload(
+    w: &Arc<World>,
+    deliver_established: Actor,
+    extra: Vec<(&'static str, Actor)>,
+    timeout: Duration,
+) -> Outcome {
+    let barrier = Arc::new(Barrier::new(3));
+    let (tx, rx) = channel();
+    let mut threads = vec![
+        spawn(&tx, "poster", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || poster(&w, &b)
+        }),
+        spawn(&tx, "canceller", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || canceller(&w, &b)
+        }),
+        spawn(&tx, "timer", {
+            let (w, b) = (w.clone(), barrier.clone());
+            move || timer(&w, &b, deliver_established)
+        }),
+    ];
+    threads.extend(extra.into_iter().map(|(name, f)| spawn(&tx, name, f)));
+    watchdog(w, timeout, threads, rx)
+}
+
 #[test]
 fn callback_dispatch_deadlocks_and_is_detected() {
     let w = Arc::new(World::default());
-    let barrier = Arc::new(Barrier::new(3));
     let mut cb = CallbackDispatcher::new(4);
     // The connection's event handler, run on the delivering (timer) thread, takes the
     // connection lock — like cm_establish_handler under the MAD timer.
@@ -190,38 +227,20 @@ fn callback_dispatch_deadlocks_and_is_detected() {
             .map(|mut conn| conn.established = true);
         *hr.lock().unwrap() = Some(r.is_ok());
     });
-    let cb = Arc::new(cb);
     let established = cb.post(conn_handler).unwrap();
 
-    let (tx, rx) = channel();
-    let threads = vec![
-        spawn(&tx, "poster", {
-            let (w, b) = (w.clone(), barrier.clone());
-            move || poster(&w, &b)
-        }),
-        spawn(&tx, "canceller", {
-            let (w, b) = (w.clone(), barrier.clone());
-            move || canceller(&w, &b)
-        }),
-        spawn(&tx, "timer", {
-            let (w, b, cb) = (w.clone(), barrier.clone(), cb.clone());
-            move || {
-                timer(&w, &b, || {
-                    let c = Completion {
-                        wr_id: established.into_raw(),
-                        ..Completion::zeroed()
-                    };
-                    assert_eq!(cb.handle_completion(c), Routed::Woken);
-                    // The callback ran inline; it may have given up because of the watchdog.
-                    match handler_result.lock().unwrap().take() {
-                        Some(true) => Ok(()),
-                        _ => Err(Aborted),
-                    }
-                })
-            }
-        }),
-    ];
-    let out = watchdog(&w, Duration::from_secs(2), threads, rx);
+    let deliver: Actor = Box::new(move || {
+        assert_eq!(
+            cb.handle_completion(established_event(established)),
+            Routed::Woken
+        );
+        // The callback ran inline; it may have given up because of the watchdog.
+        match handler_result.lock().unwrap().take() {
+            Some(true) => Ok(()),
+            _ => Err(Aborted),
+        }
+    });
+    let out = run_workload(&w, deliver, Vec::new(), Duration::from_secs(2));
 
     assert!(
         out.deadlocked,
@@ -243,49 +262,35 @@ fn callback_dispatch_deadlocks_and_is_detected() {
 #[test]
 fn await_dispatch_completes_the_same_workload() {
     let w = Arc::new(World::default());
-    let barrier = Arc::new(Barrier::new(3));
     let d: Dispatcher = Dispatcher::new(4);
     // The connection task awaits the "established" event, holding no lock while it waits,
     // and takes the connection lock only after the event was handed over.
     let op = d.reserve().unwrap();
     let established: WrId = op.wr_id();
 
-    let (tx, rx) = channel();
-    let threads = vec![
-        spawn(&tx, "poster", {
-            let (w, b) = (w.clone(), barrier.clone());
-            move || poster(&w, &b)
-        }),
-        spawn(&tx, "canceller", {
-            let (w, b) = (w.clone(), barrier.clone());
-            move || canceller(&w, &b)
-        }),
-        spawn(&tx, "timer", {
-            let (w, b, d) = (w.clone(), barrier.clone(), d.clone());
-            move || {
-                timer(&w, &b, || {
-                    // Delivery only stores the event and wakes the task: no consumer lock.
-                    let c = Completion {
-                        wr_id: established.into_raw(),
-                        ..Completion::zeroed()
-                    };
-                    assert_eq!(d.handle_completion(c), Routed::Woken);
-                    Ok(())
-                })
-            }
-        }),
-        spawn(&tx, "connection task", {
-            let w = w.clone();
-            move || {
-                let event = futures::executor::block_on(op);
-                assert_eq!(event.wr_id, established.into_raw());
-                let mut conn = w.lock(&w.conn, "connection task", "connection lock")?;
-                conn.established = true;
-                Ok(())
-            }
-        }),
-    ];
-    let out = watchdog(&w, Duration::from_secs(20), threads, rx);
+    let d2 = d.clone();
+    let deliver: Actor = Box::new(move || {
+        // Delivery only stores the event and wakes the task: no consumer lock.
+        assert_eq!(
+            d2.handle_completion(established_event(established)),
+            Routed::Woken
+        );
+        Ok(())
+    });
+    let w2 = w.clone();
+    let connection_task: Actor = Box::new(move || {
+        let event = futures::executor::block_on(op);
+        assert_eq!(event.wr_id, established.into_raw());
+        let mut conn = w2.lock(&w2.conn, "connection task", "connection lock")?;
+        conn.established = true;
+        Ok(())
+    });
+    let out = run_workload(
+        &w,
+        deliver,
+        vec![("connection task", connection_task)],
+        Duration::from_secs(20),
+    );
 
     assert!(
         !out.deadlocked,
