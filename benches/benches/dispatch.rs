@@ -163,17 +163,22 @@ fn dispatch(c: &mut Criterion) {
             let id = |name: &str| BenchmarkId::new(format!("{name}/t{threads}"), batch);
             group.throughput(Throughput::Elements((threads * batch) as u64));
 
+            // Each thread (consumer) uses its own handle onto the shared table, as tasks do.
             let d: Dispatcher = Dispatcher::new(threads * batch);
+            let handles: Vec<_> = (0..threads).map(|_| d.clone()).collect();
             group.bench_function(id("async_op"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(threads, iters, &|_, it| async_operations(&d, batch, it))
+                    run_threads(threads, iters, &|t, it| {
+                        async_operations(&handles[t], batch, it)
+                    })
                 })
             });
 
             let d: Dispatcher<u64> = Dispatcher::new(threads * batch);
+            let handles: Vec<_> = (0..threads).map(|_| d.clone()).collect();
             group.bench_function(id("async_inbox"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(threads, iters, &|_, it| async_inbox(&d, batch, it))
+                    run_threads(threads, iters, &|t, it| async_inbox(&handles[t], batch, it))
                 })
             });
 

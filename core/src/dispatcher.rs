@@ -82,16 +82,37 @@ struct Shared<R: Send + 'static> {
 /// outstanding at once on the QPs sharing the CQ needs one). `R` is the type of resources
 /// (buffers, memory-region guards) a slot keeps alive while the NIC may still access them.
 ///
-/// Cheap to clone (an `Arc` inside); `Send + Sync`. Nothing allocates after [`new`](Self::new):
+/// `Send + Sync`, and cloning gives another handle onto the same table. Nothing allocates
+/// after [`new`](Self::new) except [`clone`](Clone::clone) (cold path, see there):
 /// reserving, completing and polling are a handful of atomic operations, never a lock.
+///
+/// Dropping the last handle (and the last [`Operation`]) drops whatever resources abandoned
+/// or routed slots still hold: keep a handle alive until the QPs using it are flushed or
+/// destroyed (the `verbs` driver does), or call [`fail_all`](Self::fail_all) after that.
 pub struct Dispatcher<R: Send + 'static = ()> {
+    handle: Arc<Handle<R>>,
+}
+
+/// One per `Dispatcher` clone: operations reserved through a handle keep *it* alive, so
+/// threads using their own clones never contend on a shared reference count.
+#[repr(align(128))]
+struct Handle<R: Send + 'static> {
     shared: Arc<Shared<R>>,
 }
 
+impl<R: Send + 'static> Handle<R> {
+    fn new(shared: Arc<Shared<R>>) -> Arc<Self> {
+        Arc::new(Self { shared })
+    }
+}
+
 impl<R: Send + 'static> Clone for Dispatcher<R> {
+    /// A new handle onto the same slot table. Allocates one small block (cold path): give
+    /// each thread or task its own clone, so reserving through it touches no reference
+    /// count shared with other threads.
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            handle: Handle::new(self.handle.shared.clone()),
         }
     }
 }
@@ -113,23 +134,28 @@ impl<R: Send + 'static> Dispatcher<R> {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity <= MAX_SLOTS, "capacity above {MAX_SLOTS}");
         Self {
-            shared: Arc::new(Shared {
+            handle: Handle::new(Arc::new(Shared {
                 slots: (0..capacity).map(|_| Slot::new()).collect(),
                 free: FreeList::new(capacity),
                 counters: Counters::new(),
-            }),
+            })),
         }
+    }
+
+    #[inline]
+    fn shared(&self) -> &Shared<R> {
+        &self.handle.shared
     }
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.shared.slots.len()
+        self.shared().slots.len()
     }
 
     /// Slots currently in use (posted, routed, abandoned or completed but not yet consumed).
     /// A snapshot computed by scanning the table (cold path).
     pub fn in_flight(&self) -> usize {
-        self.shared
+        self.shared()
             .slots
             .iter()
             .filter(|s| !matches!(s.snapshot(), SlotSnapshot::Free(_)))
@@ -137,7 +163,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     }
 
     fn pop_free(&self) -> Result<u32, Error> {
-        self.shared.free.pop().ok_or(Error::Exhausted {
+        self.shared().free.pop().ok_or(Error::Exhausted {
             capacity: self.capacity(),
         })
     }
@@ -152,9 +178,9 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// [`Error::Exhausted`] when every slot is in use.
     pub fn reserve(&self) -> Result<Operation<R>, Error> {
         let index = self.pop_free()?;
-        match self.shared.slots[index as usize].try_post() {
+        match self.shared().slots[index as usize].try_post() {
             Some(ticket) => Ok(Operation {
-                shared: self.shared.clone(),
+                handle: self.handle.clone(),
                 index,
                 generation: ticket.generation(),
                 ticket: Some(ticket),
@@ -163,7 +189,7 @@ impl<R: Send + 'static> Dispatcher<R> {
                 // Unreachable by construction (free-list entries are free slots); never trust
                 // it blindly: give the index back and report exhaustion.
                 debug_assert!(false, "free list handed out a busy slot");
-                self.shared.free.push(index);
+                self.shared().free.push(index);
                 Err(Error::Exhausted {
                     capacity: self.capacity(),
                 })
@@ -193,11 +219,11 @@ impl<R: Send + 'static> Dispatcher<R> {
             return Err(Error::InboxClosed);
         }
         let index = self.pop_free()?;
-        match self.shared.slots[index as usize].try_route(sender.clone(), resources) {
+        match self.shared().slots[index as usize].try_route(sender.clone(), resources) {
             Ok(generation) => Ok(WrId::new(index, generation)),
             Err(_) => {
                 debug_assert!(false, "free list handed out a busy slot");
-                self.shared.free.push(index);
+                self.shared().free.push(index);
                 Err(Error::Exhausted {
                     capacity: self.capacity(),
                 })
@@ -208,26 +234,26 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// A routed slot whose post failed: takes the resources back and frees the slot.
     /// `None` if `id` is not a routed slot waiting for its completion.
     pub fn cancel_routed(&self, id: WrId) -> Option<R> {
-        let slot = self.shared.slots.get(id.index() as usize)?;
+        let slot = self.shared().slots.get(id.index() as usize)?;
         let (_route, resources) = slot.cancel_route(id.generation())?;
-        self.shared.free.push(id.index());
+        self.shared().free.push(id.index());
         Some(resources)
     }
 
     #[inline]
     fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
-        let routed = match self.shared.slots.get(id.index() as usize) {
+        let routed = match self.shared().slots.get(id.index() as usize) {
             None => Routed::Unknown,
             Some(slot) => match slot.complete(id.generation(), c) {
                 CompleteOutcome::Stored => Routed::Woken,
                 CompleteOutcome::Reclaimed(resources) => {
-                    self.shared.free.push(id.index());
+                    self.shared().free.push(id.index());
                     drop(resources);
                     Routed::Reclaimed
                 }
                 CompleteOutcome::Routed(sender, resources) => {
-                    self.shared.free.push(id.index());
+                    self.shared().free.push(id.index());
                     let delivery = Delivery {
                         completion: c,
                         resources,
@@ -254,7 +280,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
         let r = self.route(c, &mut tally, &mut DeferredWake(None));
-        self.shared.counters.add(&tally);
+        self.shared().counters.add(&tally);
         r
     }
 
@@ -268,7 +294,7 @@ impl<R: Send + 'static> Dispatcher<R> {
             let _ = self.route(*c, &mut tally, &mut wake);
         }
         drop(wake);
-        self.shared.counters.add(&tally);
+        self.shared().counters.add(&tally);
         tally.routed_live()
     }
 
@@ -279,7 +305,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// work completion, its opcode is meaningless).
     pub fn fail_all(&self, status: WcStatus) {
         let mut tally = Tally::default();
-        for (index, slot) in self.shared.slots.iter().enumerate() {
+        for (index, slot) in self.shared().slots.iter().enumerate() {
             let generation = match slot.snapshot() {
                 SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) => g,
                 SlotSnapshot::Free(_) | SlotSnapshot::Busy => continue,
@@ -291,12 +317,12 @@ impl<R: Send + 'static> Dispatcher<R> {
             };
             let _ = self.route(c, &mut tally, &mut DeferredWake(None));
         }
-        self.shared.counters.add(&tally);
+        self.shared().counters.add(&tally);
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DispatchStats {
-        self.shared.counters.snapshot()
+        self.shared().counters.snapshot()
     }
 }
 
@@ -309,7 +335,7 @@ impl<R: Send + 'static> Dispatcher<R> {
 /// buffers alive until then, [`cancel_unposted`](Self::cancel_unposted) if the work request
 /// never reached the NIC.
 pub struct Operation<R: Send + 'static = ()> {
-    shared: Arc<Shared<R>>,
+    handle: Arc<Handle<R>>,
     index: u32,
     /// The generation of our slot use (for `wr_id` after completion).
     generation: u32,
@@ -332,12 +358,17 @@ impl<R: Send + 'static> Operation<R> {
         WrId::new(self.index, self.generation)
     }
 
+    #[inline]
+    fn shared(&self) -> &Shared<R> {
+        &self.handle.shared
+    }
+
     fn slot(&self) -> &Slot<R, Route<R>> {
-        &self.shared.slots[self.index as usize]
+        &self.shared().slots[self.index as usize]
     }
 
     fn finish(&mut self, c: Completion) -> Completion {
-        self.shared.free.push(self.index);
+        self.shared().free.push(self.index);
         c
     }
 
@@ -362,7 +393,7 @@ impl<R: Send + 'static> Operation<R> {
                 self.slot().cancel(ticket)
             };
             if let Released::Freed(r) = released {
-                self.shared.free.push(self.index);
+                self.shared().free.push(self.index);
                 drop(r);
             }
         }

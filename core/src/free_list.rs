@@ -12,16 +12,21 @@ pub(crate) struct FreeList {
     /// successful push/pop, so a CAS based on a stale head fails even when the same index is
     /// back on top (ABA); it wraps after 2^32 operations between one thread's load and CAS.
     head: CachePadded<AtomicU64>,
-    /// `next[i]` = index + 1 of the entry below `i` (0 = bottom).
-    next: Box<[AtomicU32]>,
+    /// `next[i]` = index + 1 of the entry below `i` (0 = bottom). One cache line each: the
+    /// thread freeing slot `i` writes `next[i]`, and neighbouring slots are freed by other
+    /// threads.
+    next: Box<[Link]>,
 }
+
+#[repr(align(64))]
+struct Link(AtomicU32);
 
 impl FreeList {
     /// A list holding `0..len`, lowest index on top.
     pub(crate) fn new(len: usize) -> Self {
         assert!(len <= MAX_SLOTS, "at most {MAX_SLOTS} slots");
         let next = (0..len)
-            .map(|i| AtomicU32::new(if i + 1 < len { i as u32 + 2 } else { 0 }))
+            .map(|i| Link(AtomicU32::new(if i + 1 < len { i as u32 + 2 } else { 0 })))
             .collect();
         Self {
             head: CachePadded(AtomicU64::new(if len > 0 { 1 } else { 0 })),
@@ -38,7 +43,7 @@ impl FreeList {
                 return None;
             }
             let index = top - 1;
-            let below = self.next[index as usize].load(Relaxed);
+            let below = self.next[index as usize].0.load(Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self
                 .head
@@ -54,7 +59,7 @@ impl FreeList {
     pub(crate) fn push(&self, index: u32) {
         let mut head = self.head.load(Relaxed);
         loop {
-            self.next[index as usize].store(head as u32, Relaxed);
+            self.next[index as usize].0.store(head as u32, Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.head.compare_exchange(
                 head,
