@@ -1,56 +1,17 @@
 //! Steady-state dispatch allocates nothing: a counting global allocator (process-wide, hence
 //! its own test binary) observes 10^6 completions through every hot path.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
+use tokio_rdma_core::sync::CountingAllocator;
 use tokio_rdma_core::{inbox, Completion, Dispatcher, Operation, WcOpcode};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // Only count on the measuring thread (the test harness's threads may allocate).
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn note() {
-    if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Relaxed);
-    }
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note();
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator::new();
 
 struct CountWake(AtomicUsize);
 impl Wake for CountWake {
@@ -168,21 +129,21 @@ fn steady_state_dispatch_allocates_nothing() {
     b.abandon_round();
     recv_round(&b.d);
 
-    COUNTING.with(|c| c.set(true));
-    let mut done = 0;
-    let mut round = 0u32;
-    while done < TOTAL {
-        done += match round % 4 {
-            0 => b.futures_round(false),
-            1 => b.futures_round(true),
-            2 => b.abandon_round(),
-            _ => recv_round(&b.d),
-        };
-        round += 1;
-    }
-    COUNTING.with(|c| c.set(false));
+    let (done, allocations) = GLOBAL.measure(|| {
+        let mut done = 0;
+        let mut round = 0u32;
+        while done < TOTAL {
+            done += match round % 4 {
+                0 => b.futures_round(false),
+                1 => b.futures_round(true),
+                2 => b.abandon_round(),
+                _ => recv_round(&b.d),
+            };
+            round += 1;
+        }
+        done
+    });
 
-    let allocations = ALLOCATIONS.load(Relaxed);
     let stats = b.d.stats();
     assert!(done >= TOTAL);
     assert!(
@@ -194,14 +155,8 @@ fn steady_state_dispatch_allocates_nothing() {
     assert!(stats.delivered as usize >= TOTAL / 4 - BATCH);
     assert_eq!(b.d.in_flight(), BATCH, "only the re-posted receives remain");
     // Self-check: the counter works.
-    COUNTING.with(|c| c.set(true));
-    drop(std::hint::black_box(vec![1u8; 16]));
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(
-        ALLOCATIONS.load(Relaxed),
-        allocations + 1,
-        "allocator not counting"
-    );
+    let (_, one) = GLOBAL.measure(|| drop(std::hint::black_box(vec![1u8; 16])));
+    assert_eq!(one, 1, "allocator not counting");
     assert_eq!(
         allocations, 0,
         "steady-state dispatch allocated {allocations} times"

@@ -8,6 +8,8 @@
 //!   `REGISTERING`/`WAKING` protocol).
 //! - `Ring` (crate-private): a bounded, pre-allocated Vyukov MPMC ring buffer, used by the
 //!   inbox.
+//! - [`CountingAllocator`]: a forwarding global allocator that counts allocations, for tests
+//!   and benches asserting that hot paths allocate nothing.
 //! - `Slot` (crate-private): the per-work-request state machine of the dispatcher, whose
 //!   completion/resource/route cells are only touched by the party that won the transition
 //!   into the state owning them.
@@ -20,10 +22,12 @@
 
 mod atomic_waker;
 mod cell;
+mod counting_alloc;
 mod ring;
 mod slot;
 
 pub use atomic_waker::AtomicWaker;
+pub use counting_alloc::CountingAllocator;
 pub(crate) use ring::Ring;
 pub(crate) use slot::{CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
 
