@@ -195,6 +195,34 @@ impl SharedReceiveQueue {
         RecvTarget::Srq(self.inner.clone())
     }
 
+    /// Arms the SRQ limit: when fewer than `limit` receives remain posted, the device raises
+    /// [`crate::AsyncEventKind::SrqLimitReached`] (once; arm again afterwards).
+    pub fn arm_limit(&self, limit: u32) -> Result<()> {
+        let mut attr = ffi::ibv_srq_attr {
+            max_wr: 0,
+            max_sge: 0,
+            srq_limit: limit,
+        };
+        // SAFETY: the SRQ is live; only `srq_limit` is read (mask IBV_SRQ_LIMIT).
+        let rc = unsafe {
+            ffi::ibv_modify_srq(
+                self.inner.as_ptr(),
+                &mut attr,
+                ffi::ibv_srq_attr_mask::IBV_SRQ_LIMIT.0 as i32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::from_ret("ibv_modify_srq", rc, format!("srq_limit {limit}")));
+        }
+        Ok(())
+    }
+
+    /// The kernel handle (matches [`crate::AsyncEventElement::Srq`]).
+    pub fn handle(&self) -> u32 {
+        // SAFETY: the SRQ is live; `handle` is a plain field.
+        unsafe { (*self.inner.as_ptr()).handle }
+    }
+
     /// Posts one receive into `buf`.
     pub fn recv<L: LocalBufferMut>(&self, buf: L) -> OpFuture<L> {
         self.target().recv(buf)
