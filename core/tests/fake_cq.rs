@@ -384,3 +384,59 @@ fn polling_after_ready_panics() {
     assert!(std::pin::Pin::new(&mut op).poll(&mut cx).is_ready());
     let _ = std::pin::Pin::new(&mut op).poll(&mut cx);
 }
+
+#[test]
+fn abandon_races_completion_across_threads() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    /// Panics if dropped before the NIC finished with it.
+    struct Buf(Arc<AtomicBool>, Arc<AtomicUsize>);
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            assert!(self.0.load(SeqCst), "buffer dropped before its completion");
+            self.1.fetch_add(1, SeqCst);
+        }
+    }
+
+    const ROUNDS: usize = 20_000;
+    let d: Dispatcher<Buf> = Dispatcher::new(8);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(WrId, Arc<AtomicBool>)>(8);
+    let cq = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            for (id, nic_done) in rx {
+                nic_done.store(true, SeqCst);
+                let r = d.handle_completion(Completion {
+                    wr_id: id.into_raw(),
+                    ..Completion::zeroed()
+                });
+                assert!(matches!(r, Routed::Woken | Routed::Reclaimed), "{r:?}");
+            }
+        })
+    };
+    for i in 0..ROUNDS {
+        let op = loop {
+            match d.reserve() {
+                Ok(op) => break op,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        let nic_done = Arc::new(AtomicBool::new(false));
+        tx.send((op.wr_id(), nic_done.clone())).unwrap();
+        match i % 3 {
+            0 => op.abandon(Buf(nic_done, drops.clone())),
+            1 => drop(op),
+            _ => {
+                futures::executor::block_on(op);
+                drop(Buf(nic_done, drops.clone()));
+            }
+        }
+    }
+    drop(tx);
+    cq.join().unwrap();
+    assert_eq!(d.in_flight(), 0);
+    let with_buffer = (0..ROUNDS).filter(|i| i % 3 != 1).count();
+    assert_eq!(drops.load(SeqCst), with_buffer);
+}
