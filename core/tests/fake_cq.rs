@@ -440,3 +440,17 @@ fn abandon_races_completion_across_threads() {
     let with_buffer = (0..ROUNDS).filter(|i| i % 3 != 1).count();
     assert_eq!(drops.load(SeqCst), with_buffer);
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    type Buf = Vec<u8>;
+    check::<Dispatcher<Buf>>();
+    check::<tokio_rdma_core::Operation<Buf>>();
+    check::<tokio_rdma_core::InboxSender<tokio_rdma_core::Delivery<Buf>>>();
+    check::<tokio_rdma_core::InboxReceiver<tokio_rdma_core::Delivery<Buf>>>();
+    check::<tokio_rdma_core::CallbackDispatcher>();
+    check::<tokio_rdma_core::sync::AtomicWaker>();
+    fn unpin<T: Unpin>() {}
+    unpin::<tokio_rdma_core::Operation<Buf>>();
+}
