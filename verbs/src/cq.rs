@@ -88,12 +88,12 @@ pub(crate) unsafe fn async_fd(fd: RawFd, what: &str) -> Result<AsyncFd<Fd>> {
         });
     }
     // SAFETY: the caller keeps `fd` open for the AsyncFd's lifetime; `Fd` always returns it.
-    unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }.map_err(
-        |e| Error::Io {
+    unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) }.map_err(|e| {
+        Error::Io {
             context: format!("registering the {what} fd with tokio"),
             source: e.into_parts().1,
-        },
-    )
+        }
+    })
 }
 
 pub(crate) struct ChannelInner {
@@ -329,7 +329,9 @@ pub(crate) fn convert_wc(w: &ffi::ibv_wc) -> Completion {
         opcode: WcOpcode::from_raw(w.opcode),
         vendor_err: w.vendor_err,
         byte_len: w.byte_len,
-        imm_data: flags.contains(WcFlags::WITH_IMM).then(|| u32::from_be(raw_imm)),
+        imm_data: flags
+            .contains(WcFlags::WITH_IMM)
+            .then(|| u32::from_be(raw_imm)),
         invalidated_rkey: flags.contains(WcFlags::WITH_INV).then_some(raw_imm),
         qp_num: w.qp_num,
         src_qp: w.src_qp,

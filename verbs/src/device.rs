@@ -124,7 +124,10 @@ impl Context {
         let list = DeviceList::get()?;
         let dev = list
             .iter()
-            .find(|&d| name.map_or(true, |n| DeviceList::name(d) == n))
+            .find(|&d| match name {
+                None => true,
+                Some(n) => DeviceList::name(d) == n,
+            })
             .ok_or_else(|| {
                 Error::NoDevice(match name {
                     Some(n) => format!("named {n:?}"),
@@ -169,7 +172,11 @@ impl Context {
         // SAFETY: the context is open; `a` is a valid out-pointer.
         let rc = unsafe { ffi::ibv_query_device(self.as_ptr(), &mut a) };
         if rc != 0 {
-            return Err(Error::from_ret("ibv_query_device", rc, self.inner.name.clone()));
+            return Err(Error::from_ret(
+                "ibv_query_device",
+                rc,
+                self.inner.name.clone(),
+            ));
         }
         // SAFETY: `fw_ver` is a NUL-terminated char array filled by the provider.
         let fw = unsafe { CStr::from_ptr(a.fw_ver.as_ptr()) };

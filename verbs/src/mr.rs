@@ -252,11 +252,10 @@ impl<B: RegisterBuffer> MemoryRegion<B> {
         let len = buf.len();
         // SAFETY: `ptr` is valid for `len` bytes for as long as `buf` lives (RegisterBuffer
         // contract), and `buf` lives inside the MR until after deregistration.
-        let mr = unsafe {
-            ffi::ibv_reg_mr(pd.as_ptr(), ptr.cast(), len, access.0 as i32)
-        };
-        let mr = NonNull::new(mr)
-            .ok_or_else(|| Error::last_os("ibv_reg_mr", format!("{len} bytes, access {access:?}")))?;
+        let mr = unsafe { ffi::ibv_reg_mr(pd.as_ptr(), ptr.cast(), len, access.0 as i32) };
+        let mr = NonNull::new(mr).ok_or_else(|| {
+            Error::last_os("ibv_reg_mr", format!("{len} bytes, access {access:?}"))
+        })?;
         // SAFETY: `mr` is a valid, freshly registered MR.
         let (lkey, rkey) = unsafe { ((*mr.as_ptr()).lkey, (*mr.as_ptr()).rkey) };
         Ok(Self {
@@ -495,7 +494,7 @@ impl RemoteBuffer {
 
     /// The sub-range `[offset, offset + len)`, checked.
     pub fn slice(&self, offset: u32, len: u32) -> Result<Self> {
-        if offset.checked_add(len).map_or(true, |e| e > self.len) {
+        if !matches!(offset.checked_add(len), Some(end) if end <= self.len) {
             return Err(Error::InvalidArgument(format!(
                 "remote range {offset}+{len} outside {} bytes",
                 self.len

@@ -537,11 +537,11 @@ impl QueuePair {
         match self.inner.qp_type {
             QpType::Ud => {
                 a.qkey = opts.qkey;
-                mask = mask | M::IBV_QP_QKEY;
+                mask |= M::IBV_QP_QKEY;
             }
             QpType::Rc | QpType::Uc => {
                 a.qp_access_flags = opts.access.0;
-                mask = mask | M::IBV_QP_ACCESS_FLAGS;
+                mask |= M::IBV_QP_ACCESS_FLAGS;
             }
         }
         self.inner.modify(&mut a, mask.0, "INIT")
@@ -561,11 +561,11 @@ impl QueuePair {
             a.dest_qp_num = remote.qpn;
             a.rq_psn = remote.psn & 0xff_ffff;
             a.ah_attr = ah_attr(remote, opts.port, opts.gid_index(&ctx)?, opts.hop_limit)?;
-            mask = mask | M::IBV_QP_AV | M::IBV_QP_PATH_MTU | M::IBV_QP_DEST_QPN | M::IBV_QP_RQ_PSN;
+            mask |= M::IBV_QP_AV | M::IBV_QP_PATH_MTU | M::IBV_QP_DEST_QPN | M::IBV_QP_RQ_PSN;
             if self.inner.qp_type == QpType::Rc {
                 a.max_dest_rd_atomic = opts.max_rd_atomic;
                 a.min_rnr_timer = opts.min_rnr_timer;
-                mask = mask | M::IBV_QP_MAX_DEST_RD_ATOMIC | M::IBV_QP_MIN_RNR_TIMER;
+                mask |= M::IBV_QP_MAX_DEST_RD_ATOMIC | M::IBV_QP_MIN_RNR_TIMER;
             }
         }
         self.inner.modify(&mut a, mask.0, "RTR")
@@ -583,8 +583,7 @@ impl QueuePair {
             a.retry_cnt = opts.retry_cnt;
             a.rnr_retry = opts.rnr_retry;
             a.max_rd_atomic = opts.max_rd_atomic;
-            mask = mask
-                | M::IBV_QP_TIMEOUT
+            mask |= M::IBV_QP_TIMEOUT
                 | M::IBV_QP_RETRY_CNT
                 | M::IBV_QP_RNR_RETRY
                 | M::IBV_QP_MAX_QP_RD_ATOMIC;
@@ -677,7 +676,12 @@ impl QueuePair {
     }
 
     /// Atomic fetch-and-add; the previous remote value is written to `buf` (8 bytes).
-    pub fn fetch_add<L: LocalBufferMut>(&self, buf: L, remote: RemoteBuffer, add: u64) -> OpFuture<L> {
+    pub fn fetch_add<L: LocalBufferMut>(
+        &self,
+        buf: L,
+        remote: RemoteBuffer,
+        add: u64,
+    ) -> OpFuture<L> {
         self.post_one(SendOp::FetchAdd { remote, add }, buf)
     }
 
@@ -810,7 +814,8 @@ impl QueuePair {
         let mut kinds = Vec::with_capacity(n);
         for r in reqs {
             let sge = r.local.sge();
-            let checked = validate(&r.op, sge.1).and_then(|()| cq.dispatcher.reserve().map_err(Error::from));
+            let checked =
+                validate(&r.op, sge.1).and_then(|()| cq.dispatcher.reserve().map_err(Error::from));
             match checked {
                 Ok(o) if out.is_empty() => {
                     ops.push(o);
@@ -837,7 +842,13 @@ impl QueuePair {
         for (i, kind) in kinds.iter().enumerate() {
             let sge: *mut ffi::ibv_sge = &mut sges[i];
             // SAFETY: `sges` is not resized after this point, so the pointer stays valid.
-            wrs.push(build_wr(kind, ops[i].wr_id().into_raw(), unsafe { &mut *sge }, false, None));
+            wrs.push(build_wr(
+                kind,
+                ops[i].wr_id().into_raw(),
+                unsafe { &mut *sge },
+                false,
+                None,
+            ));
         }
         for i in 1..wrs.len() {
             let next: *mut ffi::ibv_send_wr = &mut wrs[i];
@@ -1014,7 +1025,14 @@ mod tests {
         assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 8).is_ok());
         assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 4).is_err());
         let odd = RemoteBuffer { addr: 0x1004, ..r };
-        assert!(validate(&SendOp::FetchAdd { remote: odd, add: 1 }, 8).is_err());
+        assert!(validate(
+            &SendOp::FetchAdd {
+                remote: odd,
+                add: 1
+            },
+            8
+        )
+        .is_err());
     }
 
     #[test]
@@ -1028,8 +1046,9 @@ mod tests {
         assert_eq!(wr.wr_id, 9);
         assert_eq!(wr.num_sge, 0);
         assert_eq!(wr.opcode, ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM);
-        // SAFETY: imm_data was the member written.
-        assert_eq!(unsafe { wr.imm_data_invalidated_rkey_union.imm_data }, 0x01020304u32.to_be());
+        // SAFETY: imm_data was the member written; both members are plain u32s.
+        let imm = unsafe { wr.imm_data_invalidated_rkey_union.imm_data };
+        assert_eq!(imm, 0x01020304u32.to_be());
         assert_ne!(wr.send_flags & ffi::ibv_send_flags::IBV_SEND_INLINE.0, 0);
     }
 }

@@ -94,7 +94,12 @@ impl RecvTarget {
     }
 
     /// A stream of `count` receive buffers of `size` bytes each, reposted as messages drop.
-    pub(crate) fn stream(&self, pd: &ProtectionDomain, count: u32, size: usize) -> Result<RecvStream> {
+    pub(crate) fn stream(
+        &self,
+        pd: &ProtectionDomain,
+        count: u32,
+        size: usize,
+    ) -> Result<RecvStream> {
         if count == 0 || size == 0 || size > u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
                 "receive stream of {count} x {size} bytes"
@@ -212,7 +217,11 @@ impl SharedReceiveQueue {
             )
         };
         if rc != 0 {
-            return Err(Error::from_ret("ibv_modify_srq", rc, format!("srq_limit {limit}")));
+            return Err(Error::from_ret(
+                "ibv_modify_srq",
+                rc,
+                format!("srq_limit {limit}"),
+            ));
         }
         Ok(())
     }

@@ -41,7 +41,12 @@ async fn rc_send_recv_sizes() {
     src.copy_from_slice(&pattern(MIB, 9));
     // send_with_imm carries the immediate to the receiver.
     let recv = b.recv(dst);
-    let (res, _src) = bounded("send_imm", 30, a.send_with_imm(src.slice(..10).unwrap(), 0xfeed_beef)).await;
+    let (res, _src) = bounded(
+        "send_imm",
+        30,
+        a.send_with_imm(src.slice(..10).unwrap(), 0xfeed_beef),
+    )
+    .await;
     res.unwrap();
     let (res, d) = bounded("recv imm", 30, recv).await;
     let c = res.unwrap();
@@ -58,7 +63,9 @@ async fn rc_write_read_atomics_inline() {
     let remote = remote_mr.remote(..).unwrap();
 
     // RDMA WRITE.
-    let src = r.pd.register(pattern(4096, 3), Access::LOCAL_WRITE).unwrap();
+    let src =
+        r.pd.register(pattern(4096, 3), Access::LOCAL_WRITE)
+            .unwrap();
     let (res, src) = bounded("write", 30, a.write(src, remote)).await;
     assert_eq!(res.unwrap().opcode, WcOpcode::RdmaWrite);
     assert_eq!(&remote_mr[..4096], &src[..]);
@@ -69,7 +76,11 @@ async fn rc_write_read_atomics_inline() {
     let (res, _src) = bounded(
         "write_imm",
         30,
-        a.write_with_imm(src.slice(..100).unwrap(), remote.slice(4096, 100).unwrap(), 42),
+        a.write_with_imm(
+            src.slice(..100).unwrap(),
+            remote.slice(4096, 100).unwrap(),
+            42,
+        ),
     )
     .await;
     res.unwrap();
@@ -86,12 +97,13 @@ async fn rc_write_read_atomics_inline() {
     assert_eq!(&dst[..], &pattern(4096, 3)[..]);
 
     // Atomics on an 8-byte aligned word.
-    let word_mr = r
-        .pd
-        .register(AlignedBuf::new(8, 8).unwrap(), Access::ALL)
-        .unwrap();
+    let word_mr =
+        r.pd.register(AlignedBuf::new(8, 8).unwrap(), Access::ALL)
+            .unwrap();
     let word = word_mr.remote(..).unwrap();
-    let old = r.pd.register(AlignedBuf::new(8, 8).unwrap(), Access::LOCAL_WRITE).unwrap();
+    let old =
+        r.pd.register(AlignedBuf::new(8, 8).unwrap(), Access::LOCAL_WRITE)
+            .unwrap();
     let (res, old) = bounded("fetch_add", 30, a.fetch_add(old, word, 5)).await;
     assert_eq!(res.unwrap().opcode, WcOpcode::FetchAdd);
     assert_eq!(u64::from_ne_bytes(old[..8].try_into().unwrap()), 0);
@@ -119,7 +131,10 @@ async fn rc_write_read_atomics_inline() {
     assert_eq!(res.unwrap().byte_len, 12);
     assert_eq!(&rx[..12], b"inline hello");
     let (res, ()) = a.send_inline(&[0u8; 4096]).await;
-    assert!(matches!(res, Err(Error::InvalidArgument(_))), "oversized inline: {res:?}");
+    assert!(
+        matches!(res, Err(Error::InvalidArgument(_))),
+        "oversized inline: {res:?}"
+    );
 
     // Batched posting: 8 writes with one doorbell, landing at distinct offsets.
     let srcs: Vec<_> = (0..8u8)
@@ -138,7 +153,9 @@ async fn rc_write_read_atomics_inline() {
         res.unwrap();
     }
     for i in 0..8usize {
-        assert!(remote_mr[i * 16..i * 16 + 16].iter().all(|&x| x == i as u8 + 1));
+        assert!(remote_mr[i * 16..i * 16 + 16]
+            .iter()
+            .all(|&x| x == i as u8 + 1));
     }
     drop((a, b));
 }
@@ -147,8 +164,12 @@ async fn rc_write_read_atomics_inline() {
 #[ignore = "needs an RDMA device"]
 async fn ud_send_recv_with_grh() {
     let r = rig(128);
-    let a = QueuePairBuilder::new(&r.pd, QpType::Ud, &r.cq).build().unwrap();
-    let b = QueuePairBuilder::new(&r.pd, QpType::Ud, &r.cq).build().unwrap();
+    let a = QueuePairBuilder::new(&r.pd, QpType::Ud, &r.cq)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Ud, &r.cq)
+        .build()
+        .unwrap();
     let ia = a.local_info(&r.opts).unwrap();
     let ib = b.local_info(&r.opts).unwrap();
     a.connect(&r.opts, &ia).unwrap();
@@ -156,10 +177,15 @@ async fn ud_send_recv_with_grh() {
     let mut stream = b.recv_stream(8, 1024 + GRH_LEN).unwrap();
     let ah = AddressHandle::new(&r.pd, &ib, &r.opts).unwrap();
     for i in 0..4u32 {
-        let msg = r.pd.register(pattern(100 + i as usize, i as u8), Access::LOCAL_WRITE).unwrap();
+        let msg =
+            r.pd.register(pattern(100 + i as usize, i as u8), Access::LOCAL_WRITE)
+                .unwrap();
         let (res, _) = bounded("ud send", 30, a.send_to(&ah, msg, Some(i))).await;
         res.unwrap();
-        let m = bounded("ud recv", 30, stream.next()).await.unwrap().unwrap();
+        let m = bounded("ud recv", 30, stream.next())
+            .await
+            .unwrap()
+            .unwrap();
         let c = *m.completion();
         assert!(c.wc_flags.contains(tokio_rdma_verbs::WcFlags::GRH));
         assert_eq!(c.src_qp, a.qp_num());
@@ -170,7 +196,9 @@ async fn ud_send_recv_with_grh() {
     // RC-only operations are refused on UD before posting... and UD sends need send_to.
     let msg = r.pd.register(vec![1u8; 8], Access::LOCAL_WRITE).unwrap();
     let (res, _) = {
-        let rc = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq).build().unwrap();
+        let rc = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+            .build()
+            .unwrap();
         rc.send_to(&ah, msg, None).await
     };
     assert!(matches!(res, Err(Error::InvalidArgument(_))));
@@ -185,7 +213,9 @@ async fn srq_shared_by_several_qps() {
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..3 {
-        let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq).build().unwrap();
+        let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+            .build()
+            .unwrap();
         let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
             .srq(&srq)
             .build()
@@ -201,18 +231,23 @@ async fn srq_shared_by_several_qps() {
     let mut seen = std::collections::HashMap::new();
     for round in 0..10u8 {
         for (i, a) in senders.iter().enumerate() {
-            let msg = r
-                .pd
-                .register(vec![round * 3 + i as u8; 32], Access::LOCAL_WRITE)
-                .unwrap();
+            let msg =
+                r.pd.register(vec![round * 3 + i as u8; 32], Access::LOCAL_WRITE)
+                    .unwrap();
             let (res, _) = bounded("srq send", 30, a.send(msg)).await;
             res.unwrap();
         }
         for _ in 0..senders.len() {
-            let m = bounded("srq recv", 30, stream.next()).await.unwrap().unwrap();
+            let m = bounded("srq recv", 30, stream.next())
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(m.len(), 32);
             let qpn = m.completion().qp_num;
-            let idx = receivers.iter().position(|b| b.qp_num() == qpn).expect("known qp");
+            let idx = receivers
+                .iter()
+                .position(|b| b.qp_num() == qpn)
+                .expect("known qp");
             assert!(m.iter().all(|&x| x == round * 3 + idx as u8));
             *seen.entry(qpn).or_insert(0) += 1;
         }

@@ -48,7 +48,11 @@ async fn hundred_thousand_operations_with_stable_memory() {
     let receiver = tokio::spawn(async move {
         let mut n = 0usize;
         while n < TOTAL {
-            let m = stream.next().await.expect("stream ended").expect("receive failed");
+            let m = stream
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("receive failed");
             assert_eq!(&m[..], &expect[..]);
             n += 1;
         }
@@ -79,9 +83,7 @@ async fn hundred_thousand_operations_with_stable_memory() {
     let rss_end = rss_bytes();
     let elapsed = started.elapsed();
     let stats = r.cq.stats();
-    eprintln!(
-        "{TOTAL} sends + receives in {elapsed:?}; rss {rss_warm} -> {rss_end}; {stats:?}"
-    );
+    eprintln!("{TOTAL} sends + receives in {elapsed:?}; rss {rss_warm} -> {rss_end}; {stats:?}");
     assert!(
         rss_end <= rss_warm + 4 * 1024 * 1024,
         "RSS grew from {rss_warm} to {rss_end} bytes over {} operations",
@@ -114,7 +116,7 @@ unsafe impl RegisterBuffer for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let complete = self.expect.as_ref().map_or(true, |e| *e == self.data);
+        let complete = !matches!(&self.expect, Some(e) if *e != self.data);
         self.log.lock().unwrap().push((self.id, complete));
     }
 }
@@ -159,8 +161,15 @@ async fn futures_dropped_mid_flight_keep_buffers_until_completion() {
     logged(&log, 32).await;
     {
         let l = log.lock().unwrap();
-        assert_eq!(l.len(), 32, "every read buffer is released after its completion");
-        assert!(l.iter().all(|&(_, complete)| complete), "a buffer was freed before the NIC finished: {l:?}");
+        assert_eq!(
+            l.len(),
+            32,
+            "every read buffer is released after its completion"
+        );
+        assert!(
+            l.iter().all(|&(_, complete)| complete),
+            "a buffer was freed before the NIC finished: {l:?}"
+        );
     }
 
     // 2. Receives that cannot complete (nobody sends to b): dropping their futures must not free
@@ -177,7 +186,10 @@ async fn futures_dropped_mid_flight_keep_buffers_until_completion() {
         drop(b.recv(mr));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(log.lock().unwrap().is_empty(), "receive buffers freed while still posted");
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "receive buffers freed while still posted"
+    );
     let reclaimed_before = r.cq.stats().dispatch.reclaimed;
     b.set_error().unwrap();
     bounded("load", 60, load).await.unwrap();
@@ -205,9 +217,17 @@ async fn bad_rkey_gives_remote_access_error_and_flushes_the_rest() {
     let recvs: Vec<_> = (0..4)
         .map(|_| a.recv(r.pd.register(vec![0u8; 64], Access::LOCAL_WRITE).unwrap()))
         .collect();
-    let bad_write = a.write(r.pd.register(vec![1u8; 64], Access::LOCAL_WRITE).unwrap(), bad);
+    let bad_write = a.write(
+        r.pd.register(vec![1u8; 64], Access::LOCAL_WRITE).unwrap(),
+        bad,
+    );
     let later: Vec<_> = (0..3)
-        .map(|_| a.write(r.pd.register(vec![2u8; 64], Access::LOCAL_WRITE).unwrap(), good))
+        .map(|_| {
+            a.write(
+                r.pd.register(vec![2u8; 64], Access::LOCAL_WRITE).unwrap(),
+                good,
+            )
+        })
         .collect();
 
     let (res, _) = bounded("bad write", 30, bad_write).await;
@@ -228,7 +248,10 @@ async fn bad_rkey_gives_remote_access_error_and_flushes_the_rest() {
     }
     for f in recvs {
         let (res, _) = bounded("recv", 30, f).await;
-        assert_eq!(res.err().and_then(|e| e.completion_status()), Some(WcStatus::WrFlushErr));
+        assert_eq!(
+            res.err().and_then(|e| e.completion_status()),
+            Some(WcStatus::WrFlushErr)
+        );
     }
     // The QP is in error: new work fails too (flush or post error), never hangs.
     let (res, _) = bounded(
@@ -244,9 +267,7 @@ async fn bad_rkey_gives_remote_access_error_and_flushes_the_rest() {
     drained_to(&r.cq, 0).await;
     // rxe raises no QP async event for a remote access error (checked: nothing arrives);
     // the stream must not invent one either.
-    if let Ok(Some(ev)) =
-        tokio::time::timeout(Duration::from_millis(200), events.next()).await
-    {
+    if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
         eprintln!("async event after the access error: {ev:?}");
     }
 }
@@ -272,7 +293,12 @@ async fn async_event_stream_reports_srq_limit() {
     for _ in 0..10 {
         let (res, _) = a.send_inline(b"x").await;
         res.unwrap();
-        held.push(bounded("srq recv", 30, stream.next()).await.unwrap().unwrap());
+        held.push(
+            bounded("srq recv", 30, stream.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let ev = bounded("srq limit event", 30, async {
         loop {
@@ -301,7 +327,11 @@ fn several_qps_on_several_tasks_multi_threaded() {
         let cq2 = r.cq(512);
         let mut tasks = Vec::new();
         for p in 0..4u8 {
-            let cq = if p % 2 == 0 { r.cq.clone() } else { cq2.clone() };
+            let cq = if p % 2 == 0 {
+                r.cq.clone()
+            } else {
+                cq2.clone()
+            };
             let (a, b) = r.rc_pair_on(&cq);
             let pd = r.pd.clone();
             tasks.push(tokio::spawn(async move {

@@ -157,7 +157,8 @@ async fn exchange_stream(args: &Args) -> Result<TcpStream> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(last.expect("at least one attempt")).with_context(|| format!("connecting to {addr}"))
+            Err(last.expect("at least one attempt"))
+                .with_context(|| format!("connecting to {addr}"))
         }
         None => {
             let l = TcpListener::bind(("0.0.0.0", args.port))
