@@ -162,6 +162,7 @@ impl<R: Send + 'static> Dispatcher<R> {
             .count()
     }
 
+    #[inline]
     fn pop_free(&self) -> Result<u32, Error> {
         self.shared().free.pop().ok_or(Error::Exhausted {
             capacity: self.capacity(),
@@ -176,6 +177,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     ///
     /// # Errors
     /// [`Error::Exhausted`] when every slot is in use.
+    #[inline]
     pub fn reserve(&self) -> Result<Operation<R>, Error> {
         let index = self.pop_free()?;
         match self.shared().slots[index as usize].try_post() {
@@ -210,6 +212,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// # Errors
     /// [`Error::Exhausted`] when every slot is in use (the resources are dropped);
     /// [`Error::InboxClosed`] when the inbox is already closed.
+    #[inline]
     pub fn reserve_into(
         &self,
         sender: &InboxSender<Delivery<R>>,
@@ -286,6 +289,7 @@ impl<R: Send + 'static> Dispatcher<R> {
 
     /// Routes a batch (e.g. one `ibv_poll_cq` result); returns how many reached a live owner
     /// ([`Routed::Woken`] or [`Routed::Delivered`]). Counters are updated once per batch.
+    #[inline]
     pub fn handle_completions(&self, batch: &[Completion]) -> usize {
         let mut tally = Tally::default();
         // Consecutive deliveries into the same inbox wake its receiver once.
@@ -367,6 +371,7 @@ impl<R: Send + 'static> Operation<R> {
         &self.shared().slots[self.index as usize]
     }
 
+    #[inline]
     fn finish(&mut self, c: Completion) -> Completion {
         self.shared().free.push(self.index);
         c
@@ -374,6 +379,7 @@ impl<R: Send + 'static> Operation<R> {
 
     /// Non-blocking check: the completion, if it has arrived (the slot is then freed and
     /// the operation is finished: later calls return `None`).
+    #[inline]
     pub fn try_complete(&mut self) -> Option<Completion> {
         let ticket = self.ticket.take()?;
         match self.slot().try_take(ticket) {
@@ -415,6 +421,7 @@ impl<R: Send + 'static> Operation<R> {
 impl<R: Send + 'static> Future for Operation<R> {
     type Output = Completion;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
         let this = &mut *self;
         let Some(ticket) = this.ticket.take() else {

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::sync::{Arc, AtomicBool, AtomicUsize, AtomicWaker, Ordering, Ring};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, AtomicWaker, Consumer, Ordering, Ring};
 
 struct Chan<T> {
     ring: Ring<T>,
@@ -33,13 +33,17 @@ impl<T> Chan<T> {
 /// receive only after its delivery was taken out of the inbox (so in-flight receives + queued
 /// deliveries ≤ capacity).
 pub fn inbox<T: Send>(capacity: usize) -> (InboxSender<T>, InboxReceiver<T>) {
+    let (ring, consumer) = Ring::new(capacity);
     let chan = Arc::new(Chan {
-        ring: Ring::new(capacity),
+        ring,
         rx_waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
     });
-    (InboxSender { chan: chan.clone() }, InboxReceiver { chan })
+    (
+        InboxSender { chan: chan.clone() },
+        InboxReceiver { chan, consumer },
+    )
 }
 
 /// Error of [`InboxSender::try_send`]; gives the value back.
@@ -91,6 +95,7 @@ impl<T> InboxSender<T> {
     ///
     /// # Errors
     /// [`TrySendError::Full`] when the ring is full, [`TrySendError::Closed`] once closed.
+    #[inline]
     pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
         self.try_send_deferred(v)?;
         self.wake_receiver();
@@ -99,6 +104,7 @@ impl<T> InboxSender<T> {
 
     /// `try_send` without waking the receiver: the caller must call
     /// [`wake_receiver`](Self::wake_receiver) afterwards (used to wake once per batch).
+    #[inline]
     pub(crate) fn try_send_deferred(&self, v: T) -> Result<(), TrySendError<T>> {
         if self.chan.closed.load(Ordering::Acquire) {
             return Err(TrySendError::Closed(v));
@@ -107,11 +113,13 @@ impl<T> InboxSender<T> {
     }
 
     /// Wakes the receiver (after [`try_send_deferred`](Self::try_send_deferred)).
+    #[inline]
     pub(crate) fn wake_receiver(&self) {
         self.chan.rx_waker.wake();
     }
 
     /// Whether both senders feed the same inbox.
+    #[inline]
     pub(crate) fn same_inbox(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.chan, &other.chan)
     }
@@ -164,27 +172,31 @@ impl<T> fmt::Debug for InboxSender<T> {
 /// drained. Dropping it closes the inbox (queued values are dropped).
 pub struct InboxReceiver<T> {
     chan: Arc<Chan<T>>,
+    /// The ring's only dequeue right.
+    consumer: Consumer,
 }
 
 impl<T> InboxReceiver<T> {
     /// Takes the next value, if one is ready.
+    #[inline]
     pub fn try_recv(&mut self) -> Option<T> {
-        self.chan.ring.pop()
+        self.chan.ring.pop(&mut self.consumer)
     }
 
     /// Polls for the next value: `Ready(None)` once closed and drained.
+    #[inline]
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(v) = self.chan.ring.pop() {
+        if let Some(v) = self.chan.ring.pop(&mut self.consumer) {
             return Poll::Ready(Some(v));
         }
         // Register, then re-check.
         self.chan.rx_waker.register(cx.waker());
-        if let Some(v) = self.chan.ring.pop() {
+        if let Some(v) = self.chan.ring.pop(&mut self.consumer) {
             return Poll::Ready(Some(v));
         }
         if self.chan.closed.load(Ordering::Acquire) {
             // Values sent before the close are visible now.
-            return Poll::Ready(self.chan.ring.pop());
+            return Poll::Ready(self.chan.ring.pop(&mut self.consumer));
         }
         Poll::Pending
     }

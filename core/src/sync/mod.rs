@@ -6,8 +6,8 @@
 //!
 //! - [`AtomicWaker`]: a lock-free single-waker registration cell (the classic
 //!   `REGISTERING`/`WAKING` protocol).
-//! - `Ring` (crate-private): a bounded, pre-allocated Vyukov MPMC ring buffer, used by the
-//!   inbox.
+//! - `Ring` (crate-private): a bounded, pre-allocated ring buffer (Vyukov's bounded queue,
+//!   multi-producer; dequeues by the one `Consumer` token holder), used by the inbox.
 //! - [`CountingAllocator`]: a forwarding global allocator that counts allocations, for tests
 //!   and benches asserting that hot paths allocate nothing.
 //! - `Slot` (crate-private): the per-work-request state machine of the dispatcher, whose
@@ -28,7 +28,7 @@ mod slot;
 
 pub use atomic_waker::AtomicWaker;
 pub use counting_alloc::CountingAllocator;
-pub(crate) use ring::Ring;
+pub(crate) use ring::{Consumer, Ring};
 pub(crate) use slot::{CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
 
 #[cfg(loom)]

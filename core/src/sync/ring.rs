@@ -14,8 +14,9 @@ struct Cell<T> {
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
-/// A bounded lock-free queue. Every operation is one CAS on the producer or consumer index plus
-/// one store of the cell's sequence number; nothing allocates after [`Ring::new`].
+/// A bounded lock-free multi-producer, single-consumer queue. A push is one CAS on the
+/// producer index plus one store of the cell's sequence number; a pop (by the one
+/// [`Consumer`]) is plain loads and stores; nothing allocates after [`Ring::new`].
 ///
 /// Capacity is rounded up to a power of two, and is at least 2.
 pub(crate) struct Ring<T> {
@@ -31,13 +32,15 @@ pub(crate) struct Ring<T> {
 // value is handed over through its `seq` (Release store / Acquire load), so `T: Send` suffices.
 unsafe impl<T: Send> Send for Ring<T> {}
 // SAFETY: a cell's value is only written by the producer that won the CAS on `tail` for that
-// position while `seq == pos`, and only read by the consumer that won the CAS on `head` while
-// `seq == pos + 1`; those windows never overlap, so `&Ring` can be shared when `T: Send`.
+// position while `seq == pos`, and only read by the single dequeuer (holder of the unique
+// `Consumer`, or `&mut Ring`) while `seq == pos + 1`; those windows never overlap, so `&Ring`
+// can be shared when `T: Send`.
 unsafe impl<T: Send> Sync for Ring<T> {}
 
 impl<T> Ring<T> {
-    /// A ring holding at least `capacity` values (rounded up to a power of two, minimum 2).
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A ring holding at least `capacity` values (rounded up to a power of two, minimum 2),
+    /// and its one [`Consumer`].
+    pub(crate) fn new(capacity: usize) -> (Self, Consumer) {
         let cap = capacity.max(2).next_power_of_two();
         let buf = (0..cap)
             .map(|i| Cell {
@@ -45,12 +48,14 @@ impl<T> Ring<T> {
                 value: UnsafeCell::new(MaybeUninit::uninit()),
             })
             .collect();
-        Self {
+        let ring = Self {
             buf,
             mask: cap - 1,
             head: CachePadded(AtomicUsize::new(0)),
             tail: CachePadded(AtomicUsize::new(0)),
-        }
+        };
+        let consumer = Consumer { ring: ring.id() };
+        (ring, consumer)
     }
 
     /// The real capacity.
@@ -90,37 +95,38 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Removes the oldest value, if one is ready.
-    pub(crate) fn pop(&self) -> Option<T> {
-        let mut pos = self.head.load(Relaxed);
-        loop {
-            let cell = &self.buf[pos & self.mask];
-            let seq = cell.seq.load(Acquire);
-            let diff = seq.wrapping_sub(pos.wrapping_add(1)) as isize;
-            if diff == 0 {
-                match self
-                    .head
-                    .compare_exchange(pos, pos.wrapping_add(1), Relaxed, Relaxed)
-                {
-                    Ok(_) => {
-                        // SAFETY: `seq == pos + 1` (Acquire) means the producer of `pos`
-                        // finished writing the value; winning the CAS on `head` makes us its
-                        // only reader, and producers do not touch the cell until we publish
-                        // `seq = pos + capacity` below.
-                        let v = cell.value.with(|p| unsafe { (*p).assume_init_read() });
-                        cell.seq.store(pos.wrapping_add(self.mask + 1), Release);
-                        return Some(v);
-                    }
-                    Err(actual) => pos = actual,
-                }
-            } else if diff < 0 {
-                // Empty (or the producer of `pos` has not finished writing yet).
-                return None;
-            } else {
-                spin_hint();
-                pos = self.head.load(Relaxed);
-            }
+    /// Removes the oldest value, if one is ready. Only the holder of the ring's unique
+    /// [`Consumer`] can call this, so dequeues never race (no CAS needed).
+    ///
+    /// # Panics
+    /// If `consumer` belongs to another ring.
+    #[inline]
+    pub(crate) fn pop(&self, consumer: &mut Consumer) -> Option<T> {
+        assert_eq!(consumer.ring, self.id(), "Consumer of another ring");
+        self.pop_exclusive()
+    }
+
+    /// Dequeue. Callers must be the only dequeuer: they hold the ring's `Consumer` mutably
+    /// (`pop`) or the ring itself mutably (`drop`).
+    #[inline]
+    fn pop_exclusive(&self) -> Option<T> {
+        let pos = self.head.load(Relaxed);
+        let cell = &self.buf[pos & self.mask];
+        if cell.seq.load(Acquire) != pos.wrapping_add(1) {
+            // Empty (or the producer of `pos` has not finished writing yet).
+            return None;
         }
+        // SAFETY: `seq == pos + 1` (Acquire) means the producer of `pos` finished writing the
+        // value; we are the only dequeuer (see above), so nobody else reads it, and producers
+        // do not touch the cell until we publish `seq = pos + capacity` below.
+        let v = cell.value.with(|p| unsafe { (*p).assume_init_read() });
+        self.head.store(pos.wrapping_add(1), Relaxed);
+        cell.seq.store(pos.wrapping_add(self.mask + 1), Release);
+        Some(v)
+    }
+
+    fn id(&self) -> usize {
+        self.buf.as_ptr() as usize
     }
 
     /// Number of values queued (a snapshot; exact when no operation is in progress).
@@ -133,8 +139,16 @@ impl<T> Ring<T> {
 
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
-        while self.pop().is_some() {}
+        // `&mut self`: we are the only dequeuer.
+        while self.pop_exclusive().is_some() {}
     }
+}
+
+/// The right to dequeue from one [`Ring`]: exactly one exists per ring (made by
+/// [`Ring::new`]), not `Clone`, so holding it mutably proves no other dequeue runs.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    ring: usize,
 }
 
 #[cfg(all(test, not(loom)))]
@@ -143,7 +157,7 @@ mod tests {
 
     #[test]
     fn fifo_and_full() {
-        let r = Ring::new(3);
+        let (r, mut c) = Ring::new(3);
         assert_eq!(r.capacity(), 4);
         for i in 0..4 {
             r.push(i).unwrap();
@@ -151,7 +165,7 @@ mod tests {
         assert_eq!(r.push(9), Err(9));
         assert_eq!(r.len(), 4);
         for lap in 0..10 {
-            assert_eq!(r.pop(), Some(lap));
+            assert_eq!(r.pop(&mut c), Some(lap));
             r.push(lap + 4).unwrap();
         }
         assert_eq!(r.len(), 4);
@@ -160,7 +174,7 @@ mod tests {
     #[test]
     fn drop_releases_queued_values() {
         let v = std::sync::Arc::new(());
-        let r = Ring::new(4);
+        let (r, _c) = Ring::new(4);
         r.push(v.clone()).unwrap();
         r.push(v.clone()).unwrap();
         assert_eq!(std::sync::Arc::strong_count(&v), 3);
@@ -170,7 +184,8 @@ mod tests {
 
     #[test]
     fn concurrent_producers_deliver_everything() {
-        let r = std::sync::Arc::new(Ring::new(64));
+        let (r, mut c) = Ring::new(64);
+        let r = std::sync::Arc::new(r);
         let producers: Vec<_> = (0..2)
             .map(|t| {
                 let r = r.clone();
@@ -188,7 +203,7 @@ mod tests {
         let mut last = [None::<u64>; 2];
         let mut got = 0;
         while got < 20_000 {
-            if let Some(v) = r.pop() {
+            if let Some(v) = r.pop(&mut c) {
                 let t = (v / 1_000_000) as usize;
                 let i = v % 1_000_000;
                 assert!(last[t] < Some(i), "per-producer FIFO");
@@ -201,6 +216,14 @@ mod tests {
         for p in producers {
             p.join().unwrap();
         }
-        assert_eq!(r.pop(), None);
+        assert_eq!(r.pop(&mut c), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "Consumer of another ring")]
+    fn consumer_is_bound_to_its_ring() {
+        let (a, _ca) = Ring::<u8>::new(2);
+        let (_b, mut cb) = Ring::<u8>::new(2);
+        let _ = a.pop(&mut cb);
     }
 }
