@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::raw::c_int;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdma_sys as ffi;
 
@@ -84,6 +84,8 @@ pub(crate) struct ContextInner {
     pub(crate) ctx: NonNull<ffi::ibv_context>,
     pub(crate) name: String,
     pub(crate) events_taken: AtomicBool,
+    /// Default GID index per port, computed once (a GID-table scan is ~3 syscalls per entry).
+    default_gid: Mutex<Vec<(u8, u32)>>,
 }
 
 // SAFETY: libibverbs contexts are thread-safe: every verb on a context (and on objects created
@@ -144,6 +146,7 @@ impl Context {
                 ctx,
                 name: dev_name,
                 events_taken: AtomicBool::new(false),
+                default_gid: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -233,6 +236,10 @@ impl Context {
 
     /// Reads one GID table entry with its type and network device.
     pub fn query_gid(&self, port: u8, index: u32) -> Result<GidEntry> {
+        self.query_gid_typed(port, index, None)
+    }
+
+    fn query_gid_typed(&self, port: u8, index: u32, known: Option<GidType>) -> Result<GidEntry> {
         let mut gid = ffi::ibv_gid { raw: [0; 16] };
         let idx = c_int::try_from(index)
             .map_err(|_| Error::InvalidArgument(format!("gid index {index}")))?;
@@ -251,10 +258,12 @@ impl Context {
             "/sys/class/infiniband/{}/ports/{port}/gid_attrs",
             self.inner.name
         );
-        let gid_type = std::fs::read_to_string(format!("{base}/types/{index}"))
-            .ok()
-            .and_then(|s| GidType::parse_sysfs(&s))
-            .unwrap_or(GidType::Ib);
+        let gid_type = known.unwrap_or_else(|| {
+            std::fs::read_to_string(format!("{base}/types/{index}"))
+                .ok()
+                .and_then(|s| GidType::parse_sysfs(&s))
+                .unwrap_or(GidType::Ib)
+        });
         let netdev = std::fs::read_to_string(format!("{base}/ndevs/{index}"))
             .ok()
             .map(|s| s.trim().to_owned())
@@ -269,14 +278,24 @@ impl Context {
 
     /// The non-empty entries of the port's GID table.
     pub fn gid_table(&self, port: u8) -> Result<Vec<GidEntry>> {
-        let len = self.query_port(port)?.gid_tbl_len.max(0) as u32;
+        let attr = self.query_port(port)?;
+        let len = attr.gid_tbl_len.max(0) as u32;
+        let types = format!(
+            "/sys/class/infiniband/{}/ports/{port}/gid_attrs/types",
+            self.inner.name
+        );
         let mut v = Vec::new();
         for i in 0..len {
-            match self.query_gid(port, i) {
+            // On RoCE an unpopulated entry has no readable type: skip it without querying.
+            let known = match std::fs::read_to_string(format!("{types}/{i}")) {
+                Ok(s) => GidType::parse_sysfs(&s),
+                Err(_) if attr.link_layer == LinkLayer::Ethernet => continue,
+                Err(_) => None,
+            };
+            match self.query_gid_typed(port, i, known) {
                 Ok(e) if !e.gid.is_zero() => v.push(e),
-                Ok(_) => {}
-                // Unpopulated RoCE entries report EINVAL/ENODATA on some kernels.
-                Err(_) => {}
+                // Empty, or unpopulated entries reporting EINVAL/ENODATA.
+                Ok(_) | Err(_) => {}
             }
         }
         Ok(v)
@@ -284,8 +303,27 @@ impl Context {
 
     /// The default GID index of a port: a RoCE v2 IPv4-mapped GID when present, else RoCE v2,
     /// else index 0.
+    ///
+    /// Computed once per context and port (later table changes are not seen; pass an explicit
+    /// index to follow them).
     pub fn default_gid_index(&self, port: u8) -> Result<u32> {
-        Ok(choose_gid_index(&self.gid_table(port)?))
+        let cached = |c: &Vec<(u8, u32)>| c.iter().find(|(p, _)| *p == port).map(|(_, i)| *i);
+        if let Some(i) = cached(
+            &self
+                .inner
+                .default_gid
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ) {
+            return Ok(i);
+        }
+        let i = choose_gid_index(&self.gid_table(port)?);
+        self.inner
+            .default_gid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((port, i));
+        Ok(i)
     }
 
     /// The device's async events (QP errors, port changes, ...) as a stream. Only one stream
