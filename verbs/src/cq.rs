@@ -105,11 +105,7 @@ pub(crate) struct ChannelInner {
     _ctx: Arc<ContextInner>,
 }
 
-// SAFETY: libibverbs is thread-safe; the channel pointer is only destroyed in Drop after the
-// last CQ (which holds an Arc) is gone. The registry is behind a Mutex.
-unsafe impl Send for ChannelInner {}
-// SAFETY: as for Send.
-unsafe impl Sync for ChannelInner {}
+ibverbs_thread_safe!(ChannelInner);
 
 impl Drop for ChannelInner {
     fn drop(&mut self) {
@@ -215,11 +211,7 @@ pub(crate) struct CqInner {
     _ctx: Arc<ContextInner>,
 }
 
-// SAFETY: libibverbs is thread-safe (ibv_poll_cq is additionally serialised by the `draining`
-// flag, so the dispatcher sees completions in CQ order); the CQ is destroyed only in Drop.
-unsafe impl Send for CqInner {}
-// SAFETY: as for Send.
-unsafe impl Sync for CqInner {}
+ibverbs_thread_safe!(CqInner);
 
 impl CqInner {
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {

@@ -88,12 +88,7 @@ pub(crate) struct ContextInner {
     default_gid: Mutex<Vec<(u8, u32)>>,
 }
 
-// SAFETY: libibverbs contexts are thread-safe: every verb on a context (and on objects created
-// from it) may be called from any thread concurrently (rdma-core documents libibverbs as
-// thread-safe; providers lock internally). The pointer is only freed in Drop.
-unsafe impl Send for ContextInner {}
-// SAFETY: see `Send`; shared access only issues thread-safe verbs.
-unsafe impl Sync for ContextInner {}
+ibverbs_thread_safe!(ContextInner);
 
 impl Drop for ContextInner {
     fn drop(&mut self) {

@@ -13,11 +13,28 @@ use crate::cq::{async_fd, set_nonblocking, Fd};
 use crate::device::Context;
 use crate::error::{Error, Result};
 
-/// What happened (`enum ibv_event_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-#[allow(missing_docs)]
-pub enum AsyncEventKind {
+macro_rules! event_kinds {
+    ($($(#[$m:meta])* $name:ident,)*) => {
+        /// What happened (`enum ibv_event_type`, in its C order).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
+        #[allow(missing_docs)]
+        pub enum AsyncEventKind {
+            $($(#[$m])* $name,)*
+            Unknown(u32),
+        }
+
+        impl AsyncEventKind {
+            /// From the raw C value.
+            pub fn from_raw(v: u32) -> Self {
+                const ALL: &[AsyncEventKind] = &[$(AsyncEventKind::$name),*];
+                ALL.get(v as usize).copied().unwrap_or(AsyncEventKind::Unknown(v))
+            }
+        }
+    };
+}
+
+event_kinds! {
     CqErr,
     QpFatal,
     QpReqErr,
@@ -39,38 +56,9 @@ pub enum AsyncEventKind {
     ClientReregister,
     GidChange,
     WqFatal,
-    Unknown(u32),
 }
 
 impl AsyncEventKind {
-    /// From the raw C value.
-    pub fn from_raw(v: u32) -> Self {
-        use AsyncEventKind::*;
-        const ALL: [AsyncEventKind; 20] = [
-            CqErr,
-            QpFatal,
-            QpReqErr,
-            QpAccessErr,
-            CommEst,
-            SqDrained,
-            PathMig,
-            PathMigErr,
-            DeviceFatal,
-            PortActive,
-            PortErr,
-            LidChange,
-            PkeyChange,
-            SmChange,
-            SrqErr,
-            SrqLimitReached,
-            QpLastWqeReached,
-            ClientReregister,
-            GidChange,
-            WqFatal,
-        ];
-        ALL.get(v as usize).copied().unwrap_or(Unknown(v))
-    }
-
     /// Which kind of object the event is about.
     fn element_kind(self) -> u8 {
         use AsyncEventKind::*;

@@ -72,6 +72,35 @@
 //! # Ok(()) }
 //! ```
 
+/// Declares owners of libibverbs objects `Send + Sync`.
+macro_rules! ibverbs_thread_safe {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: libibverbs is thread-safe: verbs on an object and its children may be called
+        // concurrently from any thread (providers lock internally; where ordering matters, e.g.
+        // ibv_poll_cq, the owner serialises itself). The owner frees the object only in its
+        // Drop, after every child holding an Arc to it is gone; other state is atomics/Mutex.
+        unsafe impl Send for $t {}
+        // SAFETY: as for Send: shared access only issues thread-safe verbs.
+        unsafe impl Sync for $t {}
+    )*};
+}
+
+/// `impl Drop` for an owner whose drop is one destroy verb on one `NonNull` field.
+macro_rules! destroy_on_drop {
+    ($t:ty, $field:ident, $verb:ident, $why:literal) => {
+        impl Drop for $t {
+            fn drop(&mut self) {
+                // SAFETY: the object is live and destroyed exactly once, here; every child
+                // object holds an Arc to this owner, so none is left.
+                let rc = unsafe { rdma_sys::$verb(self.$field.as_ptr()) };
+                if rc != 0 {
+                    tracing::warn!(rc, why = $why, concat!(stringify!($verb), " failed"));
+                }
+            }
+        }
+    };
+}
+
 mod cq;
 mod device;
 mod error;

@@ -17,21 +17,14 @@ pub(crate) struct PdInner {
     pub(crate) ctx: Arc<ContextInner>,
 }
 
-// SAFETY: libibverbs objects may be used from any thread (libibverbs is thread-safe); the
-// pointer is freed only in Drop, after every child (which holds an Arc) is gone.
-unsafe impl Send for PdInner {}
-// SAFETY: as for Send: shared use only issues thread-safe verbs.
-unsafe impl Sync for PdInner {}
+ibverbs_thread_safe!(PdInner);
 
-impl Drop for PdInner {
-    fn drop(&mut self) {
-        // SAFETY: all MRs, QPs, SRQs and AHs of this PD hold an Arc to it, so they are gone.
-        let rc = unsafe { ffi::ibv_dealloc_pd(self.pd.as_ptr()) };
-        if rc != 0 {
-            tracing::warn!(rc, "ibv_dealloc_pd failed");
-        }
-    }
-}
+destroy_on_drop!(
+    PdInner,
+    pd,
+    ibv_dealloc_pd,
+    "MRs, QPs, SRQs and AHs hold an Arc to the PD"
+);
 
 /// A protection domain. Cheap to clone.
 #[derive(Clone)]

@@ -165,11 +165,7 @@ pub(crate) struct QpInner {
     pd: Arc<PdInner>,
 }
 
-// SAFETY: libibverbs is thread-safe (posting to one QP from several threads is allowed; the
-// provider locks the queues); the QP is destroyed only in Drop.
-unsafe impl Send for QpInner {}
-// SAFETY: as for Send.
-unsafe impl Sync for QpInner {}
+ibverbs_thread_safe!(QpInner);
 
 impl QpInner {
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_qp {
@@ -380,21 +376,14 @@ pub(crate) struct AhInner {
     _pd: Arc<PdInner>,
 }
 
-// SAFETY: libibverbs is thread-safe; the AH is destroyed only in Drop, after every send that
-// references it completed (operations own a clone until completion).
-unsafe impl Send for AhInner {}
-// SAFETY: as for Send.
-unsafe impl Sync for AhInner {}
+ibverbs_thread_safe!(AhInner);
 
-impl Drop for AhInner {
-    fn drop(&mut self) {
-        // SAFETY: no posted WR references the AH any more (see Send).
-        let rc = unsafe { ffi::ibv_destroy_ah(self.ah.as_ptr()) };
-        if rc != 0 {
-            tracing::warn!(rc, "ibv_destroy_ah failed");
-        }
-    }
-}
+destroy_on_drop!(
+    AhInner,
+    ah,
+    ibv_destroy_ah,
+    "UD sends own a clone of their AH until completion"
+);
 
 /// An address handle: how to reach a remote UD QP's port.
 #[derive(Clone)]

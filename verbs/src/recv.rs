@@ -137,11 +137,7 @@ pub(crate) struct SrqInner {
     pub(crate) pd: Arc<PdInner>,
 }
 
-// SAFETY: libibverbs is thread-safe; the SRQ is destroyed only in Drop, after every QP that
-// uses it (they hold Arcs).
-unsafe impl Send for SrqInner {}
-// SAFETY: as for Send.
-unsafe impl Sync for SrqInner {}
+ibverbs_thread_safe!(SrqInner);
 
 impl SrqInner {
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_srq {
@@ -149,15 +145,12 @@ impl SrqInner {
     }
 }
 
-impl Drop for SrqInner {
-    fn drop(&mut self) {
-        // SAFETY: no QP uses the SRQ any more (they hold Arcs); posted receives are flushed.
-        let rc = unsafe { ffi::ibv_destroy_srq(self.srq.as_ptr()) };
-        if rc != 0 {
-            tracing::warn!(rc, "ibv_destroy_srq failed");
-        }
-    }
-}
+destroy_on_drop!(
+    SrqInner,
+    srq,
+    ibv_destroy_srq,
+    "QPs using the SRQ hold an Arc to it"
+);
 
 /// A shared receive queue. All QPs attached to it must use its CQ as their receive CQ (the CQ's
 /// dispatcher owns the receive slots). Cheap to clone.
