@@ -109,7 +109,6 @@ pub fn run(args: &TestArgs) -> Result<i32> {
     let mut total = Tally::default();
     let mut failures: Vec<String> = Vec::new();
     let mut skipped_suites: Vec<String> = Vec::new();
-    let target_root = crate::project_root().join("target");
 
     if !args.no_host {
         let (code, t) = run_tallied(cargo().args(["test", "--workspace"]))?;
@@ -129,22 +128,22 @@ pub fn run(args: &TestArgs) -> Result<i32> {
                         "loom",
                     ])
                     .env("RUSTFLAGS", "--cfg loom")
-                    .env("LOOM_MAX_PREEMPTIONS", "2")
-                    .env("CARGO_TARGET_DIR", target_root.join("loom")),
+                    .env("LOOM_MAX_PREEMPTIONS", "3")
+                    .env(
+                        "CARGO_TARGET_DIR",
+                        crate::project_root().join("target/loom"),
+                    ),
             )?;
             total.add(t);
             if code != 0 {
                 failures.push("loom models".into());
             }
             if has_nightly() {
+                // core's own script holds the sanitizer flags.
                 let (code, t) = run_tallied(
-                    cargo()
-                        .args(["+nightly", "test", "-p", "tokio-rdma-core"])
-                        .args(["--target", "x86_64-unknown-linux-gnu", "--lib", "--tests"])
-                        .env("RUSTFLAGS", "-Zsanitizer=address")
-                        .env("RUSTDOCFLAGS", "-Zsanitizer=address")
-                        .env("ASAN_OPTIONS", "detect_leaks=1")
-                        .env("CARGO_TARGET_DIR", target_root.join("asan")),
+                    Command::new("bash")
+                        .arg(crate::project_root().join("core/scripts/asan.sh"))
+                        .current_dir(crate::project_root()),
                 )?;
                 total.add(t);
                 if code != 0 {
