@@ -437,6 +437,19 @@ impl ChannelInner {
     /// Pulls every pending CQ event (until EAGAIN), counting it on its CQ and adding the CQ to
     /// `active`. Always ends in `Err`: `WouldBlock` when drained, else a real error.
     fn drain_events(&self, active: &mut Vec<Arc<CqInner>>) -> io::Result<()> {
+        // Strong references taken under the lock are released only after it (dropping the last
+        // one runs CqInner::drop, which takes the lock).
+        let mut extra: Vec<Arc<CqInner>> = Vec::new();
+        let result = self.drain_events_locked(active, &mut extra);
+        drop(extra);
+        result
+    }
+
+    fn drain_events_locked(
+        &self,
+        active: &mut Vec<Arc<CqInner>>,
+        extra: &mut Vec<Arc<CqInner>>,
+    ) -> io::Result<()> {
         let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let mut cq: *mut ffi::ibv_cq = std::ptr::null_mut();
@@ -449,7 +462,9 @@ impl ChannelInner {
             match reg.get(&(cq as usize)).and_then(Weak::upgrade) {
                 Some(c) => {
                     c.count_event(self.config.ack_batch);
-                    if !active.iter().any(|a| Arc::ptr_eq(a, &c)) {
+                    if active.iter().any(|a| Arc::ptr_eq(a, &c)) {
+                        extra.push(c);
+                    } else {
                         active.push(c);
                     }
                 }
