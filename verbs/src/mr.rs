@@ -448,6 +448,15 @@ unsafe impl<B: RegisterBuffer + Sync> LocalBuffer for Arc<MemoryRegion<B>> {
     }
 }
 
+// SAFETY: the empty buffer names no memory (length 0: posted without a scatter entry).
+unsafe impl LocalBuffer for () {
+    fn sge(&self) -> (u64, u32, u32) {
+        (0, 0, 0)
+    }
+}
+// SAFETY: nothing can be written into zero bytes.
+unsafe impl LocalBufferMut for () {}
+
 /// A peer's memory: what RDMA READ/WRITE and atomics target. Serializable to 16 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RemoteBuffer {

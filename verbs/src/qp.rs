@@ -593,6 +593,28 @@ impl QueuePair {
         self.inner.to_error()
     }
 
+    /// Graceful teardown: moves the QP to ERR and waits until marker work requests queued
+    /// behind everything else have completed. Work queues complete in order, so by then every
+    /// earlier work request has completed (mostly as flush errors) and the buffers of dropped
+    /// operations are released. The receive marker (a zero-length receive, skipped with an
+    /// SRQ) is posted *before* the transition: rxe does not flush receives posted to a QP that
+    /// is already in ERR. The QP itself is destroyed when this and every other handle to it are
+    /// gone (dropping without `close` also moves it to ERR and destroys it; buffers parked for
+    /// its unfinished work requests are then released no later than when the CQ is destroyed).
+    pub async fn close(self) -> Result<()> {
+        let recv = self.target().ok().map(|t| t.recv(()));
+        self.set_error()?;
+        let send = self.post_one(SendOp::Send, ());
+        // Any outcome of a marker (flush error, or a late message landing in the zero-length
+        // receive) proves the queue ahead of it has drained; a failed post means nothing was
+        // queued on that side.
+        let _ = send.await;
+        if let Some(recv) = recv {
+            let _ = recv.await;
+        }
+        Ok(())
+    }
+
     fn target(&self) -> Result<RecvTarget> {
         if self.inner.srq.is_some() {
             return Err(Error::InvalidArgument(
