@@ -36,14 +36,22 @@
 //!   everything the work request references, e.g. an AH) in the dispatcher slot via
 //!   `Operation::abandon`; it is dropped when the completion or flush error arrives, or when
 //!   the CQ is destroyed, which happens only after every QP using it is destroyed.
-//! * **Teardown.** A QP's `Drop` moves it to ERR (flushing outstanding work requests) and then
-//!   destroys it. A CQ's `Drop` unregisters it from its channel, acks its outstanding events,
+//! * **Teardown.** [`QueuePair::close`] posts a zero-length receive marker, moves the QP to
+//!   ERR, posts a send marker and waits for both: queues complete in order, so every earlier
+//!   work request has been flushed and every parked buffer released before the QP is destroyed.
+//!   A QP's `Drop` (without `close`) moves it to ERR and destroys it; what is still parked for
+//!   it is released when its flush arrives or, at the latest, when the CQ is destroyed. A CQ's `Drop` unregisters it from its channel, acks its outstanding events,
 //!   fails whatever is still in its dispatcher (releasing parked buffers), and destroys it.
 //!   The channel's driver stops when the channel and all its CQs are gone.
 //! * **Receives.** [`QueuePair::recv`] posts one buffer; [`QueuePair::recv_stream`] and
 //!   [`SharedReceiveQueue::recv_stream`] post a registered pool whose completions are routed
 //!   (`Dispatcher::reserve_into`) into an inbox that the [`RecvStream`] drains; a
 //!   [`RecvMessage`] reposts its buffer when dropped.
+//!
+//! * **Limits.** The driver task lives on the runtime that created the channel: objects used
+//!   after that runtime shut down only progress through inline polling. Soft-RoCE (rxe) raises
+//!   no QP async event for remote access errors (the failed completion reports them) and does
+//!   not flush receives posted to a QP already in ERR (hence the marker order in `close`).
 //!
 //! # Example
 //!
