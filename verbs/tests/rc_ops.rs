@@ -274,3 +274,63 @@ async fn shared_source_buffer_via_arc() {
     }
     let _unused: Option<RemoteBuffer> = None;
 }
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn device_port_gid_table_memory_kinds_and_uc() {
+    let r = rig(64);
+    let names: Vec<_> = tokio_rdma_verbs::devices().unwrap();
+    assert!(names.iter().any(|d| d.name == r.ctx.name()), "{names:?}");
+    let dev = r.ctx.query_device().unwrap();
+    assert!(
+        dev.phys_port_cnt >= 1 && dev.max_qp > 0 && dev.max_cqe > 0,
+        "{dev:?}"
+    );
+    let port = r.ctx.query_port(1).unwrap();
+    assert_eq!(port.state, tokio_rdma_verbs::PortState::Active, "{port:?}");
+    let table = r.ctx.gid_table(1).unwrap();
+    assert!(!table.is_empty());
+    let idx = r.ctx.default_gid_index(1).unwrap();
+    let chosen = table
+        .iter()
+        .find(|e| e.index == idx)
+        .expect("default is in the table");
+    eprintln!("gid table: {table:?}; default {idx}");
+    if port.link_layer == tokio_rdma_verbs::LinkLayer::Ethernet {
+        assert_eq!(chosen.gid_type, tokio_rdma_verbs::GidType::RoceV2);
+        assert!(chosen.netdev.is_some());
+        if let Ok(ip) = std::env::var("TOKIO_RDMA_LOCAL_IP") {
+            assert_eq!(chosen.gid.to_ipv4().map(|a| a.to_string()), Some(ip));
+        }
+    }
+    // Opening by name finds the same device.
+    let again = tokio_rdma_verbs::Context::open(Some(r.ctx.name())).unwrap();
+    assert_eq!(again.name(), r.ctx.name());
+
+    // BytesMut and Box<[u8]> regions; into_inner hands the buffer back.
+    let mut bm = bytes::BytesMut::new();
+    bm.resize(128, 0);
+    let bm_mr = r.pd.register(bm, Access::LOCAL_WRITE).unwrap();
+    assert_eq!(bm_mr.len(), 128);
+    let boxed =
+        r.pd.register(vec![9u8; 32].into_boxed_slice(), Access::LOCAL_WRITE)
+            .unwrap();
+
+    // UC pair: SEND from a boxed slice into a BytesMut.
+    let a = QueuePairBuilder::new(&r.pd, QpType::Uc, &r.cq)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Uc, &r.cq)
+        .build()
+        .unwrap();
+    common::connect(&r.opts, &a, &b);
+    let recv = b.recv(bm_mr);
+    let (res, boxed) = bounded("uc send", 30, a.send(boxed)).await;
+    res.unwrap();
+    let (res, bm_mr) = bounded("uc recv", 30, recv).await;
+    assert_eq!(res.unwrap().byte_len, 32);
+    let bm = bm_mr.into_inner();
+    assert_eq!(&bm[..32], &[9u8; 32]);
+    assert_eq!(bm.len(), 128);
+    assert_eq!(&*boxed.into_inner(), &[9u8; 32]);
+}
