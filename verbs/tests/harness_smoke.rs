@@ -85,7 +85,9 @@ fn loopback(server: &mut Command, client: &mut Command) -> String {
 #[ignore = "needs an RDMA device"]
 fn device_is_listed_by_ibv_devices() {
     let dev = device_name();
-    let out = Command::new("ibv_devices").output().expect("run ibv_devices");
+    let out = Command::new("ibv_devices")
+        .output()
+        .expect("run ibv_devices");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
