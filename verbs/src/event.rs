@@ -163,22 +163,36 @@ impl AsyncEventSource {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let kind = AsyncEventKind::from_raw(ev.event_type);
+        // SAFETY: the event was just filled in by ibv_get_async_event and is not acked yet, so
+        // the object it names is alive.
+        let event = unsafe { ev.decode() };
+        // SAFETY: the event was received above and is acked exactly once, after copying.
+        unsafe { ffi::ibv_ack_async_event((&mut ev as *mut RawAsyncEvent).cast()) };
+        Ok(event)
+    }
+}
+
+impl RawAsyncEvent {
+    /// Copies the event type and the affiliated object's identifier out.
+    ///
+    /// # Safety
+    /// The union member that matches the event type (a pointer for CQ, QP, SRQ and WQ events)
+    /// must point to a live object.
+    unsafe fn decode(&self) -> AsyncEvent {
+        let kind = AsyncEventKind::from_raw(self.event_type);
         // SAFETY: the union member read matches the event type (verbs.h documents which member
-        // each type uses); the object is alive because the event is not acked yet.
+        // each type uses); the caller guarantees the object it points to is alive.
         let element = unsafe {
             match kind.element_kind() {
-                1 => AsyncEventElement::Cq((*ev.element.cq).handle),
-                2 => AsyncEventElement::Qp((*ev.element.qp).qp_num),
-                3 => AsyncEventElement::Srq((*ev.element.srq).handle),
-                4 => AsyncEventElement::Port(ev.element.port_num as u8),
-                5 => AsyncEventElement::Wq((*ev.element.wq).wq_num),
+                1 => AsyncEventElement::Cq((*self.element.cq).handle),
+                2 => AsyncEventElement::Qp((*self.element.qp).qp_num),
+                3 => AsyncEventElement::Srq((*self.element.srq).handle),
+                4 => AsyncEventElement::Port(self.element.port_num as u8),
+                5 => AsyncEventElement::Wq((*self.element.wq).wq_num),
                 _ => AsyncEventElement::Device,
             }
         };
-        // SAFETY: the event was received above and is acked exactly once, after copying.
-        unsafe { ffi::ibv_ack_async_event((&mut ev as *mut RawAsyncEvent).cast()) };
-        Ok(AsyncEvent { kind, element })
+        AsyncEvent { kind, element }
     }
 }
 
@@ -240,5 +254,46 @@ mod tests {
             std::mem::size_of::<RawAsyncEvent>(),
             std::mem::size_of::<ffi::ibv_async_event>()
         );
+    }
+
+    #[test]
+    fn qp_error_events_are_affiliated_with_the_qp() {
+        use ffi::ibv_event_type as T;
+        // SAFETY: ibv_qp is plain C data (pointers, integers); all-zero is valid, and only
+        // `qp_num` is read.
+        let mut qp: ffi::ibv_qp = unsafe { std::mem::zeroed() };
+        qp.qp_num = 0x1234;
+        for (raw, kind) in [
+            (T::IBV_EVENT_QP_FATAL, AsyncEventKind::QpFatal),
+            (T::IBV_EVENT_QP_REQ_ERR, AsyncEventKind::QpReqErr),
+            (T::IBV_EVENT_QP_ACCESS_ERR, AsyncEventKind::QpAccessErr),
+            (T::IBV_EVENT_SQ_DRAINED, AsyncEventKind::SqDrained),
+            (
+                T::IBV_EVENT_QP_LAST_WQE_REACHED,
+                AsyncEventKind::QpLastWqeReached,
+            ),
+        ] {
+            let ev = RawAsyncEvent {
+                element: ffi::ibv_async_event_element_t { qp: &mut qp },
+                event_type: raw as u32,
+            };
+            // SAFETY: the QP member points to `qp`, alive for the call.
+            let got = unsafe { ev.decode() };
+            assert_eq!(
+                got,
+                AsyncEvent {
+                    kind,
+                    element: AsyncEventElement::Qp(0x1234)
+                },
+                "raw event {raw:?}"
+            );
+        }
+        let port = RawAsyncEvent {
+            element: ffi::ibv_async_event_element_t { port_num: 1 },
+            event_type: T::IBV_EVENT_PORT_ERR as u32,
+        };
+        // SAFETY: port events read the integer member only.
+        let got = unsafe { port.decode() };
+        assert_eq!(got.element, AsyncEventElement::Port(1));
     }
 }

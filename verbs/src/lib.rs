@@ -52,6 +52,8 @@
 //!   after that runtime shut down only progress through inline polling. Soft-RoCE (rxe) raises
 //!   no QP async event for remote access errors (the failed completion reports them) and does
 //!   not flush receives posted to a QP already in ERR (hence the marker order in `close`).
+//!   The QP-affiliated async event it does raise is `SqDrained`, after
+//!   [`QueuePair::drain_send_queue`].
 //!
 //! # Example
 //!

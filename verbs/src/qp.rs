@@ -587,6 +587,27 @@ impl QueuePair {
         self.ready_to_send(opts)
     }
 
+    /// RTS → SQD (send queue drain), asking for the drained notification
+    /// (`en_sqd_async_notify`).
+    ///
+    /// The QP stops starting new send work requests (those posted later stay queued); the
+    /// ones already in progress still complete. Once the send queue has drained, the device
+    /// raises [`AsyncEventKind::SqDrained`](crate::AsyncEventKind::SqDrained) for this QP
+    /// ([`AsyncEventElement::Qp`](crate::AsyncEventElement::Qp) with [`Self::qp_num`]) on the
+    /// context's [`async_events`](crate::Context::async_events) stream. This returns as soon as
+    /// the transition is accepted; it does not wait for the drain. Receives are unaffected.
+    ///
+    /// Fails with [`Error::Verb`] (`ibv_modify_qp`, errno e.g. `EINVAL`) when the QP is not in
+    /// RTS or the provider does not support SQD.
+    pub fn drain_send_queue(&self) -> Result<()> {
+        use ffi::ibv_qp_attr_mask as M;
+        let mut a = zeroed_attr();
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_SQD;
+        a.en_sqd_async_notify = 1;
+        let mask = M::IBV_QP_STATE | M::IBV_QP_EN_SQD_ASYNC_NOTIFY;
+        self.inner.modify(&mut a, mask.0, "SQD")
+    }
+
     /// Moves the QP to the error state: every outstanding work request completes with a
     /// flush error (their futures resolve with [`Error::Completion`]).
     pub fn set_error(&self) -> Result<()> {

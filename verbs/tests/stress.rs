@@ -321,6 +321,46 @@ async fn async_event_stream_reports_srq_limit() {
     drop(held);
 }
 
+/// rxe raises no QP error async events, but it does raise SQ_DRAINED (QP-affiliated) when an
+/// RTS QP is moved to SQD: the stream must report it with exactly that QP's number.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn async_event_stream_reports_qp_affiliated_sq_drained() {
+    let r = rig(256);
+    let mut events = r.ctx.async_events().unwrap();
+    let (a, b) = r.rc_pair();
+    let rx = r.pd.register(vec![0u8; 64], Access::LOCAL_WRITE).unwrap();
+    let recv = b.recv(rx);
+    let (res, _) = bounded("send", 30, a.send_inline(b"drain me")).await;
+    res.expect("send");
+    let (got, rx) = bounded("recv", 30, recv).await;
+    assert_eq!(&rx[..got.expect("recv").byte_len as usize], b"drain me");
+
+    a.drain_send_queue().expect("RTS -> SQD");
+    let ev = bounded("sq drained event", 10, async {
+        loop {
+            let ev = events.next().await.expect("stream ended").expect("event");
+            eprintln!("async event: {ev:?}");
+            if ev.kind == AsyncEventKind::SqDrained {
+                return ev;
+            }
+        }
+    })
+    .await;
+    assert_eq!(ev.element, AsyncEventElement::Qp(a.qp_num()));
+    assert_ne!(a.qp_num(), b.qp_num());
+
+    // Not in RTS: the transition is refused with an errno.
+    let fresh = tokio_rdma_verbs::QueuePairBuilder::new(&r.pd, tokio_rdma_verbs::QpType::Rc, &r.cq)
+        .build()
+        .unwrap();
+    let err = fresh
+        .drain_send_queue()
+        .expect_err("RESET -> SQD must fail");
+    assert!(matches!(err, Error::Verb { .. }), "{err}");
+    assert!(err.raw_os_error().is_some(), "{err}");
+}
+
 #[test]
 #[ignore = "needs an RDMA device"]
 fn several_qps_on_several_tasks_multi_threaded() {
