@@ -30,6 +30,8 @@ mount -t tmpfs run $R/run
 mkdir -p $R/run/xtask
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xtaskrun $R/run/xtask || fail "mount run dir"
 project=$(cat $R/run/xtask/project_dir)
+# A project under /tmp or /run lives below a fresh tmpfs here: make its mount point.
+mkdir -p "$R$project" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 project "$R$project" || fail "mount project"
 
 ip="${tokio_rdma_ip:-192.0.2.1}"
