@@ -51,25 +51,34 @@ fn wait_bounded(mut child: Child, limit: Duration) -> Output {
 }
 
 /// Runs a loopback server/client pair of an rdma-core or perftest tool; returns the client's
-/// output.
+/// output. The client is retried while the server may still be starting (it fails at once when
+/// nothing listens yet), so a slow, emulated machine does not make the test flaky.
 fn loopback(server: &mut Command, client: &mut Command) -> String {
-    let server = server
+    let mut server = server
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start server");
-    std::thread::sleep(Duration::from_millis(800));
-    let client = client
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start client");
-    let c = wait_bounded(client, Duration::from_secs(60));
+    let mut attempts = 0;
+    let c = loop {
+        attempts += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let child = client
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start client");
+        let out = wait_bounded(child, Duration::from_secs(60));
+        let server_gone = server.try_wait().expect("try_wait").is_some();
+        if out.status.success() || attempts == 20 || server_gone {
+            break out;
+        }
+    };
     let s = wait_bounded(server, Duration::from_secs(20));
     let c_out = String::from_utf8_lossy(&c.stdout).into_owned();
     assert!(
         c.status.success(),
-        "client failed: {c_out} {}",
+        "client failed after {attempts} attempts: {c_out} {}",
         String::from_utf8_lossy(&c.stderr)
     );
     assert!(

@@ -36,20 +36,21 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
     let (iters, size) = (args.iters, args.size);
     let mut script = format!(
         r#"set -e
+# A client started before its server listens fails at once: retry it for a while.
+retry() {{ for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1; "$@" && return 0; done; return 1; }}
 echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
-sleep 1
-rping -c -a {ip} -C 3 -v
+retry rping -c -a {ip} -C 3 -v
 wait $srv
 echo "== perftest ib_send_lat, busy polling ({size} B, {iters} iterations)"
 ib_send_lat -d {dev} -x 1 -n {iters} -s {size} >/dev/null 2>&1 & srv=$!
-sleep 1
-ib_send_lat -d {dev} -x 1 -n {iters} -s {size} {ip} | grep -A1 t_typical
+retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} {ip} > /tmp/lat.txt
+grep -A1 t_typical /tmp/lat.txt
 wait $srv
 echo "== perftest ib_send_lat -e, waiting on the completion channel"
 ib_send_lat -d {dev} -x 1 -n {iters} -s {size} -e >/dev/null 2>&1 & srv=$!
-sleep 1
-ib_send_lat -d {dev} -x 1 -n {iters} -s {size} -e {ip} | grep -A1 t_typical
+retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} -e {ip} > /tmp/lat.txt
+grep -A1 t_typical /tmp/lat.txt
 wait $srv
 "#
     );

@@ -206,7 +206,9 @@ pub fn run(args: &TestArgs) -> Result<i32> {
 fn two_host_smoke() -> Result<bool> {
     eprintln!("xtask: two-host VM smoke test: rping 192.0.2.2 -> 192.0.2.1");
     let server = "rping -s -a 192.0.2.1 -C 3 -v";
-    let client = "sleep 2; rping -c -a 192.0.2.1 -C 3 -v";
+    // The server's VM may boot later than ours: retry while nothing listens yet.
+    let client =
+        "for i in $(seq 30); do rping -c -a 192.0.2.1 -C 3 -v && exit 0; sleep 2; done; exit 1";
     let outcome = crate::vm::run(&crate::vm::RunSpec {
         cpus: 1,
         mem: 1024,
