@@ -9,7 +9,7 @@
 //! It ends with one line `tests: N passed, N failed, N skipped` over all of it.
 
 use crate::device::Target;
-use crate::process::{self, shell_quote};
+use crate::process::{self, cargo, shell_quote};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,12 +90,6 @@ fn run_tallied(cmd: &mut Command) -> Result<(i32, Tally)> {
         }
     }
     Ok((process::code_of(child.wait()?), tally))
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(crate::project_root());
-    c
 }
 
 fn has_nightly() -> bool {
