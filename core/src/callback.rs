@@ -6,9 +6,11 @@ use std::fmt;
 use crate::completion::Completion;
 use crate::dispatcher::Routed;
 use crate::error::Error;
-use crate::free_list::{FreeList, MAX_SLOTS};
 use crate::stats::{Counters, DispatchStats, Tally};
-use crate::sync::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
+use crate::sync::{
+    AtomicU64, FreeList, Ordering::AcqRel, Ordering::Acquire, Ordering::Release, DEFAULT_SHARDS,
+    MAX_SLOTS,
+};
 use crate::wr_id::WrId;
 
 /// Identifies a callback registered with [`CallbackDispatcher::register`].
@@ -16,6 +18,13 @@ use crate::wr_id::WrId;
 pub struct ConsumerId(u32);
 
 type Callback = Box<dyn Fn(&Completion) + Send + Sync>;
+
+struct Consumer {
+    callback: Callback,
+    /// Its free-list shard and counter stripe (each consumer recycles its own slots, like a
+    /// `Dispatcher` handle).
+    home: usize,
+}
 
 /// Dispatch by callbacks, the way the kernel's `ib_core` does it (`ib_cqe.done`): a registry
 /// of callbacks, each completion's `wr_id` names the slot and thereby the consumer, and the
@@ -31,7 +40,7 @@ pub struct CallbackDispatcher {
     /// `generation << 32 | (consumer + 1)`, low half 0 = free.
     slots: Box<[AtomicU64]>,
     free: FreeList,
-    callbacks: Vec<Callback>,
+    callbacks: Vec<Consumer>,
     counters: Counters,
 }
 
@@ -42,11 +51,12 @@ impl CallbackDispatcher {
     /// If `capacity` exceeds `u32::MAX - 1`.
     pub fn new(capacity: usize) -> Self {
         assert!(capacity <= MAX_SLOTS, "capacity above {MAX_SLOTS}");
+        let free = FreeList::new(capacity, DEFAULT_SHARDS);
         Self {
             slots: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-            free: FreeList::new(capacity),
+            counters: Counters::new(free.shards()),
+            free,
             callbacks: Vec::new(),
-            counters: Counters::new(),
         }
     }
 
@@ -67,7 +77,11 @@ impl CallbackDispatcher {
             .ok()
             .filter(|id| *id < u32::MAX)
             .expect("too many consumers");
-        self.callbacks.push(Box::new(callback));
+        let home = self.free.home_of(id as usize);
+        self.callbacks.push(Consumer {
+            callback: Box::new(callback),
+            home,
+        });
         ConsumerId(id)
     }
 
@@ -79,11 +93,12 @@ impl CallbackDispatcher {
     /// # Panics
     /// If `consumer` was not registered with this dispatcher.
     pub fn post(&self, consumer: ConsumerId) -> Result<WrId, Error> {
-        assert!(
-            (consumer.0 as usize) < self.callbacks.len(),
-            "unknown consumer"
-        );
-        let index = self.free.pop().ok_or(Error::Exhausted {
+        let home = self
+            .callbacks
+            .get(consumer.0 as usize)
+            .expect("unknown consumer")
+            .home;
+        let index = self.free.pop(home).ok_or(Error::Exhausted {
             capacity: self.capacity(),
         })?;
         let slot = &self.slots[index as usize];
@@ -95,8 +110,9 @@ impl CallbackDispatcher {
         Ok(WrId::new(index, generation))
     }
 
+    /// Routes one completion; `stripe` becomes the consumer's counter stripe.
     #[inline]
-    fn route(&self, c: &Completion) -> Routed {
+    fn route(&self, c: &Completion, stripe: &mut usize) -> Routed {
         let id = WrId::from_raw(c.wr_id);
         let Some(slot) = self.slots.get(id.index() as usize) else {
             return Routed::Unknown;
@@ -114,27 +130,29 @@ impl CallbackDispatcher {
             return Routed::Duplicate;
         }
         // Free first, like `ib_cqe.done` handlers that re-post from the callback.
-        self.free.push(id.index());
-        (self.callbacks[consumer as usize - 1])(c);
+        let consumer = &self.callbacks[consumer as usize - 1];
+        *stripe = consumer.home;
+        self.free.push(consumer.home, id.index());
+        (consumer.callback)(c);
         Routed::Woken
     }
 
     /// Runs the callback for one completion on the calling thread.
     pub fn handle_completion(&self, c: Completion) -> Routed {
-        let mut tally = Tally::default();
-        let r = self.route(&c);
+        let (mut tally, mut stripe) = (Tally::default(), 0);
+        let r = self.route(&c, &mut stripe);
         tally.count(r);
-        self.counters.add(&tally);
+        self.counters.add(stripe, &tally);
         r
     }
 
     /// Runs the callbacks for a batch; returns how many callbacks ran.
     pub fn handle_completions(&self, batch: &[Completion]) -> usize {
-        let mut tally = Tally::default();
+        let (mut tally, mut stripe) = (Tally::default(), 0);
         for c in batch {
-            tally.count(self.route(c));
+            tally.count(self.route(c, &mut stripe));
         }
-        self.counters.add(&tally);
+        self.counters.add(stripe, &tally);
         tally.routed_live()
     }
 

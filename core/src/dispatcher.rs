@@ -7,10 +7,12 @@ use std::task::{Context, Poll};
 
 use crate::completion::{Completion, WcStatus};
 use crate::error::Error;
-use crate::free_list::{FreeList, MAX_SLOTS};
 use crate::inbox::InboxSender;
 use crate::stats::{Counters, DispatchStats, Tally};
-use crate::sync::{Arc, CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
+use crate::sync::{
+    Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, OwnerTicket, Released, SlotSnapshot,
+    SlotTable, DEFAULT_SHARDS, MAX_SLOTS,
+};
 use crate::wr_id::WrId;
 
 /// What [`Dispatcher::handle_completion`] did with one completion.
@@ -71,9 +73,10 @@ impl<R: Send + 'static> Drop for DeferredWake<R> {
 }
 
 struct Shared<R: Send + 'static> {
-    slots: Box<[Slot<R, Route<R>>]>,
-    free: FreeList,
+    table: SlotTable<R, Route<R>>,
     counters: Counters,
+    /// Numbers handles, to spread them over the free-list shards.
+    handles_made: AtomicUsize,
 }
 
 /// Routes completions of one CQ to the operations and inboxes waiting for them.
@@ -94,15 +97,20 @@ pub struct Dispatcher<R: Send + 'static = ()> {
 }
 
 /// One per `Dispatcher` clone: operations reserved through a handle keep *it* alive, so
-/// threads using their own clones never contend on a shared reference count.
+/// threads using their own clones never contend on a shared reference count, and each handle
+/// has a home shard of the free list (and counter stripe): slots reserved through it are
+/// freed back there, so a thread recycles its own slots.
 #[repr(align(128))]
 struct Handle<R: Send + 'static> {
     shared: Arc<Shared<R>>,
+    home: usize,
 }
 
 impl<R: Send + 'static> Handle<R> {
     fn new(shared: Arc<Shared<R>>) -> Arc<Self> {
-        Arc::new(Self { shared })
+        let n = shared.handles_made.fetch_add(1, Relaxed);
+        let home = shared.table.home_of(n);
+        Arc::new(Self { shared, home })
     }
 }
 
@@ -127,17 +135,32 @@ impl<R: Send + 'static> fmt::Debug for Dispatcher<R> {
 }
 
 impl<R: Send + 'static> Dispatcher<R> {
-    /// A dispatcher with `capacity` slots, all free.
+    /// A dispatcher with `capacity` slots, all free, and up to 8 free-list shards (see
+    /// [`with_shards`](Self::with_shards)).
     ///
     /// # Panics
     /// If `capacity` exceeds `u32::MAX - 1` (slot indices are 32-bit).
     pub fn new(capacity: usize) -> Self {
+        Self::with_shards(capacity, DEFAULT_SHARDS)
+    }
+
+    /// A dispatcher with `capacity` slots, all free, split over `shards` free lists (at least
+    /// 1, at most `capacity`). Each handle ([`clone`](Clone::clone)) takes the next shard in
+    /// turn as its home: it reserves from it, steals from the others only when it is empty, and
+    /// frees its slots back into it, so threads with their own handles do not contend on one
+    /// free list. One shard per thread (or core) that reserves is right; more cost nothing
+    /// until the table is nearly exhausted.
+    ///
+    /// # Panics
+    /// If `capacity` exceeds `u32::MAX - 1` (slot indices are 32-bit).
+    pub fn with_shards(capacity: usize, shards: usize) -> Self {
         assert!(capacity <= MAX_SLOTS, "capacity above {MAX_SLOTS}");
+        let table = SlotTable::new(capacity, shards);
         Self {
             handle: Handle::new(Arc::new(Shared {
-                slots: (0..capacity).map(|_| Slot::new()).collect(),
-                free: FreeList::new(capacity),
-                counters: Counters::new(),
+                counters: Counters::new(table.shards()),
+                table,
+                handles_made: AtomicUsize::new(0),
             })),
         }
     }
@@ -149,24 +172,24 @@ impl<R: Send + 'static> Dispatcher<R> {
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.shared().slots.len()
+        self.shared().table.len()
     }
 
     /// Slots currently in use (posted, routed, abandoned or completed but not yet consumed).
     /// A snapshot computed by scanning the table (cold path).
     pub fn in_flight(&self) -> usize {
         self.shared()
-            .slots
-            .iter()
-            .filter(|s| !matches!(s.snapshot(), SlotSnapshot::Free(_)))
+            .table
+            .snapshots()
+            .filter(|(_, s)| !matches!(s, SlotSnapshot::Free(_)))
             .count()
     }
 
     #[inline]
-    fn pop_free(&self) -> Result<u32, Error> {
-        self.shared().free.pop().ok_or(Error::Exhausted {
+    fn exhausted(&self) -> Error {
+        Error::Exhausted {
             capacity: self.capacity(),
-        })
+        }
     }
 
     /// Reserves a slot for a work request about to be posted (Free -> Posted).
@@ -179,24 +202,16 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// [`Error::Exhausted`] when every slot is in use.
     #[inline]
     pub fn reserve(&self) -> Result<Operation<R>, Error> {
-        let index = self.pop_free()?;
-        match self.shared().slots[index as usize].try_post() {
-            Some(ticket) => Ok(Operation {
-                handle: self.handle.clone(),
-                index,
-                generation: ticket.generation(),
-                ticket: Some(ticket),
-            }),
-            None => {
-                // Unreachable by construction (free-list entries are free slots); never trust
-                // it blindly: give the index back and report exhaustion.
-                debug_assert!(false, "free list handed out a busy slot");
-                self.shared().free.push(index);
-                Err(Error::Exhausted {
-                    capacity: self.capacity(),
-                })
-            }
-        }
+        let ticket = self
+            .shared()
+            .table
+            .reserve(self.handle.home)
+            .ok_or_else(|| self.exhausted())?;
+        Ok(Operation {
+            handle: self.handle.clone(),
+            id: ticket.wr_id(),
+            ticket: Some(ticket),
+        })
     }
 
     /// Reserves a routed slot (Free -> Posted, routed): its completion is delivered together
@@ -221,58 +236,55 @@ impl<R: Send + 'static> Dispatcher<R> {
         if sender.is_closed() {
             return Err(Error::InboxClosed);
         }
-        let index = self.pop_free()?;
-        match self.shared().slots[index as usize].try_route(sender.clone(), resources) {
-            Ok(generation) => Ok(WrId::new(index, generation)),
-            Err(_) => {
-                debug_assert!(false, "free list handed out a busy slot");
-                self.shared().free.push(index);
-                Err(Error::Exhausted {
-                    capacity: self.capacity(),
-                })
-            }
+        match self
+            .shared()
+            .table
+            .reserve_routed(self.handle.home, sender.clone(), resources)
+        {
+            Ok((index, generation)) => Ok(WrId::new(index, generation)),
+            Err(_) => Err(self.exhausted()),
         }
     }
 
     /// A routed slot whose post failed: takes the resources back and frees the slot.
     /// `None` if `id` is not a routed slot waiting for its completion.
     pub fn cancel_routed(&self, id: WrId) -> Option<R> {
-        let slot = self.shared().slots.get(id.index() as usize)?;
-        let (_route, resources) = slot.cancel_route(id.generation())?;
-        self.shared().free.push(id.index());
+        let (_route, resources) =
+            self.shared()
+                .table
+                .cancel_route(self.handle.home, id.index(), id.generation())?;
         Some(resources)
     }
 
     #[inline]
     fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
-        let routed = match self.shared().slots.get(id.index() as usize) {
-            None => Routed::Unknown,
-            Some(slot) => match slot.complete(id.generation(), c) {
-                CompleteOutcome::Stored => Routed::Woken,
-                CompleteOutcome::Reclaimed(resources) => {
-                    self.shared().free.push(id.index());
-                    drop(resources);
+        let outcome =
+            self.shared()
+                .table
+                .complete(self.handle.home, id.index(), id.generation(), c);
+        let routed = match outcome {
+            CompleteOutcome::Stored => Routed::Woken,
+            CompleteOutcome::Reclaimed(resources) => {
+                drop(resources);
+                Routed::Reclaimed
+            }
+            CompleteOutcome::Routed(sender, resources) => {
+                let delivery = Delivery {
+                    completion: c,
+                    resources,
+                };
+                if sender.try_send_deferred(delivery).is_ok() {
+                    wake.defer(sender);
+                    Routed::Delivered
+                } else {
+                    tally.undeliverable();
                     Routed::Reclaimed
                 }
-                CompleteOutcome::Routed(sender, resources) => {
-                    self.shared().free.push(id.index());
-                    let delivery = Delivery {
-                        completion: c,
-                        resources,
-                    };
-                    if sender.try_send_deferred(delivery).is_ok() {
-                        wake.defer(sender);
-                        Routed::Delivered
-                    } else {
-                        tally.undeliverable();
-                        Routed::Reclaimed
-                    }
-                }
-                CompleteOutcome::Stale => Routed::Stale,
-                CompleteOutcome::Unknown => Routed::Unknown,
-                CompleteOutcome::Duplicate => Routed::Duplicate,
-            },
+            }
+            CompleteOutcome::Stale => Routed::Stale,
+            CompleteOutcome::Unknown => Routed::Unknown,
+            CompleteOutcome::Duplicate => Routed::Duplicate,
         };
         tally.count(routed);
         routed
@@ -283,7 +295,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
         let r = self.route(c, &mut tally, &mut DeferredWake(None));
-        self.shared().counters.add(&tally);
+        self.shared().counters.add(self.handle.home, &tally);
         r
     }
 
@@ -298,7 +310,7 @@ impl<R: Send + 'static> Dispatcher<R> {
             let _ = self.route(*c, &mut tally, &mut wake);
         }
         drop(wake);
-        self.shared().counters.add(&tally);
+        self.shared().counters.add(self.handle.home, &tally);
         tally.routed_live()
     }
 
@@ -309,19 +321,19 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// work completion, its opcode is meaningless).
     pub fn fail_all(&self, status: WcStatus) {
         let mut tally = Tally::default();
-        for (index, slot) in self.shared().slots.iter().enumerate() {
-            let generation = match slot.snapshot() {
+        for (index, snapshot) in self.shared().table.snapshots() {
+            let generation = match snapshot {
                 SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) => g,
                 SlotSnapshot::Free(_) | SlotSnapshot::Busy => continue,
             };
             let c = Completion {
-                wr_id: WrId::new(index as u32, generation).into_raw(),
+                wr_id: WrId::new(index, generation).into_raw(),
                 status,
                 ..Completion::zeroed()
             };
             let _ = self.route(c, &mut tally, &mut DeferredWake(None));
         }
-        self.shared().counters.add(&tally);
+        self.shared().counters.add(self.handle.home, &tally);
     }
 
     /// A snapshot of the counters.
@@ -340,9 +352,8 @@ impl<R: Send + 'static> Dispatcher<R> {
 /// never reached the NIC.
 pub struct Operation<R: Send + 'static = ()> {
     handle: Arc<Handle<R>>,
-    index: u32,
-    /// The generation of our slot use (for `wr_id` after completion).
-    generation: u32,
+    /// Our slot and its generation (kept for `wr_id` after completion).
+    id: WrId,
     /// `Some` while we own the slot; `None` once the completion was taken.
     ticket: Option<OwnerTicket>,
 }
@@ -359,7 +370,7 @@ impl<R: Send + 'static> fmt::Debug for Operation<R> {
 impl<R: Send + 'static> Operation<R> {
     /// The id to put into the work request's `wr_id`.
     pub fn wr_id(&self) -> WrId {
-        WrId::new(self.index, self.generation)
+        self.id
     }
 
     #[inline]
@@ -367,14 +378,9 @@ impl<R: Send + 'static> Operation<R> {
         &self.handle.shared
     }
 
-    fn slot(&self) -> &Slot<R, Route<R>> {
-        &self.shared().slots[self.index as usize]
-    }
-
     #[inline]
-    fn finish(&mut self, c: Completion) -> Completion {
-        self.shared().free.push(self.index);
-        c
+    fn table(&self) -> &SlotTable<R, Route<R>> {
+        &self.shared().table
     }
 
     /// Non-blocking check: the completion, if it has arrived (the slot is then freed and
@@ -382,8 +388,8 @@ impl<R: Send + 'static> Operation<R> {
     #[inline]
     pub fn try_complete(&mut self) -> Option<Completion> {
         let ticket = self.ticket.take()?;
-        match self.slot().try_take(ticket) {
-            Ok(c) => Some(self.finish(c)),
+        match self.table().try_take(self.handle.home, ticket) {
+            Ok(c) => Some(c),
             Err(ticket) => {
                 self.ticket = Some(ticket);
                 None
@@ -393,13 +399,13 @@ impl<R: Send + 'static> Operation<R> {
 
     fn release_slot(&mut self, resources: Option<R>, posted: bool) {
         if let Some(ticket) = self.ticket.take() {
+            let home = self.handle.home;
             let released = if posted {
-                self.slot().release(ticket, resources)
+                self.table().release(home, ticket, resources)
             } else {
-                self.slot().cancel(ticket)
+                self.table().cancel(home, ticket)
             };
             if let Released::Freed(r) = released {
-                self.shared().free.push(self.index);
                 drop(r);
             }
         }
@@ -428,12 +434,13 @@ impl<R: Send + 'static> Future for Operation<R> {
             panic!("`Operation` polled after it returned `Ready`");
         };
         // Register, then re-check (inside `register`).
-        let ticket = match this.slot().try_take(ticket) {
-            Ok(c) => return Poll::Ready(this.finish(c)),
+        let home = this.handle.home;
+        let ticket = match this.table().try_take(home, ticket) {
+            Ok(c) => return Poll::Ready(c),
             Err(ticket) => ticket,
         };
-        match this.slot().register(ticket, cx.waker()) {
-            Ok(c) => Poll::Ready(this.finish(c)),
+        match this.table().register(home, ticket, cx.waker()) {
+            Ok(c) => Poll::Ready(c),
             Err(ticket) => {
                 this.ticket = Some(ticket);
                 Poll::Pending

@@ -6,13 +6,12 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use crate::sync::{Arc, AtomicBool, AtomicUsize, AtomicWaker, Consumer, Ordering, Ring};
+use crate::sync::{Arc, AtomicBool, AtomicWaker, Consumer, Ordering, Ring};
 
 struct Chan<T> {
     ring: Ring<T>,
     rx_waker: AtomicWaker,
     closed: AtomicBool,
-    senders: AtomicUsize,
 }
 
 impl<T> Chan<T> {
@@ -38,10 +37,11 @@ pub fn inbox<T: Send>(capacity: usize) -> (InboxSender<T>, InboxReceiver<T>) {
         ring,
         rx_waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
-        senders: AtomicUsize::new(1),
     });
     (
-        InboxSender { chan: chan.clone() },
+        InboxSender {
+            guard: Arc::new(SenderGuard { chan: chan.clone() }),
+        },
         InboxReceiver { chan, consumer },
     )
 }
@@ -87,10 +87,27 @@ impl<T> std::error::Error for TrySendError<T> {}
 /// The sending half of an [`inbox`]. Cheap to clone; the inbox closes when the last sender is
 /// dropped or any sender calls [`close`](Self::close).
 pub struct InboxSender<T> {
+    /// Shared by all senders: cloning or dropping a sender is one reference-count operation,
+    /// and the guard closes the inbox when the last sender is gone.
+    guard: Arc<SenderGuard<T>>,
+}
+
+struct SenderGuard<T> {
     chan: Arc<Chan<T>>,
 }
 
+impl<T> Drop for SenderGuard<T> {
+    fn drop(&mut self) {
+        self.chan.close();
+    }
+}
+
 impl<T> InboxSender<T> {
+    #[inline(always)]
+    fn chan(&self) -> &Chan<T> {
+        &self.guard.chan
+    }
+
     /// Queues `v` and wakes the receiver. Never blocks, never allocates.
     ///
     /// # Errors
@@ -106,55 +123,47 @@ impl<T> InboxSender<T> {
     /// [`wake_receiver`](Self::wake_receiver) afterwards (used to wake once per batch).
     #[inline]
     pub(crate) fn try_send_deferred(&self, v: T) -> Result<(), TrySendError<T>> {
-        if self.chan.closed.load(Ordering::Acquire) {
+        if self.chan().closed.load(Ordering::Acquire) {
             return Err(TrySendError::Closed(v));
         }
-        self.chan.ring.push(v).map_err(TrySendError::Full)
+        self.chan().ring.push(v).map_err(TrySendError::Full)
     }
 
     /// Wakes the receiver (after [`try_send_deferred`](Self::try_send_deferred)).
     #[inline]
     pub(crate) fn wake_receiver(&self) {
-        self.chan.rx_waker.wake();
+        self.chan().rx_waker.wake();
     }
 
     /// Whether both senders feed the same inbox.
     #[inline]
     pub(crate) fn same_inbox(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.chan, &other.chan)
+        Arc::ptr_eq(&self.guard, &other.guard)
     }
 
     /// Closes the inbox for every sender: further sends fail with `Closed`; the receiver
     /// drains what is queued, then ends. (A send racing with `close` may be lost: its value
     /// is then dropped with the inbox.)
     pub fn close(&self) {
-        self.chan.close();
+        self.chan().close();
     }
 
     /// Whether the inbox is closed.
     pub fn is_closed(&self) -> bool {
-        self.chan.closed.load(Ordering::Acquire)
+        self.chan().closed.load(Ordering::Acquire)
     }
 
     /// The real capacity (the requested one rounded up to a power of two, at least 2).
     pub fn capacity(&self) -> usize {
-        self.chan.ring.capacity()
+        self.chan().ring.capacity()
     }
 }
 
 impl<T> Clone for InboxSender<T> {
+    #[inline]
     fn clone(&self) -> Self {
-        self.chan.senders.fetch_add(1, Ordering::Relaxed);
         Self {
-            chan: self.chan.clone(),
-        }
-    }
-}
-
-impl<T> Drop for InboxSender<T> {
-    fn drop(&mut self) {
-        if self.chan.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.chan.close();
+            guard: self.guard.clone(),
         }
     }
 }

@@ -22,8 +22,10 @@
 //!
 //!  cm / async-event fds ──► impl EventSource ──► EventStream (Stream, fused)
 //!
-//!  slot table: Box<[Slot]> fixed at Dispatcher::new   free list: Treiber stack, tagged head
-//!  Slot: AtomicU64 (generation | state | flags) + AtomicWaker + payload cells
+//!  SlotTable: Box<[Slot]> fixed at Dispatcher::new + free list sharded per handle
+//!             (Treiber stacks, tagged heads; a handle pops from its home shard, frees into
+//!             it, and steals only when it is empty: threads recycle their own slots)
+//!  Slot: AtomicU64 (generation | state | flags) + AtomicWaker + payload cells, 128 B aligned
 //! ```
 //!
 //! Every hot-path step — [`Dispatcher::reserve`], [`Dispatcher::handle_completion`], polling an
@@ -106,7 +108,6 @@ mod completion;
 mod dispatcher;
 mod error;
 mod event;
-mod free_list;
 mod inbox;
 mod stats;
 pub mod sync;

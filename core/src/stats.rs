@@ -41,9 +41,10 @@ impl DispatchStats {
     }
 }
 
-/// Counters, bumped once per batch from a local tally to keep the hot path cheap.
+/// Counters, bumped once per batch from a local tally to keep the hot path cheap, and
+/// striped like the free list (one cache line per shard) so threads do not contend on them.
 pub(crate) struct Counters {
-    c: CachePadded<[AtomicU64; 7]>,
+    stripes: Box<[CachePadded<[AtomicU64; 7]>]>,
 }
 
 /// Per-call tally, flushed into [`Counters`] once.
@@ -68,15 +69,19 @@ impl Tally {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    /// `stripes` counter sets (at least one).
+    pub(crate) fn new(stripes: usize) -> Self {
         Self {
-            c: CachePadded(std::array::from_fn(|_| AtomicU64::new(0))),
+            stripes: (0..stripes.max(1))
+                .map(|_| CachePadded(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
         }
     }
 
+    /// Adds a tally to stripe `stripe` (< the stripe count).
     #[inline]
-    pub(crate) fn add(&self, t: &Tally) {
-        for (c, n) in self.c.iter().zip(t.0) {
+    pub(crate) fn add(&self, stripe: usize, t: &Tally) {
+        for (c, n) in self.stripes[stripe].iter().zip(t.0) {
             if n != 0 {
                 c.fetch_add(n, Relaxed);
             }
@@ -84,7 +89,12 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> DispatchStats {
-        let v: [u64; 7] = std::array::from_fn(|i| self.c[i].load(Relaxed));
+        let v: [u64; 7] = std::array::from_fn(|i| {
+            self.stripes
+                .iter()
+                .map(|s| s[i].load(Relaxed))
+                .fold(0, u64::wrapping_add)
+        });
         DispatchStats {
             completed: v[Routed::Woken as usize],
             delivered: v[Routed::Delivered as usize],

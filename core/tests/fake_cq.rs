@@ -323,6 +323,47 @@ fn exhaustion_and_release() {
 }
 
 #[test]
+fn shards_recycle_per_handle_and_steal_when_empty() {
+    // 8 slots over 4 shards; four handles take shards 0..3 in turn.
+    let d: Dispatcher = Dispatcher::with_shards(8, 4);
+    let handles: Vec<Dispatcher> = (0..3).map(|_| d.clone()).collect();
+    let h1 = &handles[0];
+    // Shard 1 holds slots 2 and 3; then h1 steals from shards 2, 3, 0.
+    let ops: Vec<_> = (0..8).map(|_| h1.reserve().unwrap()).collect();
+    let indices: Vec<_> = ops.iter().map(|o| o.wr_id().index()).collect();
+    assert_eq!(&indices[..2], [2, 3]);
+    let mut sorted = indices.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..8).collect::<Vec<_>>(), "every slot, once");
+    for h in handles.iter().chain([&d]) {
+        assert_eq!(h.reserve().unwrap_err(), Error::Exhausted { capacity: 8 });
+    }
+    // Completed through another handle, polled by their owners: freed to h1's shard.
+    let batch: Vec<_> = ops
+        .iter()
+        .map(|o| Completion {
+            wr_id: o.wr_id().into_raw(),
+            ..Completion::zeroed()
+        })
+        .collect();
+    assert_eq!(handles[2].handle_completions(&batch), 8);
+    for mut op in ops {
+        assert!(op.try_complete().is_some());
+    }
+    // Every slot now sits in h1's shard: the other handles steal them all.
+    let a: Vec<_> = (0..5).map(|_| d.reserve().unwrap()).collect();
+    let b: Vec<_> = (0..3).map(|_| handles[1].reserve().unwrap()).collect();
+    assert!(h1.reserve().is_err());
+    // Counters are striped per handle and summed by every handle's `stats`.
+    assert_eq!(d.stats().completed, 8);
+    assert_eq!(h1.stats(), d.stats());
+    drop((a, b));
+    d.fail_all(WcStatus::WrFlushErr);
+    assert_eq!(d.in_flight(), 0);
+    assert_eq!(handles[1].stats().reclaimed, 8);
+}
+
+#[test]
 fn waiting_operation_is_woken_across_threads() {
     let d: Dispatcher = Dispatcher::new(16);
     for _ in 0..200 {

@@ -163,6 +163,41 @@ fn concurrent_slot_allocation_and_free() {
 }
 
 #[test]
+fn steal_from_another_shard_vs_its_owner_freeing() {
+    loom::model(|| {
+        // Two slots, two shards: `d` (home 0) owns slot 0, `d2` (home 1) slot 1.
+        let d: Dispatcher = Dispatcher::with_shards(2, 2);
+        let d2 = d.clone();
+        let t = thread::spawn(move || {
+            // `d` may have stolen our slot already.
+            let mut op = d2.reserve().ok()?;
+            let _ = d2.handle_completion(completion(op.wr_id()));
+            Some(op.try_complete().expect("completed").wr_id)
+        });
+        let mine = d.reserve().unwrap();
+        // Steals slot 1 if `t` has not taken it or has freed it by now; never a slot in use.
+        let stolen = d.reserve().ok();
+        let theirs = t.join().unwrap().map(tokio_rdma_core::WrId::from_raw);
+        match (&stolen, theirs) {
+            (Some(op), Some(theirs)) => {
+                // Stolen after `t` freed it: the next generation of the same slot.
+                assert_eq!(op.wr_id().index(), theirs.index());
+                assert_eq!(op.wr_id().generation(), theirs.generation() + 1);
+            }
+            (Some(op), None) => assert_eq!(op.wr_id().generation(), 0),
+            (None, Some(theirs)) => assert_ne!(mine.wr_id().index(), theirs.index()),
+            (None, None) => panic!("a slot was lost"),
+        }
+        mine.cancel_unposted();
+        if let Some(op) = stolen {
+            op.cancel_unposted();
+        }
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(d.reserve().map(|op| op.cancel_unposted()), Ok(()));
+    });
+}
+
+#[test]
 fn routed_completion_vs_cancel() {
     loom::model(|| {
         let d: Dispatcher<u32> = Dispatcher::new(1);

@@ -13,6 +13,10 @@
 //! - `Slot` (crate-private): the per-work-request state machine of the dispatcher, whose
 //!   completion/resource/route cells are only touched by the party that won the transition
 //!   into the state owning them.
+//! - `SlotTable` (crate-private): the slots with their sharded lock-free free list (`FreeList`,
+//!   Treiber stacks over a pre-allocated link array); it pairs every transition into FREE with
+//!   a push and every pop with the transition out of FREE, which makes the popper a free
+//!   slot's only writer.
 //!
 //! The atomics, `Arc` and `UnsafeCell` come from `std` normally and from `loom` when the crate
 //! is built with `--cfg loom`, following tokio's `loom/mod.rs` pattern, so the very same code
@@ -23,13 +27,17 @@
 mod atomic_waker;
 mod cell;
 mod counting_alloc;
+mod free_list;
 mod ring;
 mod slot;
+mod table;
 
 pub use atomic_waker::AtomicWaker;
 pub use counting_alloc::CountingAllocator;
+pub(crate) use free_list::{FreeList, DEFAULT_SHARDS, MAX_SLOTS};
 pub(crate) use ring::{Consumer, Ring};
-pub(crate) use slot::{CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
+pub(crate) use slot::{CompleteOutcome, OwnerTicket, Released, SlotSnapshot};
+pub(crate) use table::SlotTable;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{

@@ -5,18 +5,22 @@
 //! transition that hands a cell to another party is a Release/Acquire pair on the state word:
 //!
 //! ```text
-//!            try_post                    complete (CAS)            complete (CAS)
+//!       try_post (store)                 complete (CAS)            complete (CAS)
 //!   FREE(g) ─────────► POSTED(g) ──────────────────► COMPLETING(g) ──────────► COMPLETED(g)
 //!     ▲                 │  │ +WAITER (owner registered a waker)     │ +DROPPED      │ owner
 //!     │                 │  └ +DROPPED (owner gone, resources parked)│               │ takes
 //!     │                 │          │ complete                       ▼               ▼
 //!     │  try_route      │          └──────────► CLAIMED(g) ──► FREE(g+1) ◄──────────┘
-//!     ├──► CLAIMED(g) ─►ROUTED(g) ── complete / cancel_route ─► CLAIMED(g) ─► FREE(g+1)
+//!     ├─────(store)────►ROUTED(g) ── complete / cancel_route ─► CLAIMED(g) ─► FREE(g+1)
 //! ```
 //!
 //! | state                  | completion cell | resources cell | route cell |
 //! |------------------------|-----------------|----------------|------------|
 //! | FREE, CLAIMED          | winner of the transition into CLAIMED / the free-list popper ||
+//!
+//! Every transition into FREE is followed by pushing the slot's index onto the table's free
+//! list, and FREE -> POSTED / ROUTED is only done by whoever popped it off again; the
+//! [`SlotTable`](super::SlotTable) keeps that pairing, which is why leaving FREE is a store.
 //! | POSTED                 | nobody          | owner          | nobody     |
 //! | POSTED \| DROPPED      | nobody          | slot (next completer) | nobody |
 //! | COMPLETING             | completer       | owner (slot if DROPPED) | nobody |
@@ -31,6 +35,7 @@ use std::task::Waker;
 use super::cell::UnsafeCell;
 use super::{AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
 use crate::completion::Completion;
+use crate::wr_id::WrId;
 
 const TAG_MASK: u64 = 0b111;
 const FREE: u64 = 0;
@@ -71,13 +76,26 @@ pub(crate) enum SlotSnapshot {
 #[derive(Debug)]
 pub(crate) struct OwnerTicket {
     slot: usize,
-    generation: u32,
+    /// Index and generation, packed as one word (as the work request carries them).
+    id: WrId,
 }
 
 impl OwnerTicket {
-    /// The generation this ticket owns.
-    pub(crate) fn generation(&self) -> u32 {
-        self.generation
+    /// The work-request id (slot index and generation) this ticket owns.
+    #[inline]
+    pub(crate) fn wr_id(&self) -> WrId {
+        self.id
+    }
+
+    /// The index of the slot this ticket owns.
+    #[inline]
+    pub(crate) fn index(&self) -> u32 {
+        self.id.index()
+    }
+
+    #[inline]
+    fn generation(&self) -> u32 {
+        self.id.generation()
     }
 }
 
@@ -86,10 +104,10 @@ impl OwnerTicket {
 pub(crate) enum CompleteOutcome<R, S> {
     /// Stored for the live owner (woken if it was waiting).
     Stored,
-    /// The owner had dropped its operation: the slot is now free (the caller must put it back
+    /// The owner had dropped its operation: the slot is now free (the table puts it back
     /// on the free list) and these parked resources may be dropped.
     Reclaimed(Option<R>),
-    /// A routed slot: the slot is now free (the caller must put it back on the free list);
+    /// A routed slot: the slot is now free (the table puts it back on its free list);
     /// deliver the completion with the resources into the route.
     Routed(S, R),
     /// Generation mismatch.
@@ -105,13 +123,16 @@ pub(crate) enum CompleteOutcome<R, S> {
 pub(crate) enum Released<R> {
     /// The slot stays in use until its completion arrives (the completer frees it).
     Parked,
-    /// The slot is free now (the caller must put it back on the free list); these resources
+    /// The slot is free now (the table puts it back on its free list); these resources
     /// may be dropped (the completion has arrived, or the work request was never posted).
     Freed(Option<R>),
 }
 
 /// One work-request slot. See the module documentation for the state machine.
-#[repr(align(64))]
+///
+/// Aligned to a cache-line pair (it is 128 bytes with a 72-byte completion anyway), so slots
+/// used by different threads never share a line or an adjacent-line-prefetch pair.
+#[repr(align(128))]
 pub(crate) struct Slot<R, S> {
     state: AtomicU64,
     waker: AtomicWaker,
@@ -155,36 +176,41 @@ impl<R, S> Slot<R, S> {
         }
     }
 
-    /// FREE -> POSTED. `None` if the slot is not free.
-    pub(crate) fn try_post(&self) -> Option<OwnerTicket> {
+    /// FREE -> POSTED for the slot numbered `index`. `None` if the slot is not free.
+    ///
+    /// Only the [`SlotTable`](super::SlotTable), right after popping this slot's index off its
+    /// free list, calls it: that pop makes it the slot's only writer (completers never write a
+    /// FREE slot, every other transition needs an [`OwnerTicket`] or a ROUTED state, and the
+    /// table pushes an index only after moving its slot to FREE), so a plain store suffices.
+    /// The store is `Release` to carry the happens-before edge from the previous owner (its
+    /// FREE store, the free-list push, our pop) on to the next completer's `Acquire` CAS.
+    pub(super) fn try_post(&self, index: u32) -> Option<OwnerTicket> {
         let cur = self.state.load(Acquire);
         if cur & !(u64::MAX << 32) != FREE {
             return None;
         }
         let g = generation_of(cur);
-        self.state
-            .compare_exchange(cur, pack(g, POSTED), Acquire, Acquire)
-            .ok()?;
+        self.state.store(pack(g, POSTED), Release);
         Some(OwnerTicket {
             slot: self.addr(),
-            generation: g,
+            id: WrId::new(index, g),
         })
     }
 
     /// FREE -> ROUTED with `route` and `resources` parked; returns the generation. Gives the
     /// values back if the slot is not free.
-    pub(crate) fn try_route(&self, route: S, resources: R) -> Result<u32, (S, R)> {
+    ///
+    /// Only the [`SlotTable`](super::SlotTable), right after popping this slot's index off its
+    /// free list, calls it (see [`try_post`](Self::try_post)): it owns every cell of the FREE
+    /// slot until it publishes ROUTED.
+    pub(super) fn try_route(&self, route: S, resources: R) -> Result<u32, (S, R)> {
         let cur = self.state.load(Acquire);
-        let g = generation_of(cur);
-        if cur & !(u64::MAX << 32) != FREE
-            || self
-                .state
-                .compare_exchange(cur, pack(g, CLAIMED), Acquire, Acquire)
-                .is_err()
-        {
+        if cur & !(u64::MAX << 32) != FREE {
             return Err((route, resources));
         }
-        // SAFETY: we moved FREE -> CLAIMED, so we own every cell until we publish ROUTED.
+        let g = generation_of(cur);
+        // SAFETY: a FREE slot whose index the table just popped off its free list has no other
+        // party touching its state or cells (see `try_post`) until we publish ROUTED.
         self.resources.with_mut(|p| unsafe { *p = Some(resources) });
         // SAFETY: as above.
         self.route.with_mut(|p| unsafe { *p = Some(route) });
@@ -205,8 +231,9 @@ impl<R, S> Slot<R, S> {
         (r, s)
     }
 
-    /// ROUTED -> FREE, giving the parked resources back (the work request was never posted).
-    pub(crate) fn cancel_route(&self, generation: u32) -> Option<(S, R)> {
+    /// ROUTED -> FREE, giving the parked route and resources back (the work request was never
+    /// posted). `Some` exactly when the slot was freed (both are always parked while ROUTED).
+    pub(super) fn cancel_route(&self, generation: u32) -> Option<(Option<S>, Option<R>)> {
         self.state
             .compare_exchange(
                 pack(generation, ROUTED),
@@ -215,14 +242,12 @@ impl<R, S> Slot<R, S> {
                 Acquire,
             )
             .ok()?;
-        match self.take_and_free(generation) {
-            (Some(r), Some(s)) => Some((s, r)),
-            _ => None,
-        }
+        let (r, s) = self.take_and_free(generation);
+        Some((s, r))
     }
 
     /// Feeds the completion for `generation` to this slot. Never panics.
-    pub(crate) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
+    pub(super) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
         let mut cur = self.state.load(Acquire);
         loop {
             if generation_of(cur) != generation {
@@ -289,7 +314,7 @@ impl<R, S> Slot<R, S> {
 
     /// COMPLETED -> FREE (generation + 1), returning the completion; gives the ticket back if
     /// the completion has not arrived yet.
-    pub(crate) fn try_take(&self, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
+    pub(super) fn try_take(&self, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
         self.check(&t);
         let cur = self.state.load(Acquire);
         if cur & TAG_MASK != COMPLETED {
@@ -309,13 +334,13 @@ impl<R, S> Slot<R, S> {
             drop(self.waker.take());
         }
         self.state
-            .store(pack(t.generation.wrapping_add(1), FREE), Release);
+            .store(pack(t.generation().wrapping_add(1), FREE), Release);
         c
     }
 
     /// Registers `waker` for the owner, then re-checks: returns the completion (slot freed)
     /// if it had already arrived, or the ticket back if the caller must wait.
-    pub(crate) fn register(
+    pub(super) fn register(
         &self,
         t: OwnerTicket,
         waker: &Waker,
@@ -334,7 +359,7 @@ impl<R, S> Slot<R, S> {
     }
 
     /// The owner gives up the slot, parking `resources` in it until the completion arrives.
-    pub(crate) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
+    pub(super) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
         self.check(&t);
         if resources.is_some() {
             // SAFETY: the resources cell belongs to the owner (ticket) until DROPPED is
@@ -360,9 +385,9 @@ impl<R, S> Slot<R, S> {
     }
 
     /// The owner's work request never reached the NIC: POSTED -> FREE at once.
-    pub(crate) fn cancel(&self, t: OwnerTicket) -> Released<R> {
+    pub(super) fn cancel(&self, t: OwnerTicket) -> Released<R> {
         self.check(&t);
-        let g = t.generation;
+        let g = t.generation();
         let mut cur = self.state.load(Acquire);
         while cur & TAG_MASK == POSTED {
             match self

@@ -1,0 +1,181 @@
+//! The slot table: the dispatcher's fixed array of [`Slot`]s together with its sharded free
+//! list.
+//!
+//! The table keeps one pairing the slots' soundness relies on: an index is pushed onto the
+//! free list only right after its slot moved to FREE, and a FREE slot is only posted or routed
+//! by whoever popped its index off the list. That makes the popper the FREE slot's only writer,
+//! so leaving FREE is a plain store (see [`Slot::try_post`]). The free list is private to the
+//! table, and every transition into FREE goes through a method here that pushes the index.
+//!
+//! Every method takes the caller's `home` shard (< [`shards`](SlotTable::shards)): reserving
+//! pops from it first, freeing pushes onto it.
+
+use std::task::Waker;
+
+use super::free_list::FreeList;
+use super::slot::{CompleteOutcome, OwnerTicket, Released, Slot, SlotSnapshot};
+use crate::completion::Completion;
+
+pub(crate) struct SlotTable<R, S> {
+    slots: Box<[Slot<R, S>]>,
+    free: FreeList,
+}
+
+impl<R, S> SlotTable<R, S> {
+    /// `capacity` free slots over `shards` free-list shards (clamped to 1..=capacity).
+    pub(crate) fn new(capacity: usize, shards: usize) -> Self {
+        Self {
+            slots: (0..capacity).map(|_| Slot::new()).collect(),
+            free: FreeList::new(capacity, shards),
+        }
+    }
+
+    /// Number of slots.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Number of free-list shards.
+    pub(crate) fn shards(&self) -> usize {
+        self.free.shards()
+    }
+
+    /// The home shard of the `n`-th handle (cold path).
+    pub(crate) fn home_of(&self, n: usize) -> usize {
+        self.free.home_of(n)
+    }
+
+    /// Snapshots of every slot (cold-path scans), with their indices.
+    pub(crate) fn snapshots(&self) -> impl Iterator<Item = (u32, SlotSnapshot)> + '_ {
+        (0u32..).zip(self.slots.iter().map(Slot::snapshot))
+    }
+
+    /// Pops a free slot and posts it. `None` when every slot is in use.
+    #[inline]
+    pub(crate) fn reserve(&self, home: usize) -> Option<OwnerTicket> {
+        let index = self.free.pop(home)?;
+        match self.slots[index as usize].try_post(index) {
+            Some(ticket) => Some(ticket),
+            None => self.not_free(home, index),
+        }
+    }
+
+    /// Pops a free slot and routes it; `(index, generation)`. Gives the values back when every
+    /// slot is in use.
+    #[inline]
+    pub(crate) fn reserve_routed(
+        &self,
+        home: usize,
+        route: S,
+        resources: R,
+    ) -> Result<(u32, u32), (S, R)> {
+        let Some(index) = self.free.pop(home) else {
+            return Err((route, resources));
+        };
+        match self.slots[index as usize].try_route(route, resources) {
+            Ok(generation) => Ok((index, generation)),
+            Err(values) => {
+                let _ = self.not_free::<()>(home, index);
+                Err(values)
+            }
+        }
+    }
+
+    /// The free list handed out a busy slot: unreachable by the pairing above. Never trusted
+    /// blindly: the index goes back and the caller reports exhaustion.
+    #[cold]
+    fn not_free<T>(&self, home: usize, index: u32) -> Option<T> {
+        debug_assert!(false, "free list handed out a busy slot");
+        self.free.push(home, index);
+        None
+    }
+
+    /// Feeds a completion to slot `index` at `generation`; frees the slot when the outcome
+    /// says so (`Reclaimed`, `Routed`). Out-of-range indices are `Unknown`.
+    #[inline]
+    pub(crate) fn complete(
+        &self,
+        home: usize,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) -> CompleteOutcome<R, S> {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return CompleteOutcome::Unknown;
+        };
+        let outcome = slot.complete(generation, c);
+        if matches!(
+            outcome,
+            CompleteOutcome::Reclaimed(_) | CompleteOutcome::Routed(..)
+        ) {
+            self.free.push(home, index);
+        }
+        outcome
+    }
+
+    /// Takes back the route and resources of a routed slot that was never posted (frees it).
+    /// `None` if slot `index` is not routed at `generation`.
+    pub(crate) fn cancel_route(&self, home: usize, index: u32, generation: u32) -> Option<(S, R)> {
+        let (route, resources) = self.slots.get(index as usize)?.cancel_route(generation)?;
+        self.free.push(home, index);
+        route.zip(resources)
+    }
+
+    #[inline]
+    fn slot(&self, t: &OwnerTicket) -> &Slot<R, S> {
+        &self.slots[t.index() as usize]
+    }
+
+    #[inline]
+    fn freed<T>(
+        &self,
+        home: usize,
+        index: u32,
+        r: Result<T, OwnerTicket>,
+    ) -> Result<T, OwnerTicket> {
+        if r.is_ok() {
+            self.free.push(home, index);
+        }
+        r
+    }
+
+    /// The owner's completion if it has arrived (the slot is freed), else the ticket back.
+    #[inline]
+    pub(crate) fn try_take(&self, home: usize, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
+        let index = t.index();
+        let r = self.slot(&t).try_take(t);
+        self.freed(home, index, r)
+    }
+
+    /// Registers the owner's waker, then re-checks (see [`Slot::register`]).
+    #[inline]
+    pub(crate) fn register(
+        &self,
+        home: usize,
+        t: OwnerTicket,
+        waker: &Waker,
+    ) -> Result<Completion, OwnerTicket> {
+        let index = t.index();
+        let r = self.slot(&t).register(t, waker);
+        self.freed(home, index, r)
+    }
+
+    /// The owner gives up a posted slot, parking `resources` until the completion arrives.
+    pub(crate) fn release(&self, home: usize, t: OwnerTicket, resources: Option<R>) -> Released<R> {
+        let index = t.index();
+        self.released(home, index, self.slot(&t).release(t, resources))
+    }
+
+    /// The owner's work request never reached the NIC: frees the slot at once.
+    pub(crate) fn cancel(&self, home: usize, t: OwnerTicket) -> Released<R> {
+        let index = t.index();
+        self.released(home, index, self.slot(&t).cancel(t))
+    }
+
+    fn released(&self, home: usize, index: u32, r: Released<R>) -> Released<R> {
+        if let Released::Freed(_) = r {
+            self.free.push(home, index);
+        }
+        r
+    }
+}
