@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use rdma_sys as ffi;
 
-use crate::cq::{CompletionQueue, CqInner};
+use crate::cq::{CompletionQueue, CqInner, Parked};
 use crate::device::{Context, Gid, Mtu};
 use crate::error::{Error, Result};
 use crate::mr::{Access, LocalBuffer, LocalBufferMut, PdInner, ProtectionDomain, RemoteBuffer};
 use crate::ops::OpFuture;
 use crate::recv::{RecvStream, RecvTarget, SharedReceiveQueue, SrqInner};
+use tokio_rdma_core::Dispatcher;
 
 /// Transport type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +146,7 @@ impl QueuePairBuilder {
                 qp_num,
                 qp_type: self.qp_type,
                 max_inline: attr.cap.max_inline_data,
+                send_slots: self.send_cq.inner.dispatcher.clone(),
                 send_cq: self.send_cq.inner,
                 recv_cq: self.recv_cq.inner,
                 srq: self.srq.map(|s| s.inner),
@@ -159,6 +161,9 @@ pub(crate) struct QpInner {
     qp_num: u32,
     qp_type: QpType,
     max_inline: u32,
+    /// This QP's own handle onto the send CQ's slot table: its home free-list shard, so QPs
+    /// sharing a CQ but driven from different threads recycle their own slots.
+    send_slots: Dispatcher<Parked>,
     pub(crate) send_cq: Arc<CqInner>,
     pub(crate) recv_cq: Arc<CqInner>,
     srq: Option<Arc<SrqInner>>,
@@ -732,7 +737,7 @@ impl QueuePair {
         }
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let cq = &self.inner.send_cq;
-        let op = match cq.dispatcher.reserve() {
+        let op = match self.inner.send_slots.reserve() {
             Ok(op) => op,
             Err(e) => return OpFuture::failed(e.into(), ()),
         };
@@ -764,7 +769,7 @@ impl QueuePair {
             return OpFuture::failed(Error::InvalidArgument("send_to needs a UD QP".into()), res);
         }
         let cq = &self.inner.send_cq;
-        let o = match cq.dispatcher.reserve() {
+        let o = match self.inner.send_slots.reserve() {
             Ok(o) => o,
             Err(e) => return OpFuture::failed(e.into(), res),
         };
@@ -784,7 +789,7 @@ impl QueuePair {
             return OpFuture::failed(e, buf);
         }
         let cq = &self.inner.send_cq;
-        let o = match cq.dispatcher.reserve() {
+        let o = match self.inner.send_slots.reserve() {
             Ok(o) => o,
             Err(e) => return OpFuture::failed(e.into(), buf),
         };
@@ -846,8 +851,8 @@ impl QueuePair {
         let mut kinds = Vec::with_capacity(n);
         for r in reqs {
             let sge = r.local.sge();
-            let checked =
-                validate(&r.op, sge.1).and_then(|()| cq.dispatcher.reserve().map_err(Error::from));
+            let checked = validate(&r.op, sge.1)
+                .and_then(|()| self.inner.send_slots.reserve().map_err(Error::from));
             match checked {
                 Ok(o) if out.is_empty() => {
                     ops.push(o);
