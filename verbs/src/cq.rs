@@ -18,6 +18,14 @@ use tokio_rdma_core::{Completion, DispatchStats, Dispatcher, WcFlags, WcOpcode, 
 use crate::device::{Context, ContextInner};
 use crate::error::{Error, Result};
 
+/// The `wr_id` of unsignaled sends ([`QueuePair::send_inline_unsignaled`]). Its slot index
+/// (`u32::MAX`) is beyond any dispatcher's capacity, so it can never name a slot; a completion
+/// carrying it (only an error or flush completes an unsignaled request) is counted in
+/// [`CqStats::unsignaled_errors`] instead of being dispatched.
+///
+/// [`QueuePair::send_inline_unsignaled`]: crate::QueuePair::send_inline_unsignaled
+pub(crate) const UNSIGNALED_WR_ID: u64 = u64::MAX;
+
 /// Resources parked in a dispatcher slot while the NIC may still touch them.
 pub(crate) enum Parked {
     /// Nothing (inline sends, or already handed back).
@@ -39,6 +47,13 @@ pub struct DriverConfig {
     pub poll_batch: usize,
     /// Acknowledge CQ events in batches of this many (`ibv_ack_cq_events` takes a mutex).
     pub ack_batch: u32,
+    /// How many times a future or receive stream whose result is not there yet polls the CQ
+    /// itself before it returns `Pending` (at least once). The default, 1, leaves waiting to
+    /// the driver. A latency-critical task that owns its thread (a ping-pong, a storage
+    /// target's I/O loop) can set thousands: it then busy-polls inline like a raw verbs
+    /// loop, skipping the wake-up hop through the driver task, for at most that many polls
+    /// per `poll` before it yields to the runtime. Bounded by count, never by clock.
+    pub inline_polls: u32,
 }
 
 impl Default for DriverConfig {
@@ -47,6 +62,7 @@ impl Default for DriverConfig {
             spin_iterations: 16384,
             poll_batch: 32,
             ack_batch: 64,
+            inline_polls: 1,
         }
     }
 }
@@ -207,6 +223,7 @@ pub(crate) struct CqInner {
     unacked: AtomicU32,
     events: AtomicU64,
     polls: AtomicU64,
+    unsignaled_errors: AtomicU64,
     channel: Arc<ChannelOwner>,
     _ctx: Arc<ContextInner>,
 }
@@ -221,6 +238,31 @@ impl CqInner {
     /// The channel's poll batch size.
     pub(crate) fn batch(&self) -> usize {
         self.channel.inner.config.poll_batch
+    }
+
+    /// Polls the CQ inline, up to the channel's `inline_polls` budget (`budget` counts what
+    /// is left of it across calls within one `poll`), until a poll dispatches something.
+    /// Whether one did: the caller re-checks its own result then, and calls again with the
+    /// rest of the budget if it is still not there.
+    pub(crate) fn poll_inline(&self, budget: &mut u32) -> bool {
+        let batch = self.batch();
+        while *budget > 0 {
+            *budget -= 1;
+            if let Ok(Some(n)) = self.poll_once(batch) {
+                if n > 0 {
+                    return true;
+                }
+            }
+            if *budget > 0 {
+                std::hint::spin_loop();
+            }
+        }
+        false
+    }
+
+    /// A fresh inline-polling budget (`DriverConfig::inline_polls`, at least 1).
+    pub(crate) fn inline_budget(&self) -> u32 {
+        self.channel.inner.config.inline_polls.max(1)
     }
 
     /// Polls up to one batch and feeds the dispatcher. `None` when another thread is
@@ -252,12 +294,26 @@ impl CqInner {
         if n == 0 {
             return Ok(0);
         }
-        let mut out = [Completion::zeroed(); MAX_BATCH];
-        for (o, w) in out.iter_mut().zip(&wc[..n]) {
+        // Converted in place of a zero-initialised array: only the `n` entries polled are
+        // written (zeroing all 64 would cost more than the dispatch on a small batch).
+        let mut out: [std::mem::MaybeUninit<Completion>; MAX_BATCH] =
+            [const { std::mem::MaybeUninit::uninit() }; MAX_BATCH];
+        let mut m = 0;
+        for w in &wc[..n] {
             // SAFETY: ibv_poll_cq initialised the first `n` entries.
-            *o = convert_wc(unsafe { w.assume_init_ref() });
+            let w = unsafe { w.assume_init_ref() };
+            if w.wr_id == UNSIGNALED_WR_ID {
+                self.unsignaled_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(status = w.status, qp = w.qp_num, "unsignaled send failed");
+                continue;
+            }
+            out[m].write(convert_wc(w));
+            m += 1;
         }
-        self.dispatcher.handle_completions(&out[..n]);
+        // SAFETY: the loop above initialised `out[..m]` (m <= n <= MAX_BATCH), and
+        // `MaybeUninit<Completion>` has the layout of `Completion`.
+        let out = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<Completion>(), m) };
+        self.dispatcher.handle_completions(out);
         Ok(n)
     }
 
@@ -359,6 +415,10 @@ pub struct CqStats {
     pub events: u64,
     /// `ibv_poll_cq` calls.
     pub polls: u64,
+    /// Error (or flush) completions of unsignaled sends
+    /// ([`QueuePair::send_inline_unsignaled`](crate::QueuePair::send_inline_unsignaled)):
+    /// not dispatched, only counted.
+    pub unsignaled_errors: u64,
     /// The dispatcher's counters.
     pub dispatch: DispatchStats,
 }
@@ -388,6 +448,7 @@ impl CompletionQueue {
             unacked: AtomicU32::new(0),
             events: AtomicU64::new(0),
             polls: AtomicU64::new(0),
+            unsignaled_errors: AtomicU64::new(0),
             channel: channel.owner.clone(),
             _ctx: ctx.inner.clone(),
         });
@@ -415,6 +476,7 @@ impl CompletionQueue {
         CqStats {
             events: self.inner.events.load(Ordering::Relaxed),
             polls: self.inner.polls.load(Ordering::Relaxed),
+            unsignaled_errors: self.inner.unsignaled_errors.load(Ordering::Relaxed),
             dispatch: self.inner.dispatcher.stats(),
         }
     }

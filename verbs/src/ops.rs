@@ -92,15 +92,12 @@ impl<L: Send + 'static> Future for OpFuture<L> {
         match &mut this.state {
             State::Posted { op, cq, .. } => {
                 let mut ready = Pin::new(&mut *op).poll(cx);
-                if ready.is_pending() {
-                    // Inline poll for latency (never blocks: skipped when the driver or another
-                    // future is draining). The waker is registered already, so a completion
-                    // routed by anyone from now on wakes us.
-                    if let Ok(Some(n)) = cq.poll_once(cq.batch()) {
-                        if n > 0 {
-                            ready = Pin::new(&mut *op).poll(cx);
-                        }
-                    }
+                // Inline polls for latency, within the channel's budget (never blocks: a poll
+                // is skipped when the driver or another future is draining). The waker is
+                // registered already, so a completion routed by anyone from now on wakes us.
+                let mut budget = cq.inline_budget();
+                while ready.is_pending() && cq.poll_inline(&mut budget) {
+                    ready = Pin::new(&mut *op).poll(cx);
                 }
                 match ready {
                     Poll::Pending => Poll::Pending,

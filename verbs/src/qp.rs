@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rdma_sys as ffi;
 
-use crate::cq::{CompletionQueue, CqInner, Parked};
+use crate::cq::{CompletionQueue, CqInner, Parked, UNSIGNALED_WR_ID};
 use crate::device::{Context, Gid, Mtu};
 use crate::error::{Error, Result};
 use crate::mr::{Access, LocalBuffer, LocalBufferMut, PdInner, ProtectionDomain, RemoteBuffer};
@@ -127,7 +128,9 @@ impl QueuePairBuilder {
                 .map_or(std::ptr::null_mut(), |s| s.inner.as_ptr()),
             cap,
             qp_type: self.qp_type.raw(),
-            sq_sig_all: 1,
+            // Every work request says whether it is signaled (all are, except
+            // `send_inline_unsignaled`).
+            sq_sig_all: 0,
         };
         // SAFETY: the PD, CQs and SRQ are live (the QP keeps Arcs to them); `attr` is a valid
         // in/out struct.
@@ -146,6 +149,9 @@ impl QueuePairBuilder {
                 qp_num,
                 qp_type: self.qp_type,
                 max_inline: attr.cap.max_inline_data,
+                max_send_wr: attr.cap.max_send_wr,
+                signal_every: (attr.cap.max_send_wr / 2).max(1),
+                unsignaled: AtomicU32::new(0),
                 send_slots: self.send_cq.inner.dispatcher.clone(),
                 send_cq: self.send_cq.inner,
                 recv_cq: self.recv_cq.inner,
@@ -161,6 +167,13 @@ pub(crate) struct QpInner {
     qp_num: u32,
     qp_type: QpType,
     max_inline: u32,
+    max_send_wr: u32,
+    /// Unsignaled sends are retired by a signaled one at least this often (half the send
+    /// queue), so they never fill the send queue.
+    signal_every: u32,
+    /// Unsignaled sends posted since the last signaled one that `send_inline_unsignaled`
+    /// forced.
+    unsignaled: AtomicU32,
     /// This QP's own handle onto the send CQ's slot table: its home free-list shard, so QPs
     /// sharing a CQ but driven from different threads recycle their own slots.
     send_slots: Dispatcher<Parked>,
@@ -484,6 +497,11 @@ impl fmt::Debug for QueuePair {
 }
 
 impl QueuePair {
+    /// Send-queue depth, as granted by the device (at least what the builder asked for).
+    pub fn max_send_wr(&self) -> u32 {
+        self.inner.max_send_wr
+    }
+
     /// The QP number.
     pub fn qp_num(&self) -> u32 {
         self.inner.qp_num
@@ -753,6 +771,59 @@ impl QueuePair {
         }
     }
 
+    /// Posts an inline SEND **without a completion** (selective signaling, as perftest's
+    /// latency tests do): returns once the provider has copied `data`, with no future to await
+    /// and no completion to poll, which saves the NIC a CQE and the CQ a dispatch.
+    ///
+    /// RC send queues complete in order, so an unsignaled send is known to be done when a
+    /// later signaled operation on this QP completes. To keep the send queue from filling with
+    /// unretired requests, every `max_send_wr / 2`-th unsignaled send is posted signaled
+    /// (its completion is consumed internally).
+    ///
+    /// Errors: a failure to post is returned here (e.g. `ENOMEM` when the send queue is full,
+    /// nothing was sent). A transport error on the send itself arrives later: the QP enters
+    /// the error state, later operations on it and its posted receives complete with errors,
+    /// and the failed unsignaled request's own completion is counted in
+    /// [`CqStats::unsignaled_errors`](crate::CqStats::unsignaled_errors) of the send CQ.
+    pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
+        if data.len() > self.inner.max_inline as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes exceed max_inline_data {}",
+                data.len(),
+                self.inner.max_inline
+            )));
+        }
+        let sge = (data.as_ptr() as u64, data.len() as u32, 0);
+        let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < self.inner.signal_every {
+            // SAFETY: inline: the provider copies `data` during the call.
+            let r = unsafe {
+                self.post_raw_flags(&SendOp::Send, UNSIGNALED_WR_ID, sge, true, false, None)
+            };
+            if r.is_err() {
+                self.inner.unsignaled.fetch_sub(1, Ordering::Relaxed);
+            }
+            return r;
+        }
+        // This one retires the ones before it: signaled, its completion consumed by the
+        // dispatcher (an abandoned slot holding nothing). Should reserving or posting fail,
+        // the count stays up and the next call tries again.
+        let op = self.inner.send_slots.reserve()?;
+        // SAFETY: inline, as above.
+        let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
+        match r {
+            Ok(()) => {
+                self.inner.unsignaled.store(0, Ordering::Relaxed);
+                op.abandon(Parked::None);
+                Ok(())
+            }
+            Err(e) => {
+                op.cancel_unposted();
+                Err(e)
+            }
+        }
+    }
+
     /// UD: SEND (optionally with immediate data) to the QP behind `ah`. The AH comes back
     /// with the buffer once the send completed.
     pub fn send_to<L: LocalBuffer>(
@@ -805,7 +876,7 @@ impl QueuePair {
         }
     }
 
-    /// Posts one send WR.
+    /// Posts one signaled send WR.
     ///
     /// # Safety
     /// The memory `sge` names must stay valid until the work request completes (or, with
@@ -818,12 +889,32 @@ impl QueuePair {
         inline: bool,
         ah: Option<&AddressHandle>,
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.post_raw_flags(op, wr_id, sge, inline, true, ah) }
+    }
+
+    /// Posts one send WR, signaled or not.
+    ///
+    /// # Safety
+    /// As [`post_raw`](Self::post_raw).
+    unsafe fn post_raw_flags(
+        &self,
+        op: &SendOp,
+        wr_id: u64,
+        sge: (u64, u32, u32),
+        inline: bool,
+        signaled: bool,
+        ah: Option<&AddressHandle>,
+    ) -> Result<()> {
         let mut sge = ffi::ibv_sge {
             addr: sge.0,
             length: sge.1,
             lkey: sge.2,
         };
         let mut wr = build_wr(op, wr_id, &mut sge, inline, ah);
+        if !signaled {
+            wr.send_flags &= !ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr`/`sge` are valid for the call (the provider copies
         // them); the caller guarantees the data's lifetime.

@@ -315,7 +315,7 @@ impl Stream for RecvStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let cq = this.target.cq();
-        let mut polled = false;
+        let mut budget = cq.inline_budget();
         loop {
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(d)) => {
@@ -342,13 +342,9 @@ impl Stream for RecvStream {
                     {
                         return Poll::Ready(None);
                     }
-                    if polled {
+                    // Inline polls within the channel's budget; the waker is registered.
+                    if !cq.poll_inline(&mut budget) {
                         return Poll::Pending;
-                    }
-                    polled = true;
-                    match cq.poll_once(cq.batch()) {
-                        Ok(Some(n)) if n > 0 => continue,
-                        _ => return Poll::Pending,
                     }
                 }
             }

@@ -334,3 +334,85 @@ async fn device_port_gid_table_memory_kinds_and_uc() {
     assert_eq!(bm.len(), 128);
     assert_eq!(&*boxed.into_inner(), &[9u8; 32]);
 }
+
+/// Selective signaling: 1000 unsignaled inline sends through an 8-deep send queue arrive in
+/// order; they fit only because every `max_send_wr / 2`-th one is signaled and retires the
+/// others, and only those produce completions.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn unsignaled_inline_sends_arrive_in_order_and_retire_themselves() {
+    const N: u32 = 1000;
+    let r = rig(256);
+    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .max_send_wr(8)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .max_recv_wr(64)
+        .build()
+        .unwrap();
+    common::connect(&r.opts, &a, &b);
+    let mut rx = b.recv_stream(64, 64).unwrap();
+    let before = r.cq.stats();
+    for i in 0..N {
+        a.send_inline_unsignaled(&i.to_be_bytes())
+            .unwrap_or_else(|e| panic!("unsignaled send {i}: {e}"));
+        let m = bounded("recv", 30, rx.next()).await.unwrap().unwrap();
+        assert_eq!(&m[..], &i.to_be_bytes(), "message {i}");
+    }
+    // The last forced signal may still be in flight: wait for it.
+    let every = u64::from(a.max_send_wr() / 2);
+    let forced = u64::from(N) / every;
+    bounded("forced signals complete", 30, async {
+        while r.cq.stats().dispatch.reclaimed - before.dispatch.reclaimed < forced {
+            tokio::task::yield_now().await;
+            r.cq.poll_now().unwrap();
+        }
+    })
+    .await;
+    let st = r.cq.stats();
+    assert_eq!(st.dispatch.reclaimed - before.dispatch.reclaimed, forced);
+    assert_eq!(
+        st.dispatch.delivered - before.dispatch.delivered,
+        u64::from(N)
+    );
+    assert_eq!(
+        st.dispatch.unknown, 0,
+        "no unsignaled id reached the dispatcher"
+    );
+    assert_eq!(st.unsignaled_errors, 0);
+    assert_eq!(r.cq.in_flight(), 64, "only the posted receives");
+
+    let (res, ()) = a.send_inline(b"signaled still works").await;
+    res.unwrap();
+    let m = bounded("recv", 30, rx.next()).await.unwrap().unwrap();
+    assert_eq!(&m[..], b"signaled still works");
+    assert!(matches!(
+        a.send_inline_unsignaled(&[0u8; 4096]),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// An unsignaled send that cannot be delivered is not lost silently: posting it on a QP in
+/// the error state either fails at once or flushes it, and the flush is counted.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn unsignaled_send_on_a_failed_qp_is_reported() {
+    let r = rig(256);
+    let (a, _b) = r.rc_pair();
+    a.set_error().unwrap();
+    match a.send_inline_unsignaled(b"lost?") {
+        Err(e) => eprintln!("post refused: {e}"),
+        Ok(()) => {
+            bounded("flush counted", 30, async {
+                while r.cq.stats().unsignaled_errors == 0 {
+                    tokio::task::yield_now().await;
+                    r.cq.poll_now().unwrap();
+                }
+            })
+            .await;
+            assert_eq!(r.cq.stats().unsignaled_errors, 1);
+        }
+    }
+    assert_eq!(r.cq.stats().dispatch.unknown, 0);
+}

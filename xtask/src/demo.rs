@@ -1,8 +1,13 @@
 //! `cargo xtask demo`: the project's main job on the default device.
 //!
-//! rdma-core's `rping` loopback as a smoke step, then tokio-rdma's `pingpong` (server and
-//! client, RC SEND/RECV, awaiting tasks) next to perftest's `ib_send_lat`, busy-polling and
-//! waiting on the completion channel (`-e`), in one run on the same device, with the ratios.
+//! rdma-core's `rping` loopback as a smoke step, then a 2-byte RC ping-pong, several rounds,
+//! each round running side by side on the same device: perftest's `ib_send_lat` busy-polling
+//! and waiting on the completion channel (`-e`), and tokio-rdma's `pingpong` (an awaiting
+//! task) in three settings: the default (the completion driver spins, then parks, and wakes
+//! the task), inline polls (the awaiting future polls the CQ itself before it yields), and
+//! event mode (the driver parks at once, like `-e`). The summary gives each one's median
+//! one-way latency (the median over rounds of each run's median) and its ratio to
+//! busy-polling, and to `-e` for event mode.
 
 use crate::device::Target;
 use crate::process;
@@ -12,16 +17,47 @@ use std::time::Duration;
 /// `cargo xtask demo` arguments.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Ping-pong iterations.
-    #[arg(long, default_value_t = 1000)]
+    /// Ping-pong iterations per run.
+    #[arg(long, default_value_t = 2000)]
     pub iters: u32,
     /// Message size in bytes.
     #[arg(long, default_value_t = 2)]
     pub size: u32,
+    /// Rounds: every variant runs once per round, interleaved, so drifting machine load
+    /// hits all of them alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Time limit in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     pub timeout: u64,
 }
+
+/// One measured variant: its key in the demo's output, and how the summary names it.
+struct Variant {
+    key: &'static str,
+    name: &'static str,
+}
+
+const BUSY: Variant = Variant {
+    key: "perftest-busy",
+    name: "perftest ib_send_lat (busy polling)",
+};
+const EVENT: Variant = Variant {
+    key: "perftest-event",
+    name: "perftest ib_send_lat -e (completion channel)",
+};
+const AWAIT: Variant = Variant {
+    key: "tokio-rdma",
+    name: "tokio-rdma pingpong: awaiting task",
+};
+const INLINE: Variant = Variant {
+    key: "tokio-rdma-inline",
+    name: "tokio-rdma pingpong: awaiting, inline polls",
+};
+const AWAIT_EVENT: Variant = Variant {
+    key: "tokio-rdma-event",
+    name: "tokio-rdma pingpong: awaiting, event mode",
+};
 
 /// `cargo xtask demo`.
 pub fn run(args: &DemoArgs) -> Result<i32> {
@@ -42,27 +78,41 @@ echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
 retry rping -c -a {ip} -C 3 -v
 wait $srv
-echo "== perftest ib_send_lat, busy polling ({size} B, {iters} iterations)"
-ib_send_lat -d {dev} -x 1 -n {iters} -s {size} >/dev/null 2>&1 & srv=$!
-retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} {ip} > /tmp/lat.txt
-grep -A1 t_typical /tmp/lat.txt
-wait $srv
-echo "== perftest ib_send_lat -e, waiting on the completion channel"
-ib_send_lat -d {dev} -x 1 -n {iters} -s {size} -e >/dev/null 2>&1 & srv=$!
-retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} -e {ip} > /tmp/lat.txt
-grep -A1 t_typical /tmp/lat.txt
-wait $srv
+# perftest/pingpong KEY [ARGS]: server and client with ARGS; prints "@@ KEY", then the table.
+perftest() {{
+  key=$1; shift
+  ib_send_lat -d {dev} -x 1 -n {iters} -s {size} "$@" >/dev/null 2>&1 & srv=$!
+  echo "@@ $key"
+  retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} "$@" {ip} | grep -A1 t_typical
+  wait $srv
+}}
 "#
     );
-    if let Some(bin) = pingpong {
-        let bin = process::shell_quote(&bin);
+    if let Some(bin) = &pingpong {
+        let bin = process::shell_quote(bin);
         script += &format!(
-            r#"echo "== tokio-rdma pingpong ({size} B, {iters} iterations): awaiting tasks"
-{bin} -d {dev} -s {size} -n {iters} >/dev/null & srv=$!
-{bin} -d {dev} -s {size} -n {iters} {ip}
-wait $srv
+            r#"pingpong() {{
+  key=$1; shift
+  {bin} -d {dev} -s {size} -n {iters} "$@" >/dev/null & srv=$!
+  echo "@@ $key"
+  retry {bin} -d {dev} -s {size} -n {iters} "$@" {ip} | grep -A1 t_typical
+  wait $srv
+}}
 "#
         );
+    }
+    for round in 1..=args.rounds {
+        script += &format!(
+            "echo \"== round {round} of {}: {size}-byte RC ping-pong, {iters} iterations\"\n\
+             perftest {}\nperftest {} -e\n",
+            args.rounds, BUSY.key, EVENT.key
+        );
+        if pingpong.is_some() {
+            script += &format!(
+                "pingpong {}\npingpong {} --inline-polls 1000000\npingpong {} --spin 0\n",
+                AWAIT.key, INLINE.key, AWAIT_EVENT.key
+            );
+        }
     }
     let outcome = target.run(&script, Duration::from_secs(args.timeout))?;
     if outcome.status != 0 {
@@ -72,46 +122,81 @@ wait $srv
     Ok(0)
 }
 
-/// Average half round trips (µs) found in the demo's output, in order: perftest busy-poll,
-/// perftest `-e`, tokio-rdma pingpong.
-fn half_round_trips(output: &[String], size: u32) -> Vec<(&'static str, f64)> {
-    let mut found = Vec::new();
-    let mut perftest = [
-        "perftest ib_send_lat (busy polling)",
-        "perftest ib_send_lat -e (completion channel)",
-    ]
-    .into_iter();
+/// Per variant key, the `(t_typical, t_avg)` one-way latencies (µs) of each run, in order:
+/// the row after an `@@ KEY` marker (perftest's format, which `pingpong` prints too:
+/// `#bytes #iterations t_min t_max t_typical t_avg ...`).
+fn runs(output: &[String], size: u32) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut found: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut current: Option<String> = None;
     let size = size.to_string();
     for line in output {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        // perftest row: #bytes #iterations t_min t_max t_typical t_avg ... (already RTT/2)
-        if words.len() >= 6 && words[0] == size && words[1].parse::<u64>().is_ok() {
-            if let (Some(name), Ok(avg)) = (perftest.next(), words[5].parse::<f64>()) {
-                found.push((name, avg));
-            }
+        if let Some(key) = line.trim().strip_prefix("@@ ") {
+            current = Some(key.trim().to_string());
+            continue;
         }
-        // pingpong: "N iters in S seconds = U usec/iter" (a full round trip per iteration)
-        if let Some(pos) = words.iter().position(|w| *w == "usec/iter") {
-            if let Some(Ok(us)) = pos.checked_sub(1).map(|i| words[i].parse::<f64>()) {
-                found.push(("tokio-rdma pingpong (awaiting task)", us / 2.0));
-            }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() < 6 || words[0] != size || words[1].parse::<u64>().is_err() {
+            continue;
+        }
+        let (Some(key), Ok(typical), Ok(avg)) = (
+            current.take(),
+            words[4].parse::<f64>(),
+            words[5].parse::<f64>(),
+        ) else {
+            continue;
+        };
+        match found.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push((typical, avg)),
+            None => found.push((key, vec![(typical, avg)])),
         }
     }
     found
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn print_summary(output: &[String], size: u32) {
-    let rows = half_round_trips(output, size);
-    let Some(&(_, base)) = rows.first() else {
+    let runs = runs(output, size);
+    let stat = |key: &str| {
+        runs.iter().find(|(k, _)| k == key).map(|(_, v)| {
+            (
+                median(v.iter().map(|r| r.0).collect()),
+                median(v.iter().map(|r| r.1).collect()),
+                v.len(),
+            )
+        })
+    };
+    let Some((busy, _, _)) = stat(BUSY.key) else {
         return;
     };
+    let event = stat(EVENT.key).map(|s| s.0);
     println!();
-    println!("== {size}-byte RC ping-pong, one run on one device: average half round trip");
-    for (name, us) in &rows {
-        println!(
-            "  {name:<46} {us:>9.2} us   {:>6.2}x busy polling",
-            us / base
+    println!(
+        "== {size}-byte RC ping-pong, one-way latency (median over rounds of each run's \
+         median; average in brackets), same device, interleaved runs"
+    );
+    for v in [&BUSY, &EVENT, &AWAIT, &INLINE, &AWAIT_EVENT] {
+        let Some((typical, avg, n)) = stat(v.key) else {
+            continue;
+        };
+        let mut line = format!(
+            "  {:<46} {typical:>8.2} us ({avg:>7.2})  {:>5.2}x busy polling",
+            v.name,
+            typical / busy
         );
+        if v.key == AWAIT_EVENT.key {
+            if let Some(e) = event {
+                line += &format!(", {:.2}x perftest -e", typical / e);
+            }
+        }
+        println!("{line}   [{n} runs]");
     }
 }
 
@@ -142,22 +227,38 @@ fn build_pingpong() -> Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::half_round_trips;
+    use super::{median, runs};
 
     #[test]
-    fn reads_perftest_rows_and_pingpong_lines() {
+    fn reads_marked_rows_of_both_programs() {
         let out: Vec<String> = [
+            "== round 1 of 2",
+            "@@ perftest-busy",
+            " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]",
             " 2       1000          11.37          190.75       11.99    \t       13.38 ",
-            " 2       1000          60.72          1348.18      122.65   \t       140.51 ",
-            "1000 iters in 0.03 seconds = 30.00 usec/iter",
+            "@@ tokio-rdma",
+            " 2      1000               14.62        6123.52            15.20          18.49 ",
+            "@@ perftest-busy",
+            " 2       1000          11.00          100.00       12.50    \t       13.00 ",
+            "@@ tokio-rdma-event",
+            "client failed",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let rows = half_round_trips(&out, 2);
-        assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0].1, 13.38);
-        assert_eq!(rows[1].1, 140.51);
-        assert_eq!(rows[2].1, 15.0);
+        let r = runs(&out, 2);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, "perftest-busy");
+        assert_eq!(r[0].1, [(11.99, 13.38), (12.5, 13.0)]);
+        assert_eq!(r[1].1, [(15.2, 18.49)]);
+        // A row with another size is not ours.
+        assert!(runs(&out, 4).is_empty());
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
     }
 }

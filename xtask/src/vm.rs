@@ -185,7 +185,7 @@ fn qemu_command(
             "local,path={},mount_tag=xtaskrun,security_model=none",
             run_dir.display()
         ));
-    let mut append = String::from("console=ttyS0 panic=-1 quiet");
+    let mut append = String::from("console=ttyS0 panic=-1 quiet clocksource=tsc tsc=reliable");
     match net_port {
         None => {
             cmd.args(["-nic", "none"]);

@@ -2,18 +2,30 @@
 //!
 //! Server: `pingpong [OPTIONS]`; client: `pingpong [OPTIONS] SERVER`. The QP information is
 //! exchanged over TCP (port 18515 by default), then the client sends `size` bytes, the server
-//! echoes them, `iters` times. Both print the time per iteration.
+//! echoes them, `iters` times. Both print the time per iteration; the client also prints the
+//! one-way latency (half round trip) distribution in perftest's `ib_send_lat` format.
+//!
+//! Like `ib_send_lat`, messages up to `--inline-size` bytes are sent inline (copied into the
+//! work request, no memory region) and unsignaled (no completion; every `max_send_wr / 2`-th
+//! one is signaled to retire the others). Larger messages are sent from a registered buffer,
+//! and each send's completion is awaited together with the next receive, not before it: the
+//! round trip never waits for the send's acknowledgement.
+//!
+//! `--inline-polls N` lets the awaiting task poll the CQ itself up to N times before it
+//! yields (see `DriverConfig::inline_polls`): the lowest-latency setting for a task that owns
+//! its thread.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use futures_util::StreamExt;
+use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rdma_verbs::{
-    Access, CompletionChannel, ConnectOptions, Context, DriverConfig, QpInfo, QpType,
-    QueuePairBuilder, RecvStream,
+    Access, CompletionChannel, ConnectOptions, Context, DriverConfig, MemoryRegion, OpFuture,
+    QpInfo, QpType, QueuePairBuilder, RecvStream,
 };
 
 #[derive(Parser, Debug)]
@@ -42,9 +54,18 @@ struct Args {
     /// Receive buffers kept posted.
     #[arg(short = 'r', long, default_value_t = 64)]
     rx_depth: u32,
+    /// Send messages up to this size inline, like perftest's `-I` (0 = never).
+    #[arg(short = 'I', long, default_value_t = 236)]
+    inline_size: u32,
+    /// Inline CQ polls by an awaiting future before it yields (DriverConfig::inline_polls).
+    #[arg(long, default_value_t = DriverConfig::default().inline_polls)]
+    inline_polls: u32,
     /// Completion-driver spin iterations before parking on the channel fd (0 = event mode).
     #[arg(long, default_value_t = DriverConfig::default().spin_iterations)]
     spin: u32,
+    /// Print the CQ's counters at the end (channel events, polls, completions).
+    #[arg(long)]
+    stats: bool,
     /// Give up when the peer is silent this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
@@ -70,6 +91,7 @@ async fn main() -> Result<()> {
         &ctx,
         DriverConfig {
             spin_iterations: args.spin,
+            inline_polls: args.inline_polls,
             ..DriverConfig::default()
         },
     )?;
@@ -77,7 +99,9 @@ async fn main() -> Result<()> {
     let qp = QueuePairBuilder::new(&pd, QpType::Rc, &cq)
         .max_recv_wr(args.rx_depth)
         .max_send_wr(64)
+        .max_inline_data(args.inline_size)
         .build()?;
+    let inline = args.size <= args.inline_size as usize;
     let opts = ConnectOptions {
         port: args.ib_port,
         gid_index: args.gid_idx,
@@ -115,25 +139,47 @@ async fn main() -> Result<()> {
     let mut msg = Some(pd.register(vec![0u8; args.size], Access::LOCAL_WRITE)?);
     let client = args.server.is_some();
     let limit = Duration::from_secs(args.timeout);
+    // One-way latency = half of each round trip, in nanoseconds (client side).
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
     let start = Instant::now();
     // The first (up to) 4 bytes carry the iteration number, checked by the receiver.
     let stamp = args.size.min(4);
     // A dead or silent peer is caught by a watchdog that checks progress once per `limit`
-    // (one timer in all, not one per message: clock reads are syscalls in the VM).
+    // (one timer in all, not one per message).
     let progress = std::cell::Cell::new(0u32);
     let pingpong = async {
+        // The previous send from the buffer, still completing (the server's echo of
+        // message i - 1).
+        let mut pending: Option<OpFuture<Message>> = None;
         for i in 0..args.iters {
+            let t0 = Instant::now();
             if !client {
-                expect(&mut rx, args.size, i).await?;
+                // Our last echo's completion and the next message, in either order.
+                let (sent, ()) =
+                    tokio::try_join!(finish(pending.take()), expect(&mut rx, args.size, i))?;
+                msg = msg.or(sent);
             }
             let mut m = msg.take().expect("message buffer is back");
             m[..stamp].copy_from_slice(&i.to_be_bytes()[..stamp]);
-            msg = Some(send(&qp, m).await?);
+            let send = if inline {
+                // Copied during the call: the buffer stays ours.
+                let posted = qp.send_inline_unsignaled(&m);
+                msg = Some(m);
+                posted.context("send failed")?;
+                None
+            } else {
+                Some(qp.send(m))
+            };
             if client {
-                expect(&mut rx, args.size, i).await?;
+                let (sent, ()) = tokio::try_join!(finish(send), expect(&mut rx, args.size, i))?;
+                msg = msg.or(sent);
+                latency.saturating_record(t0.elapsed().as_nanos() as u64 / 2);
+            } else {
+                pending = send;
             }
             progress.set(i + 1);
         }
+        finish(pending).await?;
         anyhow::Ok(())
     };
     let watchdog = async {
@@ -162,6 +208,19 @@ async fn main() -> Result<()> {
         args.iters,
         secs * 1e6 / f64::from(args.iters)
     );
+    if client {
+        print_latency(&latency, args.size, args.iters);
+    }
+    if args.stats {
+        let st = cq.stats();
+        eprintln!(
+            "cq: {} channel events, {} polls ({:.1} per iteration), {} completions",
+            st.events,
+            st.polls,
+            st.polls as f64 / f64::from(args.iters),
+            st.dispatch.total()
+        );
+    }
     // Let the peer finish before our QP disappears.
     tcp.write_all(&[2]).await.ok();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut [0u8; 1])).await;
@@ -196,13 +255,33 @@ async fn exchange_stream(args: &Args) -> Result<TcpStream> {
     }
 }
 
-async fn send(
-    qp: &tokio_rdma_verbs::QueuePair,
-    msg: tokio_rdma_verbs::MemoryRegion<Vec<u8>>,
-) -> Result<tokio_rdma_verbs::MemoryRegion<Vec<u8>>> {
-    let (res, msg) = qp.send(msg).await;
+type Message = MemoryRegion<Vec<u8>>;
+
+/// Awaits a buffer send's completion, if there is one, and gives the buffer back.
+async fn finish(send: Option<OpFuture<Message>>) -> Result<Option<Message>> {
+    let Some(op) = send else { return Ok(None) };
+    let (res, m) = op.await;
     res.context("send failed")?;
-    Ok(msg)
+    Ok(Some(m))
+}
+
+/// Prints the one-way latency like perftest's `ib_send_lat` (usec).
+fn print_latency(h: &Histogram<u64>, size: usize, iters: u32) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!(
+        " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    \
+         t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec]"
+    );
+    println!(
+        " {size:<6} {iters:<11} {:>11.2} {:>14.2} {:>16.2} {:>14.2} {:>16.2} {:>22.2} {:>24.2}",
+        us(h.min()),
+        us(h.max()),
+        us(h.value_at_quantile(0.5)),
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+    );
 }
 
 async fn expect(rx: &mut RecvStream, size: usize, i: u32) -> Result<()> {
