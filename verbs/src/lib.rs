@@ -32,6 +32,15 @@
 //!   waker with the dispatcher and then tries to poll the CQ itself, guarded by a per-CQ
 //!   atomic `draining` flag (skipped, never waited for, when the driver or another future holds
 //!   it). That cuts a task hop off the latency without making futures responsible for wake-ups.
+//!   [`DriverConfig::inline_polls`] sets how many such polls a future (or [`RecvStream`]) makes
+//!   before it returns `Pending` (default 1): a latency-critical task that owns its thread can
+//!   busy-poll inline like a raw verbs loop, still bounded by count.
+//! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`] posts an inline SEND
+//!   without a completion (as perftest does); every `max_send_wr / 2`-th one is signaled to
+//!   retire the others. Its `wr_id` can name no slot, and the error or flush completion such a
+//!   send can still produce is counted in [`CqStats::unsignaled_errors`], never dispatched.
+//! * **Slot handles.** Each QP reserves through its own handle onto its send CQ's dispatcher,
+//!   so QPs driven from different threads recycle their own slots (sharded free list).
 //! * **Cancel safety.** Dropping an [`OpFuture`] before its completion parks the buffer (and
 //!   everything the work request references, e.g. an AH) in the dispatcher slot via
 //!   `Operation::abandon`; it is dropped when the completion or flush error arrives, or when
