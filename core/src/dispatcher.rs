@@ -115,9 +115,10 @@ impl<R: Send + 'static> Handle<R> {
 }
 
 impl<R: Send + 'static> Clone for Dispatcher<R> {
-    /// A new handle onto the same slot table. Allocates one small block (cold path): give
-    /// each thread or task its own clone, so reserving through it touches no reference
-    /// count shared with other threads.
+    /// A new handle onto the same slot table, with the next free-list shard as its home (see
+    /// [`with_shards`](Dispatcher::with_shards)). Allocates one small block (cold path): give
+    /// each thread or task its own clone, so reserving and freeing through it touch neither a
+    /// reference count nor a free list shared with other threads.
     fn clone(&self) -> Self {
         Self {
             handle: Handle::new(self.handle.shared.clone()),
