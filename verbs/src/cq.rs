@@ -49,11 +49,14 @@ pub struct DriverConfig {
     /// Acknowledge CQ events in batches of this many (`ibv_ack_cq_events` takes a mutex).
     pub ack_batch: u32,
     /// How many times a future or receive stream whose result is not there yet polls the CQ
-    /// itself before it returns `Pending` (at least once). The default, 1, leaves waiting to
-    /// the driver. A latency-critical task that owns its thread (a ping-pong, a storage
-    /// target's I/O loop) can set thousands: it then busy-polls inline like a raw verbs
-    /// loop, skipping the wake-up hop through the driver task, for at most that many polls
-    /// per `poll` before it yields to the runtime. Bounded by count, never by clock.
+    /// itself before it returns `Pending` (at least once). The default, 32, is the driver's
+    /// own number of polls between two yields: a completion that lands within that many polls
+    /// reaches the awaiting task without the wake-up hop through the driver task, and a task
+    /// holds its thread no longer than the driver does. 1 leaves all waiting to the driver. A
+    /// latency-critical task that owns its thread (a ping-pong, a storage target's I/O loop)
+    /// can set thousands: it then busy-polls inline like a raw verbs loop, for at most that
+    /// many polls per `poll` before it yields to the runtime. Bounded by count, never by
+    /// clock.
     pub inline_polls: u32,
 }
 
@@ -63,7 +66,7 @@ impl Default for DriverConfig {
             spin_iterations: 16384,
             poll_batch: 32,
             ack_batch: 64,
-            inline_polls: 1,
+            inline_polls: TIGHT_POLLS,
         }
     }
 }

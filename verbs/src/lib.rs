@@ -33,8 +33,9 @@
 //!   atomic `draining` flag (skipped, never waited for, when the driver or another future holds
 //!   it). That cuts a task hop off the latency without making futures responsible for wake-ups.
 //!   [`DriverConfig::inline_polls`] sets how many such polls a future (or [`RecvStream`]) makes
-//!   before it returns `Pending` (default 1): a latency-critical task that owns its thread can
-//!   busy-poll inline like a raw verbs loop, still bounded by count.
+//!   before it returns `Pending` (default 32, the driver's own polls between yields): a
+//!   latency-critical task that owns its thread can set thousands and busy-poll inline like a
+//!   raw verbs loop, still bounded by count.
 //! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`] posts an inline SEND
 //!   without a completion (as perftest does); every `max_send_wr / 2`-th one is signaled to
 //!   retire the others. Its `wr_id` can name no slot, and the error or flush completion such a

@@ -3,9 +3,10 @@
 //! rdma-core's `rping` loopback as a smoke step, then a 2-byte RC ping-pong, several rounds,
 //! each round running side by side on the same device: perftest's `ib_send_lat` busy-polling
 //! and waiting on the completion channel (`-e`), and tokio-rdma's `pingpong` (an awaiting
-//! task) in three settings: the default (the completion driver spins, then parks, and wakes
-//! the task), inline polls (the awaiting future polls the CQ itself before it yields), and
-//! event mode (the driver parks at once, like `-e`). The summary gives each one's median
+//! task) in four settings: the default (the awaiting future polls the CQ up to 32 times
+//! itself, then the spinning completion driver wakes it), woken by the driver only
+//! (`--inline-polls 1`), inline busy-poll (`--inline-polls 1000000`), and event mode (the
+//! driver parks at once and nothing spins, like `-e`). The summary gives each one's median
 //! one-way latency (the median over rounds of each run's median) and its ratio to
 //! busy-polling, and to `-e` for event mode.
 
@@ -50,13 +51,17 @@ const AWAIT: Variant = Variant {
     key: "tokio-rdma",
     name: "tokio-rdma pingpong: awaiting task",
 };
+const AWAIT_DRIVER: Variant = Variant {
+    key: "tokio-rdma-driver",
+    name: "tokio-rdma: awaiting, woken by the driver",
+};
 const INLINE: Variant = Variant {
     key: "tokio-rdma-inline",
-    name: "tokio-rdma pingpong: awaiting, inline polls",
+    name: "tokio-rdma: awaiting, inline busy-poll",
 };
 const AWAIT_EVENT: Variant = Variant {
     key: "tokio-rdma-event",
-    name: "tokio-rdma pingpong: awaiting, event mode",
+    name: "tokio-rdma: awaiting, event mode",
 };
 
 /// `cargo xtask demo`.
@@ -109,8 +114,9 @@ perftest() {{
         );
         if pingpong.is_some() {
             script += &format!(
-                "pingpong {}\npingpong {} --inline-polls 1000000\npingpong {} --spin 0\n",
-                AWAIT.key, INLINE.key, AWAIT_EVENT.key
+                "pingpong {}\npingpong {} --inline-polls 1\n\
+                 pingpong {} --inline-polls 1000000\npingpong {} --spin 0 --inline-polls 1\n",
+                AWAIT.key, AWAIT_DRIVER.key, INLINE.key, AWAIT_EVENT.key
             );
         }
     }
@@ -182,7 +188,7 @@ fn print_summary(output: &[String], size: u32) {
         "== {size}-byte RC ping-pong, one-way latency (median over rounds of each run's \
          median; average in brackets), same device, interleaved runs"
     );
-    for v in [&BUSY, &EVENT, &AWAIT, &INLINE, &AWAIT_EVENT] {
+    for v in [&BUSY, &EVENT, &AWAIT, &AWAIT_DRIVER, &INLINE, &AWAIT_EVENT] {
         let Some((typical, avg, n)) = stat(v.key) else {
             continue;
         };
