@@ -99,7 +99,7 @@ pub struct Dispatcher<R: Send + 'static = ()> {
 /// One per `Dispatcher` clone: operations reserved through a handle keep *it* alive, so
 /// threads using their own clones never contend on a shared reference count, and each handle
 /// has a home shard of the free list (and counter stripe): slots reserved through it are
-/// freed back there, so a thread recycles its own slots.
+/// freed back there, whoever frees them, so a thread recycles its own slots.
 #[repr(align(128))]
 struct Handle<R: Send + 'static> {
     shared: Arc<Shared<R>>,
@@ -250,20 +250,17 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// A routed slot whose post failed: takes the resources back and frees the slot.
     /// `None` if `id` is not a routed slot waiting for its completion.
     pub fn cancel_routed(&self, id: WrId) -> Option<R> {
-        let (_route, resources) =
-            self.shared()
-                .table
-                .cancel_route(self.handle.home, id.index(), id.generation())?;
+        let (_route, resources) = self
+            .shared()
+            .table
+            .cancel_route(id.index(), id.generation())?;
         Some(resources)
     }
 
     #[inline]
     fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
-        let outcome =
-            self.shared()
-                .table
-                .complete(self.handle.home, id.index(), id.generation(), c);
+        let outcome = self.shared().table.complete(id.index(), id.generation(), c);
         let routed = match outcome {
             CompleteOutcome::Stored => Routed::Woken,
             CompleteOutcome::Reclaimed(resources) => {
@@ -389,7 +386,7 @@ impl<R: Send + 'static> Operation<R> {
     #[inline]
     pub fn try_complete(&mut self) -> Option<Completion> {
         let ticket = self.ticket.take()?;
-        match self.table().try_take(self.handle.home, ticket) {
+        match self.table().try_take(ticket) {
             Ok(c) => Some(c),
             Err(ticket) => {
                 self.ticket = Some(ticket);
@@ -400,11 +397,10 @@ impl<R: Send + 'static> Operation<R> {
 
     fn release_slot(&mut self, resources: Option<R>, posted: bool) {
         if let Some(ticket) = self.ticket.take() {
-            let home = self.handle.home;
             let released = if posted {
-                self.table().release(home, ticket, resources)
+                self.table().release(ticket, resources)
             } else {
-                self.table().cancel(home, ticket)
+                self.table().cancel(ticket)
             };
             if let Released::Freed(r) = released {
                 drop(r);
@@ -435,12 +431,11 @@ impl<R: Send + 'static> Future for Operation<R> {
             panic!("`Operation` polled after it returned `Ready`");
         };
         // Register, then re-check (inside `register`).
-        let home = this.handle.home;
-        let ticket = match this.table().try_take(home, ticket) {
+        let ticket = match this.table().try_take(ticket) {
             Ok(c) => return Poll::Ready(c),
             Err(ticket) => ticket,
         };
-        match this.table().register(home, ticket, cx.waker()) {
+        match this.table().register(ticket, cx.waker()) {
             Ok(c) => Poll::Ready(c),
             Err(ticket) => {
                 this.ticket = Some(ticket);

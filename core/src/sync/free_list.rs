@@ -88,7 +88,7 @@ impl FreeList {
     }
 
     #[inline]
-    fn pop_shard(&self, shard: usize) -> Option<u32> {
+    pub(super) fn pop_shard(&self, shard: usize) -> Option<u32> {
         let head_cell = &self.heads[shard];
         let mut head = head_cell.load(Acquire);
         loop {

@@ -33,7 +33,10 @@
 use std::task::Waker;
 
 use super::cell::UnsafeCell;
-use super::{AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
+use super::{
+    AtomicU32, AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 use crate::completion::Completion;
 use crate::wr_id::WrId;
 
@@ -135,6 +138,10 @@ pub(crate) enum Released<R> {
 #[repr(align(128))]
 pub(crate) struct Slot<R, S> {
     state: AtomicU64,
+    /// The free-list shard of the handle that reserved the slot: freed slots go back there.
+    /// Written by the free-list popper before it publishes POSTED / ROUTED (Release), read by
+    /// whoever frees the slot after observing that state (Acquire), so `Relaxed` suffices.
+    home: AtomicU32,
     waker: AtomicWaker,
     completion: UnsafeCell<Completion>,
     resources: UnsafeCell<Option<R>>,
@@ -153,11 +160,24 @@ impl<R, S> Slot<R, S> {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU64::new(pack(0, FREE)),
+            home: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             completion: UnsafeCell::new(Completion::zeroed()),
             resources: UnsafeCell::new(None),
             route: UnsafeCell::new(None),
         }
+    }
+
+    /// Records the reserving handle's shard (by the free-list popper, before posting).
+    #[inline]
+    pub(super) fn set_home(&self, home: usize) {
+        self.home.store(home as u32, Relaxed);
+    }
+
+    /// The shard to free this slot into.
+    #[inline]
+    pub(super) fn home(&self) -> usize {
+        self.home.load(Relaxed) as usize
     }
 
     fn addr(&self) -> usize {

@@ -7,8 +7,9 @@
 //! so leaving FREE is a plain store (see [`Slot::try_post`]). The free list is private to the
 //! table, and every transition into FREE goes through a method here that pushes the index.
 //!
-//! Every method takes the caller's `home` shard (< [`shards`](SlotTable::shards)): reserving
-//! pops from it first, freeing pushes onto it.
+//! Reserving takes the caller's `home` shard (< [`shards`](SlotTable::shards)) and pops from
+//! it first; the slot remembers it, and whoever frees the slot (its owner, or the poller for an
+//! abandoned or routed slot) pushes it back there, so a handle's slots stay in its shard.
 
 use std::task::Waker;
 
@@ -54,7 +55,9 @@ impl<R, S> SlotTable<R, S> {
     #[inline]
     pub(crate) fn reserve(&self, home: usize) -> Option<OwnerTicket> {
         let index = self.free.pop(home)?;
-        match self.slots[index as usize].try_post(index) {
+        let slot = &self.slots[index as usize];
+        slot.set_home(home);
+        match slot.try_post(index) {
             Some(ticket) => Some(ticket),
             None => self.not_free(home, index),
         }
@@ -72,7 +75,9 @@ impl<R, S> SlotTable<R, S> {
         let Some(index) = self.free.pop(home) else {
             return Err((route, resources));
         };
-        match self.slots[index as usize].try_route(route, resources) {
+        let slot = &self.slots[index as usize];
+        slot.set_home(home);
+        match slot.try_route(route, resources) {
             Ok(generation) => Ok((index, generation)),
             Err(values) => {
                 let _ = self.not_free::<()>(home, index);
@@ -95,7 +100,6 @@ impl<R, S> SlotTable<R, S> {
     #[inline]
     pub(crate) fn complete(
         &self,
-        home: usize,
         index: u32,
         generation: u32,
         c: Completion,
@@ -108,16 +112,17 @@ impl<R, S> SlotTable<R, S> {
             outcome,
             CompleteOutcome::Reclaimed(_) | CompleteOutcome::Routed(..)
         ) {
-            self.free.push(home, index);
+            self.free.push(slot.home(), index);
         }
         outcome
     }
 
     /// Takes back the route and resources of a routed slot that was never posted (frees it).
     /// `None` if slot `index` is not routed at `generation`.
-    pub(crate) fn cancel_route(&self, home: usize, index: u32, generation: u32) -> Option<(S, R)> {
-        let (route, resources) = self.slots.get(index as usize)?.cancel_route(generation)?;
-        self.free.push(home, index);
+    pub(crate) fn cancel_route(&self, index: u32, generation: u32) -> Option<(S, R)> {
+        let slot = self.slots.get(index as usize)?;
+        let (route, resources) = slot.cancel_route(generation)?;
+        self.free.push(slot.home(), index);
         route.zip(resources)
     }
 
@@ -127,55 +132,81 @@ impl<R, S> SlotTable<R, S> {
     }
 
     #[inline]
-    fn freed<T>(
-        &self,
-        home: usize,
-        index: u32,
-        r: Result<T, OwnerTicket>,
-    ) -> Result<T, OwnerTicket> {
+    fn freed<T>(&self, index: u32, r: Result<T, OwnerTicket>) -> Result<T, OwnerTicket> {
         if r.is_ok() {
-            self.free.push(home, index);
+            self.free.push(self.slots[index as usize].home(), index);
         }
         r
     }
 
     /// The owner's completion if it has arrived (the slot is freed), else the ticket back.
     #[inline]
-    pub(crate) fn try_take(&self, home: usize, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
+    pub(crate) fn try_take(&self, t: OwnerTicket) -> Result<Completion, OwnerTicket> {
         let index = t.index();
         let r = self.slot(&t).try_take(t);
-        self.freed(home, index, r)
+        self.freed(index, r)
     }
 
     /// Registers the owner's waker, then re-checks (see [`Slot::register`]).
     #[inline]
     pub(crate) fn register(
         &self,
-        home: usize,
         t: OwnerTicket,
         waker: &Waker,
     ) -> Result<Completion, OwnerTicket> {
         let index = t.index();
         let r = self.slot(&t).register(t, waker);
-        self.freed(home, index, r)
+        self.freed(index, r)
     }
 
     /// The owner gives up a posted slot, parking `resources` until the completion arrives.
-    pub(crate) fn release(&self, home: usize, t: OwnerTicket, resources: Option<R>) -> Released<R> {
+    pub(crate) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
         let index = t.index();
-        self.released(home, index, self.slot(&t).release(t, resources))
+        self.released(index, self.slot(&t).release(t, resources))
     }
 
     /// The owner's work request never reached the NIC: frees the slot at once.
-    pub(crate) fn cancel(&self, home: usize, t: OwnerTicket) -> Released<R> {
+    pub(crate) fn cancel(&self, t: OwnerTicket) -> Released<R> {
         let index = t.index();
-        self.released(home, index, self.slot(&t).cancel(t))
+        self.released(index, self.slot(&t).cancel(t))
     }
 
-    fn released(&self, home: usize, index: u32, r: Released<R>) -> Released<R> {
+    fn released(&self, index: u32, r: Released<R>) -> Released<R> {
         if let Released::Freed(_) = r {
-            self.free.push(home, index);
+            self.free.push(self.slots[index as usize].home(), index);
         }
         r
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::CompleteOutcome;
+
+    /// Slots go back to the shard of the handle that reserved them, whoever frees them.
+    #[test]
+    fn frees_return_to_the_reserving_shard() {
+        // Slot 0 starts in shard 0, slot 1 in shard 1.
+        let t: SlotTable<u8, u8> = SlotTable::new(2, 2);
+        let a = t.reserve(1).expect("own shard");
+        let r = t.reserve_routed(1, 7, 8).expect("stolen from shard 0");
+        assert_eq!((a.index(), r.0), (1, 0));
+        // The poller (any handle) completes both; the owner takes its completion.
+        assert!(matches!(
+            t.complete(r.0, r.1, Completion::zeroed()),
+            CompleteOutcome::Routed(7, 8)
+        ));
+        let (index, generation) = (a.index(), a.wr_id().generation());
+        assert!(matches!(
+            t.complete(index, generation, Completion::zeroed()),
+            CompleteOutcome::Stored
+        ));
+        assert!(t.try_take(a).is_ok());
+        // Both are in shard 1 now, none in shard 0.
+        assert_eq!(t.free.pop_shard(0), None);
+        let mut back = [t.free.pop_shard(1), t.free.pop_shard(1)];
+        back.sort();
+        assert_eq!(back, [Some(0), Some(1)]);
     }
 }
