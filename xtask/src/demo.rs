@@ -8,7 +8,8 @@
 //! (`--inline-polls 1`), inline busy-poll (`--inline-polls 1000000`), and event mode (the
 //! driver parks at once and nothing spins, like `-e`). The summary gives each one's median
 //! one-way latency (the median over rounds of each run's median) and its ratio to
-//! busy-polling, and to `-e` for event mode.
+//! busy-polling (the median over rounds of the ratio within each round), and to `-e` for
+//! event mode.
 
 use crate::device::Target;
 use crate::process;
@@ -168,41 +169,45 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The median over rounds of `variant / base`, each pair from the same round (runs side by
+/// side see the same machine load; ratios across rounds would mix load swings in).
+fn paired_ratio(variant: &[(f64, f64)], base: &[(f64, f64)]) -> f64 {
+    median(variant.iter().zip(base).map(|(v, b)| v.0 / b.0).collect())
+}
+
 fn print_summary(output: &[String], size: u32) {
     let runs = runs(output, size);
-    let stat = |key: &str| {
-        runs.iter().find(|(k, _)| k == key).map(|(_, v)| {
-            (
-                median(v.iter().map(|r| r.0).collect()),
-                median(v.iter().map(|r| r.1).collect()),
-                v.len(),
-            )
-        })
+    let get = |key: &str| {
+        runs.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
     };
-    let Some((busy, _, _)) = stat(BUSY.key) else {
+    let Some(busy) = get(BUSY.key) else {
         return;
     };
-    let event = stat(EVENT.key).map(|s| s.0);
+    let event = get(EVENT.key);
     println!();
     println!(
-        "== {size}-byte RC ping-pong, one-way latency (median over rounds of each run's \
-         median; average in brackets), same device, interleaved runs"
+        "== {size}-byte RC ping-pong, one-way latency: median over rounds of each run's median \
+         (average in brackets); ratio = median over rounds of the ratio within the round"
     );
     for v in [&BUSY, &EVENT, &AWAIT, &AWAIT_DRIVER, &INLINE, &AWAIT_EVENT] {
-        let Some((typical, avg, n)) = stat(v.key) else {
+        let Some(r) = get(v.key) else {
             continue;
         };
+        let typical = median(r.iter().map(|x| x.0).collect());
+        let avg = median(r.iter().map(|x| x.1).collect());
         let mut line = format!(
             "  {:<46} {typical:>8.2} us ({avg:>7.2})  {:>5.2}x busy polling",
             v.name,
-            typical / busy
+            paired_ratio(r, busy)
         );
         if v.key == AWAIT_EVENT.key {
             if let Some(e) = event {
-                line += &format!(", {:.2}x perftest -e", typical / e);
+                line += &format!(", {:.2}x perftest -e", paired_ratio(r, e));
             }
         }
-        println!("{line}   [{n} runs]");
+        println!("{line}   [{} runs]", r.len());
     }
 }
 
@@ -233,7 +238,7 @@ fn build_pingpong() -> Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, runs};
+    use super::{median, paired_ratio, runs};
 
     #[test]
     fn reads_marked_rows_of_both_programs() {
@@ -259,6 +264,15 @@ mod tests {
         assert_eq!(r[1].1, [(15.2, 18.49)]);
         // A row with another size is not ours.
         assert!(runs(&out, 4).is_empty());
+    }
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round() {
+        // Round 2 ran under load for both: its ratio is 1, like round 1's.
+        let base = [(10.0, 0.0), (20.0, 0.0), (10.0, 0.0)];
+        let variant = [(10.0, 0.0), (20.0, 0.0), (15.0, 0.0)];
+        assert_eq!(paired_ratio(&variant, &base), 1.0);
+        assert_eq!(paired_ratio(&variant[..2], &base), 1.0);
     }
 
     #[test]
