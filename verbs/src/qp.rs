@@ -797,9 +797,7 @@ impl QueuePair {
         let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.inner.signal_every {
             // SAFETY: inline: the provider copies `data` during the call.
-            let r = unsafe {
-                self.post_raw_flags(&SendOp::Send, UNSIGNALED_WR_ID, sge, true, false, None)
-            };
+            let r = unsafe { self.post_raw(&SendOp::Send, UNSIGNALED_WR_ID, sge, true, None) };
             if r.is_err() {
                 self.inner.unsignaled.fetch_sub(1, Ordering::Relaxed);
             }
@@ -876,7 +874,7 @@ impl QueuePair {
         }
     }
 
-    /// Posts one signaled send WR.
+    /// Posts one send WR (signaled unless `wr_id` is [`UNSIGNALED_WR_ID`]).
     ///
     /// # Safety
     /// The memory `sge` names must stay valid until the work request completes (or, with
@@ -889,32 +887,12 @@ impl QueuePair {
         inline: bool,
         ah: Option<&AddressHandle>,
     ) -> Result<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.post_raw_flags(op, wr_id, sge, inline, true, ah) }
-    }
-
-    /// Posts one send WR, signaled or not.
-    ///
-    /// # Safety
-    /// As [`post_raw`](Self::post_raw).
-    unsafe fn post_raw_flags(
-        &self,
-        op: &SendOp,
-        wr_id: u64,
-        sge: (u64, u32, u32),
-        inline: bool,
-        signaled: bool,
-        ah: Option<&AddressHandle>,
-    ) -> Result<()> {
         let mut sge = ffi::ibv_sge {
             addr: sge.0,
             length: sge.1,
             lkey: sge.2,
         };
         let mut wr = build_wr(op, wr_id, &mut sge, inline, ah);
-        if !signaled {
-            wr.send_flags &= !ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        }
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr`/`sge` are valid for the call (the provider copies
         // them); the caller guarantees the data's lifetime.
@@ -1051,7 +1029,13 @@ fn build_wr(
     wr.wr_id = wr_id;
     wr.num_sge = i32::from(sge.length > 0);
     wr.sg_list = sge;
-    let mut flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+    // Every request asks for a completion except the unsignaled ones, which carry the id that
+    // names no slot (`sq_sig_all` is 0).
+    let mut flags = if wr_id == UNSIGNALED_WR_ID {
+        0
+    } else {
+        ffi::ibv_send_flags::IBV_SEND_SIGNALED.0
+    };
     if inline {
         flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
     }
@@ -1178,5 +1162,9 @@ mod tests {
         let imm = unsafe { wr.imm_data_invalidated_rkey_union.imm_data };
         assert_eq!(imm, 0x01020304u32.to_be());
         assert_ne!(wr.send_flags & ffi::ibv_send_flags::IBV_SEND_INLINE.0, 0);
+        let signaled = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        assert_ne!(wr.send_flags & signaled, 0);
+        let wr = build_wr(&SendOp::Send, UNSIGNALED_WR_ID, &mut sge, true, None);
+        assert_eq!(wr.send_flags & signaled, 0, "the unsignaled id asks for no completion");
     }
 }
