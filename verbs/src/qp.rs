@@ -1165,6 +1165,10 @@ mod tests {
         let signaled = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         assert_ne!(wr.send_flags & signaled, 0);
         let wr = build_wr(&SendOp::Send, UNSIGNALED_WR_ID, &mut sge, true, None);
-        assert_eq!(wr.send_flags & signaled, 0, "the unsignaled id asks for no completion");
+        assert_eq!(
+            wr.send_flags & signaled,
+            0,
+            "the unsignaled id asks for no completion"
+        );
     }
 }

@@ -34,36 +34,57 @@ pub struct DemoArgs {
     pub timeout: u64,
 }
 
-/// One measured variant: its key in the demo's output, and how the summary names it.
+/// One measured variant: its key in the demo's output, how the summary names it, and what it
+/// runs (server and client alike; the client gets the server's address appended).
 struct Variant {
     key: &'static str,
     name: &'static str,
+    pingpong: bool,
+    args: &'static str,
 }
 
 const BUSY: Variant = Variant {
     key: "perftest-busy",
     name: "perftest ib_send_lat (busy polling)",
+    pingpong: false,
+    args: "",
 };
 const EVENT: Variant = Variant {
     key: "perftest-event",
     name: "perftest ib_send_lat -e (completion channel)",
-};
-const AWAIT: Variant = Variant {
-    key: "tokio-rdma",
-    name: "tokio-rdma pingpong: awaiting task",
-};
-const AWAIT_DRIVER: Variant = Variant {
-    key: "tokio-rdma-driver",
-    name: "tokio-rdma: awaiting, woken by the driver",
-};
-const INLINE: Variant = Variant {
-    key: "tokio-rdma-inline",
-    name: "tokio-rdma: awaiting, inline busy-poll",
+    pingpong: false,
+    args: "-e",
 };
 const AWAIT_EVENT: Variant = Variant {
     key: "tokio-rdma-event",
     name: "tokio-rdma: awaiting, event mode",
+    pingpong: true,
+    args: "--spin 0 --inline-polls 1",
 };
+/// In the order they run and are reported.
+const VARIANTS: [Variant; 6] = [
+    BUSY,
+    EVENT,
+    Variant {
+        key: "tokio-rdma",
+        name: "tokio-rdma pingpong: awaiting task",
+        pingpong: true,
+        args: "",
+    },
+    Variant {
+        key: "tokio-rdma-driver",
+        name: "tokio-rdma: awaiting, woken by the driver",
+        pingpong: true,
+        args: "--inline-polls 1",
+    },
+    Variant {
+        key: "tokio-rdma-inline",
+        name: "tokio-rdma: awaiting, inline busy-poll",
+        pingpong: true,
+        args: "--inline-polls 1000000",
+    },
+    AWAIT_EVENT,
+];
 
 /// `cargo xtask demo`.
 pub fn run(args: &DemoArgs) -> Result<i32> {
@@ -84,41 +105,36 @@ echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
 retry rping -c -a {ip} -C 3 -v
 wait $srv
-# perftest/pingpong KEY [ARGS]: server and client with ARGS; prints "@@ KEY", then the table.
-perftest() {{
+# pair KEY COMMAND...: COMMAND as server, then as client of {ip}; prints "@@ KEY" and the
+# client's latency table.
+pair() {{
   key=$1; shift
-  ib_send_lat -d {dev} -x 1 -n {iters} -s {size} "$@" >/dev/null 2>&1 & srv=$!
+  "$@" >/dev/null & srv=$!
   echo "@@ $key"
-  retry ib_send_lat -d {dev} -x 1 -n {iters} -s {size} "$@" {ip} | grep -A1 t_typical
+  retry "$@" {ip} | grep -A1 t_typical
   wait $srv
 }}
 "#
     );
-    if let Some(bin) = &pingpong {
-        let bin = process::shell_quote(bin);
-        script += &format!(
-            r#"pingpong() {{
-  key=$1; shift
-  {bin} -d {dev} -s {size} -n {iters} "$@" >/dev/null & srv=$!
-  echo "@@ $key"
-  retry {bin} -d {dev} -s {size} -n {iters} "$@" {ip} | grep -A1 t_typical
-  wait $srv
-}}
-"#
-        );
-    }
+    let perftest = format!("ib_send_lat -d {dev} -x 1 -n {iters} -s {size}");
+    let pingpong = pingpong.map(|bin| {
+        let bin = process::shell_quote(&bin);
+        format!("{bin} -d {dev} -s {size} -n {iters}")
+    });
     for round in 1..=args.rounds {
         script += &format!(
-            "echo \"== round {round} of {}: {size}-byte RC ping-pong, {iters} iterations\"\n\
-             perftest {}\nperftest {} -e\n",
-            args.rounds, BUSY.key, EVENT.key
+            "echo \"== round {round} of {}: {size}-byte RC ping-pong, {iters} iterations\"\n",
+            args.rounds
         );
-        if pingpong.is_some() {
-            script += &format!(
-                "pingpong {}\npingpong {} --inline-polls 1\n\
-                 pingpong {} --inline-polls 1000000\npingpong {} --spin 0 --inline-polls 1\n",
-                AWAIT.key, AWAIT_DRIVER.key, INLINE.key, AWAIT_EVENT.key
-            );
+        for v in &VARIANTS {
+            let command = if v.pingpong {
+                pingpong.as_ref()
+            } else {
+                Some(&perftest)
+            };
+            if let Some(command) = command {
+                script += &format!("pair {} {command} {}\n", v.key, v.args);
+            }
         }
     }
     let outcome = target.run(&script, Duration::from_secs(args.timeout))?;
@@ -191,7 +207,7 @@ fn print_summary(output: &[String], size: u32) {
         "== {size}-byte RC ping-pong, one-way latency: median over rounds of each run's median \
          (average in brackets); ratio = median over rounds of the ratio within the round"
     );
-    for v in [&BUSY, &EVENT, &AWAIT, &AWAIT_DRIVER, &INLINE, &AWAIT_EVENT] {
+    for v in &VARIANTS {
         let Some(r) = get(v.key) else {
             continue;
         };
