@@ -10,8 +10,8 @@ use common::{bounded, pattern, rig, rss_bytes};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio_rdma_verbs::{
-    Access, AsyncEventElement, AsyncEventKind, CompletionQueue, Error, RegisterBuffer,
-    RemoteBuffer, WcStatus,
+    Access, AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEvents, CompletionQueue, Error,
+    RegisterBuffer, RemoteBuffer, WcStatus,
 };
 
 /// Waits (bounded) until at most `n` operations are in flight on `cq`.
@@ -206,6 +206,24 @@ async fn futures_dropped_mid_flight_keep_buffers_until_completion() {
     assert!(r.cq.stats().dispatch.reclaimed >= reclaimed_before + 16);
 }
 
+/// The next async event of `kind` (others are logged and skipped); fails after `secs`.
+async fn next_event_of_kind(
+    events: &mut AsyncEvents,
+    kind: AsyncEventKind,
+    secs: u64,
+) -> AsyncEvent {
+    bounded(&format!("{kind:?} event"), secs, async {
+        loop {
+            let ev = events.next().await.expect("stream ended").expect("event");
+            eprintln!("async event: {ev:?}");
+            if ev.kind == kind {
+                return ev;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn bad_rkey_gives_remote_access_error_and_flushes_the_rest() {
@@ -307,16 +325,7 @@ async fn async_event_stream_reports_srq_limit() {
                 .unwrap(),
         );
     }
-    let ev = bounded("srq limit event", 30, async {
-        loop {
-            let ev = events.next().await.expect("stream ended").expect("event");
-            eprintln!("async event: {ev:?}");
-            if ev.kind == AsyncEventKind::SrqLimitReached {
-                return ev;
-            }
-        }
-    })
-    .await;
+    let ev = next_event_of_kind(&mut events, AsyncEventKind::SrqLimitReached, 30).await;
     assert_eq!(ev.element, AsyncEventElement::Srq(srq.handle()));
     drop(held);
 }
@@ -337,16 +346,7 @@ async fn async_event_stream_reports_qp_affiliated_sq_drained() {
     assert_eq!(&rx[..got.expect("recv").byte_len as usize], b"drain me");
 
     a.drain_send_queue().expect("RTS -> SQD");
-    let ev = bounded("sq drained event", 10, async {
-        loop {
-            let ev = events.next().await.expect("stream ended").expect("event");
-            eprintln!("async event: {ev:?}");
-            if ev.kind == AsyncEventKind::SqDrained {
-                return ev;
-            }
-        }
-    })
-    .await;
+    let ev = next_event_of_kind(&mut events, AsyncEventKind::SqDrained, 10).await;
     assert_eq!(ev.element, AsyncEventElement::Qp(a.qp_num()));
     assert_ne!(a.qp_num(), b.qp_num());
 
