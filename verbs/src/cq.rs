@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
@@ -549,9 +548,10 @@ impl ChannelInner {
 }
 
 /// The fd's readiness as the reactor knows it, without waiting (and without a system call).
+/// The no-op waker it leaves registered is replaced when the driver parks on the fd.
 fn ready_now(fd: &AsyncFd<Fd>) -> Option<io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, Fd>>> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::pin!(fd.readable()).poll(&mut cx) {
+    match fd.poll_read_ready(&mut cx) {
         std::task::Poll::Ready(r) => Some(r),
         std::task::Poll::Pending => None,
     }
