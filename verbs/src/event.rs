@@ -9,9 +9,9 @@ use rdma_sys as ffi;
 use tokio::io::unix::AsyncFd;
 use tokio_rdma_core::{EventSource, EventStream};
 
-use crate::cq::{async_fd, set_nonblocking, Fd};
 use crate::device::Context;
 use crate::error::{Error, Result};
+use crate::sys::{async_fd, set_nonblocking, Fd};
 
 macro_rules! event_kinds {
     ($($(#[$m:meta])* $name:ident,)*) => {
@@ -125,6 +125,14 @@ impl fmt::Debug for AsyncEventSource {
 
 /// Stream of the device's async events (`Item = Result<AsyncEvent>`).
 pub type AsyncEvents = EventStream<AsyncEventSource>;
+
+impl Context {
+    /// The device's async events (QP errors, port changes, ...) as a stream. Only one stream
+    /// may exist per context at a time; needs a tokio runtime.
+    pub fn async_events(&self) -> Result<AsyncEvents> {
+        AsyncEventSource::new(self.clone())
+    }
+}
 
 impl AsyncEventSource {
     pub(crate) fn new(ctx: Context) -> Result<AsyncEvents> {

@@ -74,7 +74,7 @@
 //! let ctx = Context::open_default()?;
 //! let pd = ctx.alloc_pd()?;
 //! let channel = ctx.create_comp_channel()?;
-//! let cq = channel.create_cq(&ctx, 256)?;
+//! let cq = channel.create_cq(256)?;
 //! let a = QueuePairBuilder::new(&pd, QpType::Rc, &cq).build()?;
 //! let b = QueuePairBuilder::new(&pd, QpType::Rc, &cq).build()?;
 //! let opts = ConnectOptions::default();
@@ -121,15 +121,22 @@ macro_rules! destroy_on_drop {
     };
 }
 
+// Modules in dependency order: each imports only modules listed before it.
+mod ah;
 mod cq;
 mod device;
 mod error;
 mod event;
+mod info;
 mod mr;
 mod ops;
 mod qp;
 mod recv;
+mod srq;
+mod sys;
+mod wr;
 
+pub use ah::AddressHandle;
 pub use cq::{CompletionChannel, CompletionQueue, CqStats, DriverConfig};
 pub use device::{
     choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, LinkLayer,
@@ -137,14 +144,14 @@ pub use device::{
 };
 pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEventSource, AsyncEvents};
+pub use info::{ConnectOptions, QpInfo, DEFAULT_QKEY};
 pub use mr::{
     Access, AlignedBuf, LocalBuffer, LocalBufferMut, MemoryRegion, ProtectionDomain,
     RegisterBuffer, RemoteBuffer, Slice,
 };
 pub use ops::{BufResult, OpFuture};
-pub use qp::{
-    AddressHandle, ConnectOptions, QpInfo, QpType, QueuePair, QueuePairBuilder, SendOp,
-    SendRequest, DEFAULT_QKEY,
-};
-pub use recv::{RecvMessage, RecvStream, SharedReceiveQueue, GRH_LEN};
+pub use qp::{QpType, QueuePair, QueuePairBuilder};
+pub use recv::{RecvMessage, RecvStream, GRH_LEN};
+pub use srq::SharedReceiveQueue;
 pub use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};
+pub use wr::{SendOp, SendRequest};

@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
             ..DriverConfig::default()
         },
     )?;
-    let cq = chan.create_cq(&ctx, args.rx_depth + 64)?;
+    let cq = chan.create_cq(args.rx_depth + 64)?;
     let qp = QueuePairBuilder::new(&pd, QpType::Rc, &cq)
         .max_recv_wr(args.rx_depth)
         .max_send_wr(64)

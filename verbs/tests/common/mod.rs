@@ -23,7 +23,7 @@ pub fn rig(cqe: u32) -> Rig {
     let ctx = Context::open_default().expect("open RDMA device");
     let pd = ctx.alloc_pd().expect("alloc pd");
     let chan = ctx.create_comp_channel().expect("completion channel");
-    let cq = chan.create_cq(&ctx, cqe).expect("cq");
+    let cq = chan.create_cq(cqe).expect("cq");
     Rig {
         ctx,
         pd,
@@ -35,7 +35,7 @@ pub fn rig(cqe: u32) -> Rig {
 
 impl Rig {
     pub fn cq(&self, cqe: u32) -> CompletionQueue {
-        self.chan.create_cq(&self.ctx, cqe).expect("cq")
+        self.chan.create_cq(cqe).expect("cq")
     }
 
     /// Two RC QPs on `cq` connected to each other.

@@ -1,0 +1,42 @@
+//! How a completion channel's driver and the futures on its CQs poll.
+
+/// Empty polls in a row between two cooperative yields while the driver spins, and the
+/// default number of inline polls of an awaiting future.
+pub(crate) const TIGHT_POLLS: u32 = 32;
+
+/// Max [`DriverConfig::poll_batch`].
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// Tuning of a completion channel's driver.
+#[derive(Clone, Copy, Debug)]
+pub struct DriverConfig {
+    /// How many consecutive empty polls the driver does after the last completion before it
+    /// arms the CQ and parks on the channel fd (it yields to the runtime every 32 polls). `0`
+    /// parks at once (lowest CPU, highest latency). Bounded by count, never by clock.
+    pub spin_iterations: u32,
+    /// How many work completions one `ibv_poll_cq` call fetches (1..=64).
+    pub poll_batch: usize,
+    /// Acknowledge CQ events in batches of this many (`ibv_ack_cq_events` takes a mutex).
+    pub ack_batch: u32,
+    /// How many times a future or receive stream whose result is not there yet polls the CQ
+    /// itself before it returns `Pending` (at least once). The default, 32, is the driver's
+    /// own number of polls between two yields: a completion that lands within that many polls
+    /// reaches the awaiting task without the wake-up hop through the driver task, and a task
+    /// holds its thread no longer than the driver does. 1 leaves all waiting to the driver. A
+    /// latency-critical task that owns its thread (a ping-pong, a storage target's I/O loop)
+    /// can set thousands: it then busy-polls inline like a raw verbs loop, for at most that
+    /// many polls per `poll` before it yields to the runtime. Bounded by count, never by
+    /// clock.
+    pub inline_polls: u32,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            spin_iterations: 16384,
+            poll_batch: 32,
+            ack_batch: 64,
+            inline_polls: TIGHT_POLLS,
+        }
+    }
+}

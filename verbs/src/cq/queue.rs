@@ -1,0 +1,254 @@
+//! The owner of one `ibv_cq`: its dispatcher, polling (by the driver or inline by futures),
+//! arming and event acknowledgement.
+
+use std::any::Any;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use rdma_sys as ffi;
+use tokio_rdma_core::{Completion, Dispatcher, WcStatus};
+
+use super::config::{DriverConfig, MAX_BATCH};
+use super::wc::convert_wc;
+use crate::device::ContextInner;
+use crate::error::{Error, Result};
+
+/// The `wr_id` of unsignaled sends ([`QueuePair::send_inline_unsignaled`]). Its slot index
+/// (`u32::MAX`) is beyond any dispatcher's capacity, so it can never name a slot; a completion
+/// carrying it (only an error or flush completes an unsignaled request) is counted in
+/// [`CqStats::unsignaled_errors`](super::CqStats::unsignaled_errors) instead of being
+/// dispatched.
+///
+/// [`QueuePair::send_inline_unsignaled`]: crate::QueuePair::send_inline_unsignaled
+pub(crate) const UNSIGNALED_WR_ID: u64 = u64::MAX;
+
+/// Resources parked in a dispatcher slot while the NIC may still touch them.
+pub(crate) enum Parked {
+    /// Nothing (inline sends, or already handed back).
+    None,
+    /// An abandoned operation's buffers and pins (boxed only on the cold drop path).
+    Boxed(#[allow(dead_code)] Box<dyn Send>),
+    /// A receive-pool chunk (the pool, type-erased so the CQ does not name the receive
+    /// module, and the chunk's index), routed to its stream's inbox.
+    Recv(Arc<dyn Any + Send + Sync>, u32),
+}
+
+pub(crate) struct CqInner {
+    cq: NonNull<ffi::ibv_cq>,
+    pub(crate) dispatcher: Dispatcher<Parked>,
+    /// Held by whoever polls the CQ right now (driver or an inline-polling future): one
+    /// poller at a time, and a poller never waits for another.
+    draining: AtomicBool,
+    unacked: AtomicU32,
+    pub(super) events: AtomicU64,
+    pub(super) polls: AtomicU64,
+    pub(super) unsignaled_errors: AtomicU64,
+    pub(super) config: DriverConfig,
+    /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
+    context_ref: *const CqInner,
+    /// Keeps the channel (and its driver task) alive as long as the CQ.
+    _channel: Arc<dyn Any + Send + Sync>,
+    _ctx: Arc<ContextInner>,
+}
+
+ibverbs_thread_safe!(CqInner);
+
+impl CqInner {
+    /// Creates the CQ on `channel` (`ibv_create_cq` with the channel's own context), stores a
+    /// weak reference to itself in `cq_context` (so the driver finds it from an event without
+    /// a lookup) and arms it once.
+    pub(super) fn create(
+        ctx: Arc<ContextInner>,
+        channel: *mut ffi::ibv_comp_channel,
+        keep_channel: Arc<dyn Any + Send + Sync>,
+        config: DriverConfig,
+        cqe: u32,
+    ) -> Result<Arc<Self>> {
+        if cqe == 0 || cqe > i32::MAX as u32 {
+            return Err(Error::InvalidArgument(format!("cqe {cqe}")));
+        }
+        // SAFETY: the channel is live (the CQ keeps it alive through `keep_channel`), and its
+        // `context` is the context it was created on, kept open by `ctx`.
+        let cq = unsafe {
+            ffi::ibv_create_cq(
+                (*channel).context,
+                cqe as i32,
+                std::ptr::null_mut(),
+                channel,
+                0,
+            )
+        };
+        let cq = NonNull::new(cq)
+            .ok_or_else(|| Error::last_os("ibv_create_cq", format!("{cqe} entries")))?;
+        let inner = Arc::new_cyclic(|weak: &Weak<CqInner>| CqInner {
+            cq,
+            dispatcher: Dispatcher::new(cqe as usize),
+            draining: AtomicBool::new(false),
+            unacked: AtomicU32::new(0),
+            events: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
+            unsignaled_errors: AtomicU64::new(0),
+            config,
+            context_ref: weak.clone().into_raw(),
+            _channel: keep_channel,
+            _ctx: ctx,
+        });
+        // SAFETY: the CQ is live and not armed yet, so no event can read `cq_context` while we
+        // write it; it now owns the weak count taken above until `Drop` releases it.
+        unsafe { (*cq.as_ptr()).cq_context = inner.context_ref.cast_mut().cast() };
+        // Arm once so the first completion produces an event.
+        inner.arm()?;
+        Ok(inner)
+    }
+
+    /// The CQ an event names, from its `cq_context`; `None` when the CQ is being dropped.
+    ///
+    /// # Safety
+    /// `cq_context` must come from `ibv_get_cq_event` on a CQ this module created, and that
+    /// event must not be acked yet: `ibv_destroy_cq` blocks until every event read for the CQ
+    /// is acked, and the weak reference in `cq_context` is released only after it returned,
+    /// so the weak reference is live for the whole call.
+    pub(super) unsafe fn from_event_context(cq_context: *mut libc::c_void) -> Option<Arc<Self>> {
+        // SAFETY: see above: the pointer is a live `Weak::into_raw` of a `CqInner`, which we
+        // only borrow (ManuallyDrop: the CQ keeps its weak count).
+        let weak = std::mem::ManuallyDrop::new(unsafe {
+            Weak::from_raw(cq_context.cast_const().cast::<CqInner>())
+        });
+        weak.upgrade()
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {
+        self.cq.as_ptr()
+    }
+
+    /// Polls the CQ inline, up to the channel's `inline_polls` budget (`budget` counts what
+    /// is left of it across calls within one `poll`), until a poll dispatches something.
+    /// Whether one did: the caller re-checks its own result then, and calls again with the
+    /// rest of the budget if it is still not there.
+    pub(crate) fn poll_inline(&self, budget: &mut u32) -> bool {
+        while *budget > 0 {
+            *budget -= 1;
+            if let Ok(Some(n)) = self.poll_once() {
+                if n > 0 {
+                    return true;
+                }
+            }
+            if *budget > 0 {
+                std::hint::spin_loop();
+            }
+        }
+        false
+    }
+
+    /// A fresh inline-polling budget (`DriverConfig::inline_polls`, at least 1).
+    pub(crate) fn inline_budget(&self) -> u32 {
+        self.config.inline_polls.max(1)
+    }
+
+    /// Polls up to one batch and feeds the dispatcher. `None` when another thread is
+    /// draining right now (the caller must not conclude the CQ is empty).
+    pub(crate) fn poll_once(&self) -> Result<Option<usize>> {
+        if self
+            .draining
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let r = self.poll_locked(self.config.poll_batch.min(MAX_BATCH));
+        self.draining.store(false, Ordering::Release);
+        r.map(Some)
+    }
+
+    fn poll_locked(&self, batch: usize) -> Result<usize> {
+        let mut wc: [MaybeUninit<ffi::ibv_wc>; MAX_BATCH] =
+            [const { MaybeUninit::uninit() }; MAX_BATCH];
+        // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; we hold the
+        // draining flag so no other thread polls concurrently.
+        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), batch as i32, wc.as_mut_ptr().cast()) };
+        if n < 0 {
+            return Err(Error::from_ret("ibv_poll_cq", n, "polling a CQ"));
+        }
+        let n = n as usize;
+        // Only the holder of the draining flag counts, so a load and a store suffice (no
+        // read-modify-write on every spin poll).
+        self.polls
+            .store(self.polls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if n == 0 {
+            return Ok(0);
+        }
+        // Converted in place of a zero-initialised array: only the `n` entries polled are
+        // written (zeroing all 64 would cost more than the dispatch on a small batch).
+        let mut out: [MaybeUninit<Completion>; MAX_BATCH] =
+            [const { MaybeUninit::uninit() }; MAX_BATCH];
+        let mut m = 0;
+        for w in &wc[..n] {
+            // SAFETY: ibv_poll_cq initialised the first `n` entries.
+            let w = unsafe { w.assume_init_ref() };
+            if w.wr_id == UNSIGNALED_WR_ID {
+                self.unsignaled_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(status = w.status, qp = w.qp_num, "unsignaled send failed");
+                continue;
+            }
+            out[m].write(convert_wc(w));
+            m += 1;
+        }
+        // SAFETY: the loop above initialised `out[..m]` (m <= n <= MAX_BATCH), and
+        // `MaybeUninit<Completion>` has the layout of `Completion`.
+        let out = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<Completion>(), m) };
+        self.dispatcher.handle_completions(out);
+        Ok(n)
+    }
+
+    /// Requests a notification for the next completion.
+    pub(super) fn arm(&self) -> Result<()> {
+        // SAFETY: the CQ is live and has a completion channel.
+        let rc = unsafe { ffi::ibv_req_notify_cq(self.as_ptr(), 0) };
+        if rc != 0 {
+            return Err(Error::from_ret("ibv_req_notify_cq", rc, "arming a CQ"));
+        }
+        Ok(())
+    }
+
+    /// Counts one event read for this CQ; acks in batches of `ack_batch`.
+    pub(super) fn count_event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        let n = self.unacked.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.config.ack_batch {
+            let take = self.unacked.swap(0, Ordering::AcqRel);
+            if take > 0 {
+                // SAFETY: `take` events of this live CQ were received and not yet acked.
+                unsafe { ffi::ibv_ack_cq_events(self.as_ptr(), take) }
+            }
+        }
+    }
+}
+
+impl Drop for CqInner {
+    fn drop(&mut self) {
+        // No strong reference is left, so no driver round counts events for this CQ any more
+        // (an event read from now on finds `from_event_context` None and is acked on the spot).
+        let take = self.unacked.swap(0, Ordering::AcqRel);
+        if take > 0 {
+            // SAFETY: acking the events counted for this live CQ (ack-before-destroy).
+            unsafe { ffi::ibv_ack_cq_events(self.as_ptr(), take) }
+        }
+        // Every QP and SRQ of this CQ is destroyed (they hold Arcs), so the NIC no longer
+        // touches any parked buffer: release them and wake whatever still waits.
+        self.dispatcher.fail_all(WcStatus::WrFlushErr);
+        // SAFETY: no QP/SRQ uses the CQ any more and all its events are acked (destroy blocks
+        // until an event the driver holds right now is acked).
+        let rc = unsafe { ffi::ibv_destroy_cq(self.as_ptr()) };
+        if rc != 0 {
+            // The CQ lives on: leave its weak reference to it (a small leak, never a dangling
+            // `cq_context`).
+            tracing::warn!(rc, "ibv_destroy_cq failed");
+            return;
+        }
+        // SAFETY: `context_ref` came from `Weak::into_raw` in `create` and is released exactly
+        // once, here, after no event can name the CQ any more.
+        drop(unsafe { Weak::from_raw(self.context_ref) });
+    }
+}

@@ -1,0 +1,140 @@
+//! Creating queue pairs.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use rdma_sys as ffi;
+
+use super::{QpInner, QpType, QueuePair};
+use crate::cq::CompletionQueue;
+use crate::error::{Error, Result};
+use crate::mr::ProtectionDomain;
+use crate::srq::SharedReceiveQueue;
+
+/// Builds a queue pair (`ibv_create_qp`); the QP starts in RESET.
+pub struct QueuePairBuilder {
+    pd: ProtectionDomain,
+    qp_type: QpType,
+    send_cq: CompletionQueue,
+    recv_cq: CompletionQueue,
+    srq: Option<SharedReceiveQueue>,
+    cap: ffi::ibv_qp_cap,
+}
+
+fn fmt_cap(c: &ffi::ibv_qp_cap) -> String {
+    format!(
+        "max_send_wr {}, max_recv_wr {}, max_inline_data {}",
+        c.max_send_wr, c.max_recv_wr, c.max_inline_data
+    )
+}
+
+impl fmt::Debug for QueuePairBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuePairBuilder")
+            .field("qp_type", &self.qp_type)
+            .field("cap", &fmt_cap(&self.cap))
+            .field("srq", &self.srq.is_some())
+            .finish()
+    }
+}
+
+impl QueuePairBuilder {
+    /// Defaults: 128 send and 128 receive WRs, one SGE each, 64 bytes of inline data, the same
+    /// CQ for sends and receives.
+    pub fn new(pd: &ProtectionDomain, qp_type: QpType, cq: &CompletionQueue) -> Self {
+        Self {
+            pd: pd.clone(),
+            qp_type,
+            send_cq: cq.clone(),
+            recv_cq: cq.clone(),
+            srq: None,
+            cap: ffi::ibv_qp_cap {
+                max_send_wr: 128,
+                max_recv_wr: 128,
+                max_send_sge: 1,
+                max_recv_sge: 1,
+                max_inline_data: 64,
+            },
+        }
+    }
+    /// A separate receive CQ.
+    pub fn recv_cq(mut self, cq: &CompletionQueue) -> Self {
+        self.recv_cq = cq.clone();
+        self
+    }
+    /// Send queue depth.
+    pub fn max_send_wr(mut self, n: u32) -> Self {
+        self.cap.max_send_wr = n;
+        self
+    }
+    /// Receive queue depth (ignored with an SRQ).
+    pub fn max_recv_wr(mut self, n: u32) -> Self {
+        self.cap.max_recv_wr = n;
+        self
+    }
+    /// Max bytes of inline send data.
+    pub fn max_inline_data(mut self, n: u32) -> Self {
+        self.cap.max_inline_data = n;
+        self
+    }
+    /// Receive through a shared receive queue; the receive CQ becomes the SRQ's CQ.
+    pub fn srq(mut self, srq: &SharedReceiveQueue) -> Self {
+        self.recv_cq = CompletionQueue {
+            inner: srq.inner.cq.clone(),
+        };
+        self.srq = Some(srq.clone());
+        self
+    }
+
+    /// Creates the QP.
+    pub fn build(self) -> Result<QueuePair> {
+        let mut cap = self.cap;
+        if self.srq.is_some() {
+            cap.max_recv_wr = 0;
+            cap.max_recv_sge = 0;
+        }
+        let mut attr = ffi::ibv_qp_init_attr {
+            qp_context: std::ptr::null_mut(),
+            send_cq: self.send_cq.inner.as_ptr(),
+            recv_cq: self.recv_cq.inner.as_ptr(),
+            srq: self
+                .srq
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |s| s.inner.as_ptr()),
+            cap,
+            qp_type: self.qp_type.raw(),
+            // Every work request says whether it is signaled (all are, except
+            // `send_inline_unsignaled`).
+            sq_sig_all: 0,
+        };
+        // SAFETY: the PD, CQs and SRQ are live (the QP keeps Arcs to them); `attr` is a valid
+        // in/out struct.
+        let qp = unsafe { ffi::ibv_create_qp(self.pd.as_ptr(), &mut attr) };
+        let qp = NonNull::new(qp).ok_or_else(|| {
+            Error::last_os(
+                "ibv_create_qp",
+                format!("{:?} {}", self.qp_type, fmt_cap(&cap)),
+            )
+        })?;
+        // SAFETY: `qp` is valid; `qp_num` is a plain field.
+        let qp_num = unsafe { (*qp.as_ptr()).qp_num };
+        Ok(QueuePair {
+            inner: Arc::new(QpInner {
+                qp,
+                qp_num,
+                qp_type: self.qp_type,
+                max_inline: attr.cap.max_inline_data,
+                max_send_wr: attr.cap.max_send_wr,
+                signal_every: (attr.cap.max_send_wr / 2).max(1),
+                unsignaled: AtomicU32::new(0),
+                send_slots: self.send_cq.inner.dispatcher.clone(),
+                send_cq: self.send_cq.inner,
+                recv_cq: self.recv_cq.inner,
+                srq: self.srq.map(|s| s.inner),
+                pd: self.pd.inner,
+            }),
+        })
+    }
+}

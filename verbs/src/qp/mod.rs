@@ -1,0 +1,119 @@
+//! Queue pairs (RC, UC, UD): the owner of an `ibv_qp` and its public handle.
+//!
+//! Submodules, each depending only on this one and the crate's lower modules: `builder`
+//! (creation), `transition` (state changes and connection info), `post` (send-queue
+//! operations), `receive` (receive entry points), `teardown` (close and destroy).
+
+mod builder;
+mod post;
+mod receive;
+mod teardown;
+mod transition;
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use rdma_sys as ffi;
+use tokio_rdma_core::Dispatcher;
+
+use crate::cq::{CqInner, Parked};
+use crate::device::Context;
+use crate::mr::{PdInner, ProtectionDomain};
+use crate::srq::SrqInner;
+pub use builder::QueuePairBuilder;
+
+/// Transport type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QpType {
+    /// Reliable connected.
+    Rc,
+    /// Unreliable connected.
+    Uc,
+    /// Unreliable datagram.
+    Ud,
+}
+
+impl QpType {
+    pub(crate) fn raw(self) -> u32 {
+        match self {
+            Self::Rc => ffi::ibv_qp_type::IBV_QPT_RC,
+            Self::Uc => ffi::ibv_qp_type::IBV_QPT_UC,
+            Self::Ud => ffi::ibv_qp_type::IBV_QPT_UD,
+        }
+    }
+}
+
+pub(crate) struct QpInner {
+    qp: NonNull<ffi::ibv_qp>,
+    qp_num: u32,
+    qp_type: QpType,
+    max_inline: u32,
+    max_send_wr: u32,
+    /// Unsignaled sends are retired by a signaled one at least this often (half the send
+    /// queue), so they never fill the send queue.
+    signal_every: u32,
+    /// Unsignaled sends posted since the last signaled one that `send_inline_unsignaled`
+    /// forced.
+    unsignaled: AtomicU32,
+    /// This QP's own handle onto the send CQ's slot table: its home free-list shard, so QPs
+    /// sharing a CQ but driven from different threads recycle their own slots.
+    send_slots: Dispatcher<Parked>,
+    pub(crate) send_cq: Arc<CqInner>,
+    pub(crate) recv_cq: Arc<CqInner>,
+    srq: Option<Arc<SrqInner>>,
+    pd: Arc<PdInner>,
+}
+
+ibverbs_thread_safe!(QpInner);
+
+impl QpInner {
+    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_qp {
+        self.qp.as_ptr()
+    }
+}
+
+/// A queue pair. Cheap to clone; all operations take `&self` and may run concurrently from
+/// several tasks/threads.
+#[derive(Clone)]
+pub struct QueuePair {
+    pub(crate) inner: Arc<QpInner>,
+}
+
+impl fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("qp_num", &self.inner.qp_num)
+            .field("type", &self.inner.qp_type)
+            .finish()
+    }
+}
+
+impl QueuePair {
+    /// Send-queue depth, as granted by the device (at least what the builder asked for).
+    pub fn max_send_wr(&self) -> u32 {
+        self.inner.max_send_wr
+    }
+
+    /// The QP number.
+    pub fn qp_num(&self) -> u32 {
+        self.inner.qp_num
+    }
+
+    /// The transport type.
+    pub fn qp_type(&self) -> QpType {
+        self.inner.qp_type
+    }
+
+    /// The protection domain.
+    pub fn pd(&self) -> ProtectionDomain {
+        ProtectionDomain {
+            inner: self.inner.pd.clone(),
+        }
+    }
+
+    pub(crate) fn context(&self) -> Context {
+        self.pd().context()
+    }
+}
