@@ -106,6 +106,7 @@
 mod callback;
 mod completion;
 mod dispatcher;
+mod driver;
 mod error;
 mod event;
 mod inbox;
@@ -116,6 +117,7 @@ mod wr_id;
 pub use callback::{CallbackDispatcher, ConsumerId};
 pub use completion::{Completion, WcFlags, WcOpcode, WcStatus};
 pub use dispatcher::{Delivery, Dispatcher, Operation, Routed};
+pub use driver::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 pub use error::Error;
 pub use event::{EventSource, EventStream, NextEvent};
 pub use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
