@@ -41,7 +41,7 @@ impl Default for DriverPolicyConfig {
     }
 }
 
-/// What the executor does next (see [`DriverPolicy::next`]).
+/// What the executor does next (see [`DriverPolicy::next_step`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DriverStep<K> {
     /// `ibv_ack_cq_events(cq, n)`.
@@ -103,7 +103,7 @@ struct Entry<K> {
 /// The per-channel completion-driver policy over CQ keys `K` (an index, an address: anything
 /// `Copy + Eq` the executor can map to its CQ).
 ///
-/// Feed it what the executor observed (`on_*`), ask [`next`](Self::next) what to do. Inputs
+/// Feed it what the executor observed (`on_*`), ask [`next_step`](Self::next_step) what to do. Inputs
 /// that answer a step ([`on_polled`](Self::on_polled), [`on_polled_after_arm`](
 /// Self::on_polled_after_arm)) must answer the last step handed out; a report that does not
 /// is ignored. Allocation-free after the CQs are registered: the active set and the table are
@@ -132,7 +132,7 @@ struct Entry<K> {
 ///
 /// let mut parks = 0;
 /// while parks < 1 {
-///     match policy.next() {
+///     match policy.next_step() {
 ///         DriverStep::DrainEvents => {
 ///             for cq in events.drain(..) {
 ///                 if policy.on_event(cq) == EventOutcome::AckNow { /* ibv_ack_cq_events(cq, 1) */ }
@@ -309,7 +309,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
 
     /// What to do next. Pending acks come first, then draining a readable fd, then the
     /// poll/yield/arm cycle over the active CQs; [`DriverStep::Park`] when none is active.
-    pub fn next(&mut self) -> DriverStep<K> {
+    pub fn next_step(&mut self) -> DriverStep<K> {
         if self.acks_due > 0 {
             if let Some(e) = self.entries.iter_mut().find(|e| e.ack_due) {
                 e.ack_due = false;

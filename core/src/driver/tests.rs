@@ -15,7 +15,7 @@ fn cfg(spin_polls: u32, tight_polls: u32, ack_batch: u32) -> DriverPolicyConfig 
 fn run_to_park(p: &mut DriverPolicy, cqs: &mut [usize]) -> Vec<DriverStep<usize>> {
     let mut steps = Vec::new();
     loop {
-        let s = p.next();
+        let s = p.next_step();
         steps.push(s);
         match s {
             Poll(cq) => p.on_polled(cq, std::mem::take(&mut cqs[cq])),
@@ -29,7 +29,7 @@ fn run_to_park(p: &mut DriverPolicy, cqs: &mut [usize]) -> Vec<DriverStep<usize>
 
 fn wake(p: &mut DriverPolicy, cqs: &[usize]) {
     p.on_readable();
-    assert_eq!(p.next(), DrainEvents);
+    assert_eq!(p.next_step(), DrainEvents);
     for &cq in cqs {
         assert_eq!(p.on_event(cq), EventOutcome::Counted);
     }
@@ -38,8 +38,8 @@ fn wake(p: &mut DriverPolicy, cqs: &[usize]) {
 #[test]
 fn nothing_registered_parks() {
     let mut p: DriverPolicy = DriverPolicy::new(DriverPolicyConfig::default());
-    assert_eq!(p.next(), Park);
-    assert_eq!(p.next(), Park);
+    assert_eq!(p.next_step(), Park);
+    assert_eq!(p.next_step(), Park);
 }
 
 #[test]
@@ -79,11 +79,11 @@ fn a_completion_resets_the_spin_and_yields() {
     let mut p = DriverPolicy::new(cfg(3, 32, 64));
     p.add_cq(0);
     wake(&mut p, &[0]);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(0, 0);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(0, 4);
-    assert_eq!(p.next(), Yield);
+    assert_eq!(p.next_step(), Yield);
     // The budget starts over: three empty rounds, then the arm.
     let steps = run_to_park(&mut p, &mut [0]);
     assert_eq!(steps, [Poll(0), Poll(0), Poll(0), Arm(0), Park]);
@@ -95,17 +95,17 @@ fn a_completion_found_by_the_poll_after_arm_keeps_the_cq_active() {
     p.add_cq(0);
     p.add_cq(1);
     wake(&mut p, &[0, 1]);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(0, 0);
-    assert_eq!(p.next(), Poll(1));
+    assert_eq!(p.next_step(), Poll(1));
     p.on_polled(1, 0);
-    assert_eq!(p.next(), Arm(0));
+    assert_eq!(p.next_step(), Arm(0));
     p.on_polled_after_arm(0, 1); // landed between the last poll and the arm
-    assert_eq!(p.next(), Arm(1));
+    assert_eq!(p.next_step(), Arm(1));
     p.on_polled_after_arm(1, 0);
-    assert_eq!(p.next(), Yield);
+    assert_eq!(p.next_step(), Yield);
     assert_eq!(p.active(), [0]);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
 }
 
 #[test]
@@ -114,16 +114,16 @@ fn an_event_during_the_round_joins_it_but_is_not_armed_unpolled() {
     p.add_cq(0);
     p.add_cq(1);
     wake(&mut p, &[0]);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(0, 0);
     // Spin budget spent: arming starts with CQ 0; meanwhile CQ 1 gets an event.
-    assert_eq!(p.next(), Arm(0));
+    assert_eq!(p.next_step(), Arm(0));
     wake(&mut p, &[1]);
-    assert_eq!(p.next(), Arm(0));
+    assert_eq!(p.next_step(), Arm(0));
     p.on_polled_after_arm(0, 0);
     // CQ 1 was never polled empty: it is not armed, it is polled.
-    assert_eq!(p.next(), Yield);
-    assert_eq!(p.next(), Poll(1));
+    assert_eq!(p.next_step(), Yield);
+    assert_eq!(p.next_step(), Poll(1));
 }
 
 #[test]
@@ -152,8 +152,8 @@ fn many_events_in_one_drain_are_acked_together_first() {
     let mut p = DriverPolicy::new(cfg(0, 32, 4));
     p.add_cq(0);
     wake(&mut p, &[0; 9]);
-    assert_eq!(p.next(), Ack { cq: 0, n: 9 });
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Ack { cq: 0, n: 9 });
+    assert_eq!(p.next_step(), Poll(0));
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn an_event_for_an_unregistered_cq_is_acked_at_once() {
     p.add_cq(0);
     assert_eq!(p.on_cq_removed(0), 0);
     assert_eq!(p.on_event(0), EventOutcome::AckNow);
-    assert_eq!(p.next(), Park);
+    assert_eq!(p.next_step(), Park);
 }
 
 #[test]
@@ -172,19 +172,19 @@ fn removing_a_cq_mid_round_keeps_the_round_consistent() {
         p.add_cq(cq);
     }
     wake(&mut p, &[0, 1, 2, 1]);
-    assert_eq!(p.next(), Ack { cq: 1, n: 2 });
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Ack { cq: 1, n: 2 });
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(0, 0);
-    assert_eq!(p.next(), Poll(1));
+    assert_eq!(p.next_step(), Poll(1));
     p.on_polled(1, 0);
     assert_eq!(p.on_cq_removed(0), 1);
-    assert_eq!(p.next(), Poll(2));
+    assert_eq!(p.next_step(), Poll(2));
     p.on_polled(2, 1);
-    assert_eq!(p.next(), Yield);
+    assert_eq!(p.next_step(), Yield);
     assert_eq!(p.active(), [1, 2]);
     assert_eq!(p.on_cq_removed(1), 0);
     assert_eq!(p.on_cq_removed(2), 1);
-    assert_eq!(p.next(), Park);
+    assert_eq!(p.next_step(), Park);
 }
 
 #[test]
@@ -193,9 +193,9 @@ fn reports_that_answer_no_step_are_ignored() {
     p.add_cq(0);
     p.on_polled(0, 5);
     p.on_polled_after_arm(0, 0);
-    assert_eq!(p.next(), Park);
+    assert_eq!(p.next_step(), Park);
     wake(&mut p, &[0]);
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
     p.on_polled(7, 1); // not the CQ asked for
-    assert_eq!(p.next(), Poll(0));
+    assert_eq!(p.next_step(), Poll(0));
 }
