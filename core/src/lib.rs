@@ -112,6 +112,7 @@ mod event;
 mod inbox;
 mod stats;
 pub mod sync;
+mod teardown;
 mod wr_id;
 
 pub use callback::{CallbackDispatcher, ConsumerId};
@@ -122,4 +123,5 @@ pub use error::Error;
 pub use event::{EventSource, EventStream, NextEvent};
 pub use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
 pub use stats::DispatchStats;
+pub use teardown::{QpTeardown, TeardownAction, TeardownState};
 pub use wr_id::WrId;
