@@ -65,7 +65,9 @@ enum Phase {
     Erroring,
     Draining,
     /// `Destroy` handed out; `FailRemaining(n)` follows if `n > 0`.
-    Destroyed { fail: usize },
+    Destroyed {
+        fail: usize,
+    },
     Finishing,
     Drained,
 }
