@@ -126,14 +126,18 @@ impl World {
 
     /// Executes the QP's teardown actions.
     fn act(&mut self, qpn: u32) {
-        let Some(qp) = self.qps.get_mut(&qpn) else {
-            return;
-        };
-        while let Some(action) = qp.teardown.poll_action() {
+        loop {
+            let Some(qp) = self.qps.get_mut(&qpn) else {
+                return;
+            };
+            let Some(action) = qp.teardown.poll_action() else {
+                return;
+            };
             qp.log.push(action);
             match action {
                 TeardownAction::MoveToError => self.nic.move_to_error(qpn),
-                TeardownAction::PostMarkers => unreachable!("no graceful close here"),
+                // A zero-length send marker, awaited by the closer.
+                TeardownAction::PostMarkers => self.post(qpn, false).expect("slot for the marker"),
                 TeardownAction::Destroy => self.nic.destroy(qpn),
                 TeardownAction::FailRemaining { outstanding } => {
                     assert!(!self.nic.qps.contains_key(&qpn), "failing before destroy");
@@ -358,6 +362,44 @@ fn late_completions_after_the_bound_are_stale_on_a_provider_that_keeps_them() {
     w.poll_cq();
     // Ignored: their slots were freed, their generations moved on (reuse is safe too).
     assert_eq!(w.d.stats().stale, 4);
+    w.assert_clean();
+}
+
+#[test]
+fn graceful_close_drains_behind_its_marker_then_the_drop_destroys() {
+    let mut w = World::new(16, 1, Policy::Teardown(1000));
+    let qpn = w.open(true);
+    for i in 0..4 {
+        w.post(qpn, i % 2 == 0).unwrap();
+    }
+    let before = w.awaited.len();
+    w.qps.get_mut(&qpn).unwrap().teardown.on_close(w.now);
+    w.act(qpn);
+    assert_eq!(
+        w.awaited.len(),
+        before + 1,
+        "the marker is posted and awaited"
+    );
+    // The marker is flushed last: once it resolves, everything posted before it has.
+    while !w.awaited.is_empty() {
+        w.step();
+    }
+    assert_eq!(
+        w.resolved.last().map(|c| c.status),
+        Some(WcStatus::WrFlushErr)
+    );
+    assert_eq!(w.d.in_flight(), 0);
+    assert!(w.nic.qps.contains_key(&qpn), "a handle still lives");
+    w.drop_handle(qpn);
+    assert_eq!(
+        w.finished[&qpn],
+        [
+            TeardownAction::MoveToError,
+            TeardownAction::PostMarkers,
+            TeardownAction::Destroy,
+            TeardownAction::Drained
+        ]
+    );
     w.assert_clean();
 }
 
