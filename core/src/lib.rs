@@ -106,18 +106,22 @@
 mod callback;
 mod completion;
 mod dispatcher;
+mod driver;
 mod error;
 mod event;
 mod inbox;
 mod stats;
 pub mod sync;
+mod teardown;
 mod wr_id;
 
 pub use callback::{CallbackDispatcher, ConsumerId};
 pub use completion::{Completion, WcFlags, WcOpcode, WcStatus};
 pub use dispatcher::{Delivery, Dispatcher, Operation, Routed};
+pub use driver::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 pub use error::Error;
 pub use event::{EventSource, EventStream, NextEvent};
 pub use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
 pub use stats::DispatchStats;
+pub use teardown::{QpTeardown, TeardownAction, TeardownState};
 pub use wr_id::WrId;

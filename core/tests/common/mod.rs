@@ -2,6 +2,8 @@
 //! tests (`fake_cq.rs`) and the property tests (`proptest.rs`).
 #![allow(dead_code)]
 
+pub mod nic;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,403 @@
+//! The completion driver's policy as a sans-IO state machine: which CQ to poll next, when to
+//! yield, when to arm and park, when to acknowledge CQ events.
+//!
+//! The `verbs` driver task only *executes* the [`DriverStep`]s this machine hands out
+//! (`ibv_poll_cq`, `ibv_req_notify_cq`, `ibv_get_cq_event`, `ibv_ack_cq_events`, a cooperative
+//! yield, waiting for the channel fd) and reports what it saw. Every rule of
+//! `ibv_get_cq_event(3)` lives here, where a scripted fake CQ can check it:
+//!
+//! * **poll-arm-poll:** a CQ is armed only after it polled empty for the whole spin budget, and
+//!   it is polled once more right after arming ([`DriverStep::Arm`]); only if that poll is
+//!   empty too is it parked. A completion that lands between the last poll and the arm raises
+//!   no event, and the poll after the arm is what finds it.
+//! * **spurious events are normal:** an event for a CQ with nothing in it makes the CQ active;
+//!   it spins for the budget and parks again.
+//! * **acks are batched** ([`DriverPolicyConfig::ack_batch`]; `ibv_ack_cq_events` takes a
+//!   mutex), and [`DriverPolicy::on_cq_removed`] returns what is still unacknowledged: ack it
+//!   before `ibv_destroy_cq`, which blocks until acks match events.
+//! * **count-bounded:** idling costs `spin_polls` rounds of polls then one arm and poll per
+//!   CQ; no clock is read.
+
+/// Tuning of a [`DriverPolicy`]. Counts, never clock time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverPolicyConfig {
+    /// Rounds of empty polls (every active CQ polled once per round) after the last
+    /// completion before the active CQs are armed and parked. `0` arms after one empty round.
+    pub spin_polls: u32,
+    /// Empty rounds polled back to back between two [`DriverStep::Yield`]s (at least 1): the
+    /// runtime's per-yield cost is paid once per this many empty rounds.
+    pub tight_polls: u32,
+    /// Acknowledge a CQ's events once this many are unacknowledged (at least 1).
+    pub ack_batch: u32,
+}
+
+impl Default for DriverPolicyConfig {
+    fn default() -> Self {
+        Self {
+            spin_polls: 16384,
+            tight_polls: 32,
+            ack_batch: 64,
+        }
+    }
+}
+
+/// What the executor does next (see [`DriverPolicy::next_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverStep<K> {
+    /// `ibv_ack_cq_events(cq, n)`.
+    Ack {
+        /// The CQ whose events are acknowledged.
+        cq: K,
+        /// How many.
+        n: u32,
+    },
+    /// The channel fd was seen readable: read every pending CQ event (`ibv_get_cq_event`
+    /// until `EAGAIN`, clearing the fd's readiness only then), reporting each with
+    /// [`DriverPolicy::on_event`].
+    DrainEvents,
+    /// Poll this CQ once (one batch) and report it with [`DriverPolicy::on_polled`].
+    Poll(K),
+    /// Arm this CQ (`ibv_req_notify_cq`), then poll it once and report that poll with
+    /// [`DriverPolicy::on_polled_after_arm`].
+    Arm(K),
+    /// Yield to the runtime once. Afterwards, if the fd is readable (a cheap, non-blocking
+    /// check), report it with [`DriverPolicy::on_readable`].
+    Yield,
+    /// Nothing is active (every CQ is armed and was found empty after its arm): wait until
+    /// the channel fd is readable, then call [`DriverPolicy::on_readable`]. Parking gives the
+    /// runtime control, so no [`DriverStep::Yield`] precedes it.
+    Park,
+}
+
+/// What [`DriverPolicy::on_event`] made of an event.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Counted for a later [`DriverStep::Ack`]; the CQ is active.
+    Counted,
+    /// The CQ is not registered (it is being removed): acknowledge this one event right away,
+    /// before the CQ is destroyed.
+    AckNow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between rounds: start one, or park if nothing is active.
+    Idle,
+    /// `active[pos]` is polled next; whether this round found anything so far.
+    Polling { pos: usize, found: bool },
+    /// `active[pos]` is armed next; `active[..end]` were active when the spin budget ran out.
+    Arming { pos: usize, end: usize },
+    /// Yield before the next round.
+    Yield,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry<K> {
+    cq: K,
+    unacked: u32,
+    ack_due: bool,
+    active: bool,
+}
+
+/// The per-channel completion-driver policy over CQ keys `K` (an index, an address: anything
+/// `Copy + Eq` the executor can map to its CQ).
+///
+/// Feed it what the executor observed (`on_*`), ask [`next_step`](Self::next_step) what to do. Inputs
+/// that answer a step ([`on_polled`](Self::on_polled), [`on_polled_after_arm`](
+/// Self::on_polled_after_arm)) must answer the last step handed out; a report that does not
+/// is ignored. Allocation-free after the CQs are registered: the active set and the table are
+/// `Vec`s that only grow when a CQ is added.
+///
+/// # Example: an executor loop
+///
+/// The `verbs` driver task runs this loop with real CQs; here two in-memory counters stand in
+/// for them.
+///
+/// ```
+/// use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
+///
+/// let cfg = DriverPolicyConfig { spin_polls: 8, ..DriverPolicyConfig::default() };
+/// let mut policy = DriverPolicy::new(cfg);
+/// let mut cqs = [0usize; 2]; // completions waiting in each "CQ"
+/// let mut armed = [true, true]; // each CQ is armed once when it is created
+/// policy.add_cq(0);
+/// policy.add_cq(1);
+///
+/// // A completion lands on armed CQ 1: the channel fd becomes readable.
+/// cqs[1] = 1;
+/// let mut events: Vec<usize> = vec![1];
+/// armed[1] = false;
+/// policy.on_readable();
+///
+/// let mut parks = 0;
+/// while parks < 1 {
+///     match policy.next_step() {
+///         DriverStep::DrainEvents => {
+///             for cq in events.drain(..) {
+///                 if policy.on_event(cq) == EventOutcome::AckNow { /* ibv_ack_cq_events(cq, 1) */ }
+///             }
+///         }
+///         DriverStep::Poll(cq) => {
+///             let n = std::mem::take(&mut cqs[cq]); // ibv_poll_cq + Dispatcher::handle_completions
+///             policy.on_polled(cq, n);
+///         }
+///         DriverStep::Arm(cq) => {
+///             armed[cq] = true; // ibv_req_notify_cq
+///             let n = std::mem::take(&mut cqs[cq]);
+///             policy.on_polled_after_arm(cq, n);
+///         }
+///         DriverStep::Ack { .. } => { /* ibv_ack_cq_events(cq, n) */ }
+///         DriverStep::Yield => { /* yield_now().await; if fd readable: policy.on_readable() */ }
+///         DriverStep::Park => parks += 1, // fd.readable().await; policy.on_readable()
+///     }
+/// }
+/// assert_eq!(cqs, [0, 0]);
+/// assert!(armed[1]);
+/// // Removing a CQ: ack what is left, then destroy it.
+/// assert_eq!(policy.on_cq_removed(1), 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct DriverPolicy<K = usize> {
+    config: DriverPolicyConfig,
+    entries: Vec<Entry<K>>,
+    active: Vec<K>,
+    phase: Phase,
+    /// Consecutive empty rounds since the last completion or arm.
+    idle: u32,
+    /// Consecutive empty rounds since the last yield.
+    tight: u32,
+    readable: bool,
+    /// Entries with `ack_due` set.
+    acks_due: usize,
+}
+
+impl<K: Copy + Eq> DriverPolicy<K> {
+    /// A policy with no CQs. `tight_polls` and `ack_batch` are raised to at least 1.
+    pub fn new(config: DriverPolicyConfig) -> Self {
+        Self::with_capacity(config, 0)
+    }
+
+    /// A policy with room for `cqs` CQs before its tables grow.
+    pub fn with_capacity(config: DriverPolicyConfig, cqs: usize) -> Self {
+        Self {
+            config: DriverPolicyConfig {
+                tight_polls: config.tight_polls.max(1),
+                ack_batch: config.ack_batch.max(1),
+                ..config
+            },
+            entries: Vec::with_capacity(cqs),
+            active: Vec::with_capacity(cqs),
+            phase: Phase::Idle,
+            idle: 0,
+            tight: 0,
+            readable: false,
+            acks_due: 0,
+        }
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> DriverPolicyConfig {
+        self.config
+    }
+
+    /// Registers a CQ the executor has just created **and armed** (a new CQ is empty, so it
+    /// needs no poll after the arm). It starts parked. Returns `false` if already registered.
+    pub fn add_cq(&mut self, cq: K) -> bool {
+        if self.entry(cq).is_some() {
+            return false;
+        }
+        self.entries.push(Entry {
+            cq,
+            unacked: 0,
+            ack_due: false,
+            active: false,
+        });
+        true
+    }
+
+    /// Forgets a CQ and returns how many of its events are still unacknowledged: the executor
+    /// acks that many (if non-zero) before it destroys the CQ. Events read for it afterwards
+    /// get [`EventOutcome::AckNow`]. `0` for an unknown CQ.
+    pub fn on_cq_removed(&mut self, cq: K) -> u32 {
+        let Some(i) = self.entries.iter().position(|e| e.cq == cq) else {
+            return 0;
+        };
+        let e = self.entries.swap_remove(i);
+        if e.ack_due {
+            self.acks_due -= 1;
+        }
+        if let Some(i) = self.active.iter().position(|&a| a == cq) {
+            self.active.remove(i);
+            match &mut self.phase {
+                Phase::Polling { pos, .. } if i < *pos => *pos -= 1,
+                Phase::Arming { pos, end } => {
+                    if i < *end {
+                        *end -= 1;
+                    }
+                    if i < *pos {
+                        *pos -= 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        e.unacked
+    }
+
+    /// The channel fd is readable (seen after [`DriverStep::Park`], or by a non-blocking check
+    /// after a [`DriverStep::Yield`]): the next step drains the events.
+    pub fn on_readable(&mut self) {
+        self.readable = true;
+    }
+
+    /// One CQ event read from the channel (during [`DriverStep::DrainEvents`]): counts it for
+    /// acknowledgement and makes the CQ active (polled from the next round on). The event may
+    /// be spurious: that is harmless.
+    pub fn on_event(&mut self, cq: K) -> EventOutcome {
+        let batch = self.config.ack_batch;
+        let Some(e) = self.entry(cq) else {
+            return EventOutcome::AckNow;
+        };
+        e.unacked = e.unacked.saturating_add(1);
+        let due = e.unacked >= batch && !e.ack_due;
+        e.ack_due |= due;
+        let activate = !e.active;
+        e.active = true;
+        self.acks_due += usize::from(due);
+        if activate {
+            self.active.push(cq);
+        }
+        EventOutcome::Counted
+    }
+
+    /// The result of a [`DriverStep::Poll`]: `n` completions polled. A poll that could not run
+    /// because another thread was polling that CQ must be reported with `n > 0`: the CQ must
+    /// not be concluded empty.
+    pub fn on_polled(&mut self, cq: K, n: usize) {
+        if let Phase::Polling { pos, found } = self.phase {
+            if self.active.get(pos) == Some(&cq) {
+                self.phase = Phase::Polling {
+                    pos: pos + 1,
+                    found: found || n > 0,
+                };
+            }
+        }
+    }
+
+    /// The result of the poll right after a [`DriverStep::Arm`]: empty parks the CQ (its next
+    /// completion raises an event); non-empty keeps it active (the event the arm will raise is
+    /// then spurious, which is harmless). If arming failed, report `n > 0`: the CQ stays
+    /// active and is armed again after the next spin budget.
+    pub fn on_polled_after_arm(&mut self, cq: K, n: usize) {
+        let Phase::Arming { pos, end } = self.phase else {
+            return;
+        };
+        if pos >= end || self.active.get(pos) != Some(&cq) {
+            return;
+        }
+        if n > 0 {
+            self.phase = Phase::Arming { pos: pos + 1, end };
+            return;
+        }
+        self.active.remove(pos);
+        self.phase = Phase::Arming { pos, end: end - 1 };
+        if let Some(e) = self.entry(cq) {
+            e.active = false;
+        }
+    }
+
+    /// What to do next. Pending acks come first, then draining a readable fd, then the
+    /// poll/yield/arm cycle over the active CQs; [`DriverStep::Park`] when none is active.
+    pub fn next_step(&mut self) -> DriverStep<K> {
+        if self.acks_due > 0 {
+            if let Some(e) = self.entries.iter_mut().find(|e| e.ack_due) {
+                e.ack_due = false;
+                self.acks_due -= 1;
+                let n = std::mem::take(&mut e.unacked);
+                return DriverStep::Ack { cq: e.cq, n };
+            }
+        }
+        if std::mem::take(&mut self.readable) {
+            return DriverStep::DrainEvents;
+        }
+        loop {
+            match self.phase {
+                Phase::Yield => {
+                    self.phase = Phase::Idle;
+                    return DriverStep::Yield;
+                }
+                Phase::Idle | Phase::Polling { .. } | Phase::Arming { .. }
+                    if self.active.is_empty() =>
+                {
+                    self.phase = Phase::Idle;
+                    self.idle = 0;
+                    self.tight = 0;
+                    return DriverStep::Park;
+                }
+                Phase::Idle => {
+                    self.phase = Phase::Polling {
+                        pos: 0,
+                        found: false,
+                    };
+                }
+                Phase::Polling { pos, found } => {
+                    if let Some(&cq) = self.active.get(pos) {
+                        return DriverStep::Poll(cq);
+                    }
+                    self.end_round(found);
+                }
+                Phase::Arming { pos, end } => {
+                    if pos < end {
+                        return DriverStep::Arm(self.active[pos]);
+                    }
+                    self.idle = 0;
+                    self.tight = 0;
+                    self.phase = Phase::Yield;
+                }
+            }
+        }
+    }
+
+    /// The CQs polled each round, in order.
+    pub fn active(&self) -> &[K] {
+        &self.active
+    }
+
+    /// Events of `cq` counted and not yet handed out in an ack (`None` if not registered).
+    pub fn unacked(&self, cq: K) -> Option<u32> {
+        self.entries.iter().find(|e| e.cq == cq).map(|e| e.unacked)
+    }
+
+    fn entry(&mut self, cq: K) -> Option<&mut Entry<K>> {
+        self.entries.iter_mut().find(|e| e.cq == cq)
+    }
+
+    fn end_round(&mut self, found: bool) {
+        if found {
+            self.idle = 0;
+            self.tight = 0;
+            self.phase = Phase::Yield;
+            return;
+        }
+        self.idle = self.idle.saturating_add(1);
+        self.tight += 1;
+        self.phase = if self.idle >= self.config.spin_polls {
+            Phase::Arming {
+                pos: 0,
+                end: self.active.len(),
+            }
+        } else if self.tight >= self.config.tight_polls {
+            self.tight = 0;
+            Phase::Yield
+        } else {
+            Phase::Polling {
+                pos: 0,
+                found: false,
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests;
