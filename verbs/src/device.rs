@@ -327,11 +327,6 @@ impl Context {
         crate::event::AsyncEventSource::new(self.clone())
     }
 
-    /// Allocates a protection domain.
-    pub fn alloc_pd(&self) -> Result<crate::ProtectionDomain> {
-        crate::ProtectionDomain::new(self)
-    }
-
     /// Creates a completion channel (one channel may serve several CQs). Needs a tokio runtime:
     /// the channel's driver task is spawned on it.
     pub fn create_comp_channel(&self) -> Result<crate::CompletionChannel> {
