@@ -146,8 +146,8 @@ pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEventSource, AsyncEvents};
 pub use info::{ConnectOptions, QpInfo, DEFAULT_QKEY};
 pub use mr::{
-    Access, AlignedBuf, LocalBuffer, LocalBufferMut, MemoryRegion, ProtectionDomain,
-    RegisterBuffer, RemoteBuffer, Slice,
+    Access, AlignedBuf, Exclusive, LocalBuffer, LocalBufferMut, MemoryRegion, PeerWritable,
+    ProtectionDomain, RegisterBuffer, RemoteBuffer, Sharing, Slice,
 };
 pub use ops::{BufResult, OpFuture};
 pub use qp::{QpType, QueuePair, QueuePairBuilder};

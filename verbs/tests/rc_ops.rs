@@ -59,7 +59,7 @@ async fn rc_send_recv_sizes() {
 async fn rc_write_read_atomics_inline() {
     let r = rig(256);
     let (a, b) = r.rc_pair();
-    let remote_mr = r.pd.register(vec![0u8; 8192], Access::ALL).unwrap();
+    let remote_mr = r.pd.register_remote(vec![0u8; 8192], Access::ALL).unwrap();
     let remote = remote_mr.remote(..).unwrap();
 
     // RDMA WRITE.
@@ -68,7 +68,7 @@ async fn rc_write_read_atomics_inline() {
             .unwrap();
     let (res, src) = bounded("write", 30, a.write(src, remote)).await;
     assert_eq!(res.unwrap().opcode, WcOpcode::RdmaWrite);
-    assert_eq!(&remote_mr[..4096], &src[..]);
+    assert_eq!(&remote_mr.to_vec()[..4096], &src[..]);
 
     // RDMA WRITE with immediate: consumes a receive at b, which reports the immediate.
     let rx = r.pd.register(vec![0u8; 64], Access::LOCAL_WRITE).unwrap();
@@ -88,7 +88,7 @@ async fn rc_write_read_atomics_inline() {
     let c = res.unwrap();
     assert_eq!(c.opcode, WcOpcode::RecvRdmaWithImm);
     assert_eq!(c.imm_data, Some(42));
-    assert_eq!(&remote_mr[4096..4196], &pattern(100, 3)[..]);
+    assert_eq!(&remote_mr.to_vec()[4096..4196], &pattern(100, 3)[..]);
 
     // RDMA READ back what we wrote.
     let dst = r.pd.register(vec![0u8; 4096], Access::LOCAL_WRITE).unwrap();
@@ -98,7 +98,7 @@ async fn rc_write_read_atomics_inline() {
 
     // Atomics on an 8-byte aligned word.
     let word_mr =
-        r.pd.register(AlignedBuf::new(8, 8).unwrap(), Access::ALL)
+        r.pd.register_remote(AlignedBuf::new(8, 8).unwrap(), Access::ALL)
             .unwrap();
     let word = word_mr.remote(..).unwrap();
     let old =
@@ -117,7 +117,7 @@ async fn rc_write_read_atomics_inline() {
     let (res, old) = bounded("cas hit", 30, a.compare_swap(old, word, 15, 99)).await;
     res.unwrap();
     assert_eq!(u64::from_ne_bytes(old[..8].try_into().unwrap()), 15);
-    assert_eq!(u64::from_ne_bytes(word_mr[..8].try_into().unwrap()), 99);
+    assert_eq!(word_mr.read_u64_at(0).unwrap(), 99);
     // A misaligned atomic is refused before posting.
     let (res, _old) = a.compare_swap(old, remote.slice(4, 8).unwrap(), 0, 1).await;
     assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
@@ -152,8 +152,9 @@ async fn rc_write_read_atomics_inline() {
         let (res, _) = bounded("batch", 30, f).await;
         res.unwrap();
     }
+    let landed = remote_mr.to_vec();
     for i in 0..8usize {
-        assert!(remote_mr[i * 16..i * 16 + 16]
+        assert!(landed[i * 16..i * 16 + 16]
             .iter()
             .all(|&x| x == i as u8 + 1));
     }

@@ -128,7 +128,9 @@ async fn futures_dropped_mid_flight_keep_buffers_until_completion() {
     let r = rig(512);
     let (a, b) = r.rc_pair();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let remote_mr = r.pd.register(pattern(READ, 11), Access::ALL).unwrap();
+    let remote_mr =
+        r.pd.register_remote(pattern(READ, 11), Access::ALL)
+            .unwrap();
     let remote = remote_mr.remote(..).unwrap();
 
     // Background load on a second pair sharing the CQ.
@@ -232,7 +234,7 @@ async fn bad_rkey_gives_remote_access_error_and_flushes_the_rest() {
     // A second stream on the same context is refused, not silently split.
     assert!(matches!(r.ctx.async_events(), Err(Error::Busy(_))));
     let (a, b) = r.rc_pair();
-    let good_mr = r.pd.register(vec![0u8; 4096], Access::ALL).unwrap();
+    let good_mr = r.pd.register_remote(vec![0u8; 4096], Access::ALL).unwrap();
     let good = good_mr.remote(..).unwrap();
     let bad = RemoteBuffer {
         rkey: good.rkey ^ 0x5a5a_0000,

@@ -325,9 +325,4 @@ impl Context {
             .push((port, i));
         Ok(i)
     }
-
-    /// Allocates a protection domain.
-    pub fn alloc_pd(&self) -> Result<crate::ProtectionDomain> {
-        crate::ProtectionDomain::new(self)
-    }
 }
