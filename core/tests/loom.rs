@@ -101,6 +101,56 @@ fn completion_vs_plain_drop() {
     });
 }
 
+/// A waker that records whether it was woken (from any thread).
+struct Flag(AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// The stolen-waker race: owner A, which had polled once (registered a waker), drops its
+/// operation while the CQ thread completes A's slot. Once the slot is free, owner B reserves
+/// it, polls once (registers its own waker) and B's completion is delivered: B must be woken.
+/// A's `release` must never take B's waker out of the recycled slot without waking it.
+#[test]
+fn dropped_owner_never_steals_the_next_owners_waker() {
+    loom::model(|| {
+        let d: Dispatcher = Dispatcher::new(1);
+        let mut op_a = d.reserve().unwrap();
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        assert!(std::pin::Pin::new(&mut op_a).poll(&mut cx).is_pending());
+        let c_a = completion(op_a.wr_id());
+        let owner_a = thread::spawn(move || drop(op_a));
+        let d2 = d.clone();
+        let cq = thread::spawn(move || {
+            let r = d2.handle_completion(c_a);
+            assert!(matches!(r, Routed::Woken | Routed::Reclaimed), "{r:?}");
+        });
+        // Owner B: the single slot comes back once A's drop and A's completion both ran.
+        let mut op_b = loop {
+            match d.reserve() {
+                Ok(op) => break op,
+                Err(_) => thread::yield_now(),
+            }
+        };
+        assert_eq!(op_b.wr_id().generation(), 1);
+        let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut op_b).poll(&mut cx).is_pending());
+        assert_eq!(d.handle_completion(completion(op_b.wr_id())), Routed::Woken);
+        // A's completer may have woken B (a late `wake` after A's slot was recycled still
+        // wakes): join first, so that wake-up is visible here.
+        owner_a.join().unwrap();
+        cq.join().unwrap();
+        assert!(flag.0.load(SeqCst), "the new owner's waker was lost");
+        assert_eq!(op_b.try_complete().map(|c| c.byte_len), Some(42));
+        assert_eq!(d.in_flight(), 0);
+    });
+}
+
 #[test]
 fn waker_registration_vs_completion() {
     loom::model(|| {

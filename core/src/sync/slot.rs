@@ -16,16 +16,24 @@
 //!
 //! | state                  | completion cell | resources cell | route cell |
 //! |------------------------|-----------------|----------------|------------|
-//! | FREE, CLAIMED          | winner of the transition into CLAIMED / the free-list popper ||
-//!
-//! Every transition into FREE is followed by pushing the slot's index onto the table's free
-//! list, and FREE -> POSTED / ROUTED is only done by whoever popped it off again; the
-//! [`SlotTable`](super::SlotTable) keeps that pairing, which is why leaving FREE is a store.
+//! | FREE                   | the free-list popper | same      | same       |
+//! | CLAIMED                | winner of the transition into CLAIMED | same | same |
 //! | POSTED                 | nobody          | owner          | nobody     |
 //! | POSTED \| DROPPED      | nobody          | slot (next completer) | nobody |
 //! | COMPLETING             | completer       | owner (slot if DROPPED) | nobody |
 //! | COMPLETED              | owner           | owner          | nobody     |
 //! | ROUTED                 | nobody          | slot (next completer / canceller) | same |
+//!
+//! Every transition into FREE is followed by pushing the slot's index onto the table's free
+//! list, and FREE -> POSTED / ROUTED is only done by whoever popped it off again; the
+//! [`SlotTable`](super::SlotTable) keeps that pairing, which is why leaving FREE is a store.
+//!
+//! The waker ([`AtomicWaker`], safe to touch from any thread) follows one rule: nobody
+//! *removes* it without waking it after the slot may have left its generation. Owners take
+//! their waker out before publishing DROPPED, claimants while holding CLAIMED, the owner in
+//! `consume` before publishing FREE. Only the completer's wake-up after publishing COMPLETED can
+//! come late (after the owner consumed, the slot was freed and re-reserved); it then wakes the
+//! next owner's task once, spuriously, which re-polls and re-registers: no wake-up is lost.
 //!
 //! The owner of a posted slot is proven by an [`OwnerTicket`], which only [`Slot::try_post`]
 //! creates, cannot be cloned, and is bound to one slot and one generation.
@@ -379,8 +387,18 @@ impl<R, S> Slot<R, S> {
     }
 
     /// The owner gives up the slot, parking `resources` in it until the completion arrives.
+    ///
+    /// The owner's waker is taken out *before* DROPPED is published: once it is, the completer
+    /// may claim and free the slot, and the next owner may reserve it and register its own
+    /// waker, which a later `take` here would steal (its completion would then wake nobody).
+    /// A completer waking concurrently is serialised with this `take` by the [`AtomicWaker`]
+    /// (one of the two gets the waker; a spurious wake-up of a dropped task is harmless).
     pub(super) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
         self.check(&t);
+        // Only the owner sets WAITER (in `register`), so its own load sees whether it did.
+        if self.state.load(Relaxed) & WAITER != 0 {
+            drop(self.waker.take());
+        }
         if resources.is_some() {
             // SAFETY: the resources cell belongs to the owner (ticket) until DROPPED is
             // published below.
@@ -395,12 +413,8 @@ impl<R, S> Slot<R, S> {
                 let _ = self.consume(t, prev);
                 Released::Freed(r)
             }
-            _ => {
-                if prev & WAITER != 0 {
-                    drop(self.waker.take());
-                }
-                Released::Parked
-            }
+            // From here on the slot is the completer's: touch nothing (not even the waker).
+            _ => Released::Parked,
         }
     }
 
