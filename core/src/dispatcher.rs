@@ -5,9 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::aftermath::{Aftermath, Effects, InPlace};
 use crate::completion::{Completion, WcStatus};
 use crate::error::Error;
 use crate::inbox::InboxSender;
+use crate::route::{Delivery, Route};
 use crate::stats::{Counters, DispatchStats, Tally};
 use crate::sync::{
     Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, OwnerTicket, Released, SlotSnapshot,
@@ -33,43 +35,6 @@ pub enum Routed {
     Unknown = 4,
     /// The slot already holds a completion for this generation: ignored.
     Duplicate = 5,
-}
-
-/// A routed completion, delivered into an inbox together with the resources parked at
-/// [`Dispatcher::reserve_into`] (typically the receive buffer).
-#[derive(Debug)]
-pub struct Delivery<R> {
-    /// The completion.
-    pub completion: Completion,
-    /// The resources parked with the slot.
-    pub resources: R,
-}
-
-type Route<R> = InboxSender<Delivery<R>>;
-
-/// The inbox whose receiver still has to be woken (woken when replaced or dropped).
-struct DeferredWake<R: Send + 'static>(Option<Route<R>>);
-
-impl<R: Send + 'static> DeferredWake<R> {
-    #[inline]
-    fn defer(&mut self, sender: Route<R>) {
-        match &self.0 {
-            Some(pending) if pending.same_inbox(&sender) => {}
-            _ => {
-                if let Some(previous) = self.0.replace(sender) {
-                    previous.wake_receiver();
-                }
-            }
-        }
-    }
-}
-
-impl<R: Send + 'static> Drop for DeferredWake<R> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.0.take() {
-            pending.wake_receiver();
-        }
-    }
 }
 
 struct Shared<R: Send + 'static> {
@@ -258,13 +223,14 @@ impl<R: Send + 'static> Dispatcher<R> {
     }
 
     #[inline]
-    fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
+    fn route(&self, c: Completion, tally: &mut Tally, effects: &mut impl Effects<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
-        let outcome = self.shared().table.complete(id.index(), id.generation(), c);
-        let routed = match outcome {
+        let routed = match effects.complete(&self.shared().table, id, c) {
             CompleteOutcome::Stored => Routed::Woken,
             CompleteOutcome::Reclaimed(resources) => {
-                drop(resources);
+                if let Some(resources) = resources {
+                    effects.drop_resources(resources);
+                }
                 Routed::Reclaimed
             }
             CompleteOutcome::Routed(sender, resources) => {
@@ -272,13 +238,16 @@ impl<R: Send + 'static> Dispatcher<R> {
                     completion: c,
                     resources,
                 };
-                if sender.try_send_deferred(delivery).is_ok() {
-                    wake.defer(sender);
-                    Routed::Delivered
-                } else {
-                    tally.undeliverable();
-                    Routed::Reclaimed
-                }
+                let routed = match sender.try_send_deferred(delivery) {
+                    Ok(()) => Routed::Delivered,
+                    Err(failed) => {
+                        tally.undeliverable();
+                        effects.drop_resources(failed.into_inner().resources);
+                        Routed::Reclaimed
+                    }
+                };
+                effects.inbox(sender);
+                routed
             }
             CompleteOutcome::Stale => Routed::Stale,
             CompleteOutcome::Unknown => Routed::Unknown,
@@ -292,22 +261,52 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// out of range, stale, never posted or duplicated are counted and ignored.
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
-        let r = self.route(c, &mut tally, &mut DeferredWake(None));
+        let r = self.route(c, &mut tally, &mut InPlace(None));
         self.shared().counters.add(self.handle.home, &tally);
         r
     }
 
     /// Routes a batch (e.g. one `ibv_poll_cq` result); returns how many reached a live owner
     /// ([`Routed::Woken`] or [`Routed::Delivered`]). Counters are updated once per batch.
+    ///
+    /// Wakes tasks and drops reclaimed resources in place, that is, runs consumer code (see
+    /// [`Aftermath`]); a caller inside a critical section uses
+    /// [`handle_completions_deferred`](Self::handle_completions_deferred).
     #[inline]
     pub fn handle_completions(&self, batch: &[Completion]) -> usize {
         let mut tally = Tally::default();
         // Consecutive deliveries into the same inbox wake its receiver once.
-        let mut wake = DeferredWake(None);
+        let mut effects = InPlace(None);
         for c in batch {
-            let _ = self.route(*c, &mut tally, &mut wake);
+            let _ = self.route(*c, &mut tally, &mut effects);
         }
-        drop(wake);
+        drop(effects);
+        self.shared().counters.add(self.handle.home, &tally);
+        tally.routed_live()
+    }
+
+    /// [`handle_completions`](Self::handle_completions) that runs no consumer code: the
+    /// operations' wakers, the inboxes whose receivers are to be woken and the resources to
+    /// drop (of abandoned operations and of failed deliveries) go into `after`, for
+    /// [`Aftermath::finish`] once the caller left its critical section (e.g. released the
+    /// CQ's polling flag). Returns how many reached a live owner; the completions are
+    /// observable (by [`Operation::try_complete`], [`InboxReceiver::try_recv`]) at once, only
+    /// the wake-ups wait.
+    ///
+    /// Allocation-free. Keep `batch` at most [`Aftermath::CAPACITY`] long and finish `after`
+    /// between batches: effects that do not fit are run in place (see [`Aftermath`]).
+    ///
+    /// [`InboxReceiver::try_recv`]: crate::InboxReceiver::try_recv
+    #[inline]
+    pub fn handle_completions_deferred(
+        &self,
+        batch: &[Completion],
+        after: &mut Aftermath<R>,
+    ) -> usize {
+        let mut tally = Tally::default();
+        for c in batch {
+            let _ = self.route(*c, &mut tally, after);
+        }
         self.shared().counters.add(self.handle.home, &tally);
         tally.routed_live()
     }
@@ -329,7 +328,7 @@ impl<R: Send + 'static> Dispatcher<R> {
                 status,
                 ..Completion::zeroed()
             };
-            let _ = self.route(c, &mut tally, &mut DeferredWake(None));
+            let _ = self.route(c, &mut tally, &mut InPlace(None));
         }
         self.shared().counters.add(self.handle.home, &tally);
     }

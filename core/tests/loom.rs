@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::task::Poll;
 
 use tokio_rdma_core::sync::AtomicWaker;
-use tokio_rdma_core::{inbox, Completion, Dispatcher, Routed};
+use tokio_rdma_core::{inbox, Aftermath, Completion, Dispatcher, Routed};
 
 fn completion(op_id: tokio_rdma_core::WrId) -> Completion {
     Completion {
@@ -110,13 +110,26 @@ impl std::task::Wake for Flag {
     }
 }
 
+/// Routes one completion in place, or deferred and then finished (as a driver does after
+/// releasing its CQ flag).
+fn complete_one<R: Send + 'static>(d: &Dispatcher<R>, c: Completion, deferred: bool) -> usize {
+    if deferred {
+        let mut after = Aftermath::new();
+        let n = d.handle_completions_deferred(&[c], &mut after);
+        after.finish();
+        n
+    } else {
+        d.handle_completions(&[c])
+    }
+}
+
 /// The stolen-waker race: owner A, which had polled once (registered a waker), drops its
 /// operation while the CQ thread completes A's slot. Once the slot is free, owner B reserves
 /// it, polls once (registers its own waker) and B's completion is delivered: B must be woken.
-/// A's `release` must never take B's waker out of the recycled slot without waking it.
-#[test]
-fn dropped_owner_never_steals_the_next_owners_waker() {
-    loom::model(|| {
+/// A's `release` must never take B's waker out of the recycled slot without waking it (nor
+/// may a deferred completion of A's slot take it without waking it in `finish`).
+fn stolen_waker(deferred: bool) {
+    loom::model(move || {
         let d: Dispatcher = Dispatcher::new(1);
         let mut op_a = d.reserve().unwrap();
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
@@ -124,10 +137,7 @@ fn dropped_owner_never_steals_the_next_owners_waker() {
         let c_a = completion(op_a.wr_id());
         let owner_a = thread::spawn(move || drop(op_a));
         let d2 = d.clone();
-        let cq = thread::spawn(move || {
-            let r = d2.handle_completion(c_a);
-            assert!(matches!(r, Routed::Woken | Routed::Reclaimed), "{r:?}");
-        });
+        let cq = thread::spawn(move || complete_one(&d2, c_a, deferred));
         // Owner B: the single slot comes back once A's drop and A's completion both ran.
         let mut op_b = loop {
             match d.reserve() {
@@ -140,13 +150,39 @@ fn dropped_owner_never_steals_the_next_owners_waker() {
         let waker = std::task::Waker::from(flag.clone());
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(std::pin::Pin::new(&mut op_b).poll(&mut cx).is_pending());
-        assert_eq!(d.handle_completion(completion(op_b.wr_id())), Routed::Woken);
+        assert_eq!(complete_one(&d, completion(op_b.wr_id()), deferred), 1);
         // A's completer may have woken B (a late `wake` after A's slot was recycled still
         // wakes): join first, so that wake-up is visible here.
         owner_a.join().unwrap();
-        cq.join().unwrap();
+        assert!(cq.join().unwrap() <= 1);
         assert!(flag.0.load(SeqCst), "the new owner's waker was lost");
         assert_eq!(op_b.try_complete().map(|c| c.byte_len), Some(42));
+        assert_eq!(d.in_flight(), 0);
+    });
+}
+
+#[test]
+fn dropped_owner_never_steals_the_next_owners_waker() {
+    stolen_waker(false);
+}
+
+#[test]
+fn dropped_owner_never_steals_the_next_owners_waker_deferred() {
+    stolen_waker(true);
+}
+
+/// A deferred completion races with the owner registering its waker: the owner is woken by
+/// `finish` or sees the completion on its re-check (a lost wake-up deadlocks `block_on`).
+#[test]
+fn waker_registration_vs_deferred_completion() {
+    loom::model(|| {
+        let d: Dispatcher = Dispatcher::new(1);
+        let op = d.reserve().unwrap();
+        let c = completion(op.wr_id());
+        let d2 = d.clone();
+        let cq = thread::spawn(move || complete_one(&d2, c, true));
+        assert_eq!(block_on(op).byte_len, 42);
+        assert_eq!(cq.join().unwrap(), 1);
         assert_eq!(d.in_flight(), 0);
     });
 }

@@ -274,39 +274,89 @@ impl<R, S> Slot<R, S> {
         Some((s, r))
     }
 
-    /// Feeds the completion for `generation` to this slot. Never panics.
+    /// Feeds the completion for `generation` to this slot, waking the owner's task in place.
+    /// Never panics.
     pub(super) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
+        let (outcome, waker) = self.complete_with(generation, c, false);
+        debug_assert!(waker.is_none(), "wakes in place");
+        outcome
+    }
+
+    /// [`complete`](Self::complete) without touching the owner's task: the waker the
+    /// completion would have woken is taken out and returned instead, for the caller to wake
+    /// later (after leaving a context where no consumer code may run). Never panics.
+    ///
+    /// A waker taken after COMPLETED was published may already belong to the slot's next
+    /// owner (the owner consumed, the slot was freed and reserved again): waking it later is
+    /// then a spurious wake-up of that task, which re-polls and re-registers, so it must be
+    /// woken, never just dropped. (From a claimed slot it is a dropped owner's waker, if any.)
+    pub(super) fn complete_deferred(
+        &self,
+        generation: u32,
+        c: Completion,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
+        self.complete_with(generation, c, true)
+    }
+
+    #[inline(always)]
+    fn complete_with(
+        &self,
+        generation: u32,
+        c: Completion,
+        defer: bool,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         let mut cur = self.state.load(Acquire);
         loop {
             if generation_of(cur) != generation {
-                return CompleteOutcome::Stale;
+                return (CompleteOutcome::Stale, None);
             }
             let (next, outcome_after_claim) = match cur & TAG_MASK {
                 POSTED if cur & DROPPED != 0 => (pack(generation, CLAIMED), true),
                 POSTED => ((cur & !TAG_MASK) | COMPLETING, false),
                 ROUTED => (pack(generation, CLAIMED), true),
-                FREE => return CompleteOutcome::Unknown,
-                _ => return CompleteOutcome::Duplicate,
+                FREE => return (CompleteOutcome::Unknown, None),
+                _ => return (CompleteOutcome::Duplicate, None),
             };
             match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
                 Ok(_) if outcome_after_claim => {
                     let routed = cur & TAG_MASK == ROUTED;
-                    if cur & WAITER != 0 {
-                        drop(self.waker.take());
-                    }
-                    return match (routed, self.take_and_free(generation)) {
+                    let waker = self.take_claimed_waker(cur, defer);
+                    let outcome = match (routed, self.take_and_free(generation)) {
                         (true, (Some(r), Some(s))) => CompleteOutcome::Routed(s, r),
                         (_, (r, _)) => CompleteOutcome::Reclaimed(r),
                     };
+                    return (outcome, waker);
                 }
-                Ok(_) => return self.finish_completion(generation, next, c),
+                Ok(_) => return self.finish_completion(generation, next, c, defer),
                 Err(actual) => cur = actual,
             }
         }
     }
 
+    /// A dropped owner's waker (normally already taken by the owner), taken while the slot is
+    /// CLAIMED: dropped now, or returned if `defer`.
+    #[inline(always)]
+    fn take_claimed_waker(&self, cur: u64, defer: bool) -> Option<Waker> {
+        if cur & WAITER == 0 {
+            return None;
+        }
+        let waker = self.waker.take();
+        if defer {
+            waker
+        } else {
+            drop(waker);
+            None
+        }
+    }
+
     /// COMPLETING -> COMPLETED (or -> FREE if the owner dropped meanwhile).
-    fn finish_completion(&self, g: u32, mut cur: u64, c: Completion) -> CompleteOutcome<R, S> {
+    fn finish_completion(
+        &self,
+        g: u32,
+        mut cur: u64,
+        c: Completion,
+        defer: bool,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         // SAFETY: we moved POSTED -> COMPLETING, which gives the completer the completion cell
         // until COMPLETED is published; the owner reads it only after seeing COMPLETED.
         self.completion.with_mut(|p| unsafe { *p = c });
@@ -318,17 +368,15 @@ impl<R, S> Slot<R, S> {
             };
             match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
                 Ok(_) if cur & DROPPED != 0 => {
-                    if cur & WAITER != 0 {
-                        drop(self.waker.take());
-                    }
+                    let waker = self.take_claimed_waker(cur, defer);
                     let (r, _) = self.take_and_free(g);
-                    return CompleteOutcome::Reclaimed(r);
+                    return (CompleteOutcome::Reclaimed(r), waker);
                 }
+                Ok(_) if cur & WAITER == 0 => return (CompleteOutcome::Stored, None),
+                Ok(_) if defer => return (CompleteOutcome::Stored, self.waker.take()),
                 Ok(_) => {
-                    if cur & WAITER != 0 {
-                        self.waker.wake();
-                    }
-                    return CompleteOutcome::Stored;
+                    self.waker.wake();
+                    return (CompleteOutcome::Stored, None);
                 }
                 // Only the WAITER / DROPPED flags can change under us.
                 Err(actual) => cur = actual,

@@ -110,13 +110,35 @@ impl<R, S> SlotTable<R, S> {
             return CompleteOutcome::Unknown;
         };
         let outcome = slot.complete(generation, c);
+        self.freed_by_completion(slot, index, &outcome);
+        outcome
+    }
+
+    /// [`complete`](Self::complete) that returns the owner's waker instead of waking it (see
+    /// [`Slot::complete_deferred`]): the caller must wake it later.
+    #[inline]
+    pub(crate) fn complete_deferred(
+        &self,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return (CompleteOutcome::Unknown, None);
+        };
+        let (outcome, waker) = slot.complete_deferred(generation, c);
+        self.freed_by_completion(slot, index, &outcome);
+        (outcome, waker)
+    }
+
+    #[inline(always)]
+    fn freed_by_completion(&self, slot: &Slot<R, S>, index: u32, outcome: &CompleteOutcome<R, S>) {
         if matches!(
             outcome,
             CompleteOutcome::Reclaimed(_) | CompleteOutcome::Routed(..)
         ) {
             self.free.push(slot.home(), index);
         }
-        outcome
     }
 
     /// Takes back the route and resources of a routed slot that was never posted (frees it).
