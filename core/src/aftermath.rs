@@ -59,6 +59,17 @@ impl<R: Send + 'static> Aftermath<R> {
         }
     }
 
+    /// How many more completions are sure to have all their effects deferred (each adds at
+    /// most one waker, inbox and resource).
+    pub fn room(&self) -> usize {
+        CAPACITY
+            - self
+                .wakers
+                .len
+                .max(self.inboxes.len)
+                .max(self.resources.len)
+    }
+
     /// Whether nothing is left to do.
     pub fn is_empty(&self) -> bool {
         self.wakers.len == 0 && self.inboxes.len == 0 && self.resources.len == 0

@@ -1,9 +1,10 @@
 //! The completion dispatcher: a fixed table of work-request slots per CQ.
 
+mod operation;
+
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+
+pub use operation::Operation;
 
 use crate::aftermath::{Aftermath, Effects, InPlace};
 use crate::completion::{Completion, WcStatus};
@@ -12,8 +13,8 @@ use crate::inbox::InboxSender;
 use crate::route::{Delivery, Route};
 use crate::stats::{Counters, DispatchStats, Tally};
 use crate::sync::{
-    Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, OwnerTicket, Released, SlotSnapshot,
-    SlotTable, DEFAULT_SHARDS, MAX_SLOTS,
+    Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, SlotSnapshot, SlotTable, DEFAULT_SHARDS,
+    MAX_SLOTS,
 };
 use crate::wr_id::WrId;
 
@@ -151,6 +152,16 @@ impl<R: Send + 'static> Dispatcher<R> {
             .count()
     }
 
+    /// [`in_flight`](Self::in_flight), counting only the slots reserved with `tag` (see
+    /// [`reserve_tagged`](Self::reserve_tagged)). Cold path: scans the table.
+    pub fn in_flight_tagged(&self, tag: u32) -> usize {
+        self.shared()
+            .table
+            .tagged_snapshots()
+            .filter(|(_, s, t)| *t == tag && !matches!(s, SlotSnapshot::Free(_)))
+            .count()
+    }
+
     #[inline]
     fn exhausted(&self) -> Error {
         Error::Exhausted {
@@ -158,7 +169,8 @@ impl<R: Send + 'static> Dispatcher<R> {
         }
     }
 
-    /// Reserves a slot for a work request about to be posted (Free -> Posted).
+    /// Reserves a slot for a work request about to be posted (Free -> Posted), with tag 0
+    /// (see [`reserve_tagged`](Self::reserve_tagged)).
     ///
     /// Put [`Operation::wr_id`] into the work request, post it, then await the operation. If
     /// posting fails, call [`Operation::cancel_unposted`]; if the operation must be dropped
@@ -168,16 +180,23 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// [`Error::Exhausted`] when every slot is in use.
     #[inline]
     pub fn reserve(&self) -> Result<Operation<R>, Error> {
+        self.reserve_tagged(0)
+    }
+
+    /// [`reserve`](Self::reserve), tagging the slot with `tag` (e.g. the number of the QP the
+    /// work request is posted to), so that [`fail_tagged`](Self::fail_tagged) can fail the
+    /// slots of one QP whose flush completions never come.
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] when every slot is in use.
+    #[inline]
+    pub fn reserve_tagged(&self, tag: u32) -> Result<Operation<R>, Error> {
         let ticket = self
             .shared()
             .table
-            .reserve(self.handle.home)
+            .reserve(self.handle.home, tag)
             .ok_or_else(|| self.exhausted())?;
-        Ok(Operation {
-            handle: self.handle.clone(),
-            id: ticket.wr_id(),
-            ticket: Some(ticket),
-        })
+        Ok(Operation::new(self.handle.clone(), ticket))
     }
 
     /// Reserves a routed slot (Free -> Posted, routed): its completion is delivered together
@@ -193,11 +212,27 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// # Errors
     /// [`Error::Exhausted`] when every slot is in use (the resources are dropped);
     /// [`Error::InboxClosed`] when the inbox is already closed.
+    /// The slot gets tag 0 (see [`reserve_into_tagged`](Self::reserve_into_tagged)).
     #[inline]
     pub fn reserve_into(
         &self,
         sender: &InboxSender<Delivery<R>>,
         resources: R,
+    ) -> Result<WrId, Error> {
+        self.reserve_into_tagged(sender, resources, 0)
+    }
+
+    /// [`reserve_into`](Self::reserve_into), tagging the slot with `tag` (see
+    /// [`reserve_tagged`](Self::reserve_tagged)).
+    ///
+    /// # Errors
+    /// As [`reserve_into`](Self::reserve_into).
+    #[inline]
+    pub fn reserve_into_tagged(
+        &self,
+        sender: &InboxSender<Delivery<R>>,
+        resources: R,
+        tag: u32,
     ) -> Result<WrId, Error> {
         if sender.is_closed() {
             return Err(Error::InboxClosed);
@@ -205,7 +240,7 @@ impl<R: Send + 'static> Dispatcher<R> {
         match self
             .shared()
             .table
-            .reserve_routed(self.handle.home, sender.clone(), resources)
+            .reserve_routed(self.handle.home, sender.clone(), resources, tag)
         {
             Ok((index, generation)) => Ok(WrId::new(index, generation)),
             Err(_) => Err(self.exhausted()),
@@ -317,137 +352,82 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// `wr_id`, the given status and otherwise [`Completion::zeroed`] fields (like a flushed
     /// work completion, its opcode is meaningless).
     pub fn fail_all(&self, status: WcStatus) {
+        let _ = self.fail_where(|_| true, status, &mut InPlace(None), usize::MAX);
+    }
+
+    /// [`fail_all`](Self::fail_all) for the slots reserved with `tag` only (see
+    /// [`reserve_tagged`](Self::reserve_tagged)): e.g. the work requests of a QP that was
+    /// destroyed, or whose flush completions never came. Other tags are untouched; a real
+    /// completion of a failed slot arriving later is counted `stale` (or `duplicate` while the
+    /// owner has not taken the synthetic one yet), never delivered twice. Returns how many
+    /// slots it failed. Cold path: scans the table, and runs consumer code in place like
+    /// [`handle_completions`](Self::handle_completions).
+    pub fn fail_tagged(&self, tag: u32, status: WcStatus) -> usize {
+        self.fail_where(|t| t == tag, status, &mut InPlace(None), usize::MAX)
+    }
+
+    /// [`fail_tagged`](Self::fail_tagged) that runs no consumer code (see
+    /// [`handle_completions_deferred`](Self::handle_completions_deferred)). It fails at most
+    /// [`after.room()`](Aftermath::room) slots (so finish `after` first) and returns how many
+    /// it failed; it stops early only when `after` is full, so call it again after
+    /// [`Aftermath::finish`] until it returns 0:
+    ///
+    /// ```
+    /// # use tokio_rdma_core::{Aftermath, Dispatcher, WcStatus};
+    /// # let dispatcher: Dispatcher<Vec<u8>> = Dispatcher::new(4);
+    /// # let qp_num = 7;
+    /// let mut after = Aftermath::new();
+    /// while dispatcher.fail_tagged_deferred(qp_num, WcStatus::WrFlushErr, &mut after) > 0 {
+    ///     after.finish(); // outside the critical section
+    /// }
+    /// after.finish();
+    /// ```
+    pub fn fail_tagged_deferred(
+        &self,
+        tag: u32,
+        status: WcStatus,
+        after: &mut Aftermath<R>,
+    ) -> usize {
+        let room = after.room();
+        self.fail_where(|t| t == tag, status, after, room)
+    }
+
+    /// Fails up to `limit` outstanding slots whose tag passes `select`; how many it failed.
+    fn fail_where(
+        &self,
+        select: impl Fn(u32) -> bool,
+        status: WcStatus,
+        effects: &mut impl Effects<R>,
+        limit: usize,
+    ) -> usize {
         let mut tally = Tally::default();
-        for (index, snapshot) in self.shared().table.snapshots() {
+        let mut failed = 0;
+        for (index, snapshot, tag) in self.shared().table.tagged_snapshots() {
+            if failed == limit {
+                break;
+            }
             let generation = match snapshot {
-                SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) => g,
-                SlotSnapshot::Free(_) | SlotSnapshot::Busy => continue,
+                SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) if select(tag) => g,
+                _ => continue,
             };
             let c = Completion {
                 wr_id: WrId::new(index, generation).into_raw(),
                 status,
                 ..Completion::zeroed()
             };
-            let _ = self.route(c, &mut tally, &mut InPlace(None));
+            if matches!(
+                self.route(c, &mut tally, effects),
+                Routed::Woken | Routed::Delivered | Routed::Reclaimed
+            ) {
+                failed += 1;
+            }
         }
         self.shared().counters.add(self.handle.home, &tally);
+        failed
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DispatchStats {
         self.shared().counters.snapshot()
-    }
-}
-
-/// One posted work request: a future resolving to its [`Completion`].
-///
-/// `Unpin`. The completion is handed out once: polling again after `Ready` panics (as most
-/// futures do), and [`try_complete`](Self::try_complete) then returns `None`. Dropping it before
-/// the completion arrived does not free the slot: the slot becomes *abandoned* and is freed by
-/// the completion (or flush error) when it comes. Use [`abandon`](Self::abandon) to keep
-/// buffers alive until then, [`cancel_unposted`](Self::cancel_unposted) if the work request
-/// never reached the NIC.
-pub struct Operation<R: Send + 'static = ()> {
-    handle: Arc<Handle<R>>,
-    /// Our slot and its generation (kept for `wr_id` after completion).
-    id: WrId,
-    /// `Some` while we own the slot; `None` once the completion was taken.
-    ticket: Option<OwnerTicket>,
-}
-
-impl<R: Send + 'static> fmt::Debug for Operation<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Operation")
-            .field("wr_id", &self.wr_id())
-            .field("done", &self.ticket.is_none())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: Send + 'static> Operation<R> {
-    /// The id to put into the work request's `wr_id`.
-    pub fn wr_id(&self) -> WrId {
-        self.id
-    }
-
-    #[inline]
-    fn shared(&self) -> &Shared<R> {
-        &self.handle.shared
-    }
-
-    #[inline]
-    fn table(&self) -> &SlotTable<R, Route<R>> {
-        &self.shared().table
-    }
-
-    /// Non-blocking check: the completion, if it has arrived (the slot is then freed and
-    /// the operation is finished: later calls return `None`).
-    #[inline]
-    pub fn try_complete(&mut self) -> Option<Completion> {
-        let ticket = self.ticket.take()?;
-        match self.table().try_take(ticket) {
-            Ok(c) => Some(c),
-            Err(ticket) => {
-                self.ticket = Some(ticket);
-                None
-            }
-        }
-    }
-
-    fn release_slot(&mut self, resources: Option<R>, posted: bool) {
-        if let Some(ticket) = self.ticket.take() {
-            let released = if posted {
-                self.table().release(ticket, resources)
-            } else {
-                self.table().cancel(ticket)
-            };
-            if let Released::Freed(r) = released {
-                drop(r);
-            }
-        }
-    }
-
-    /// The work request never reached the NIC (post failed): free the slot now.
-    pub fn cancel_unposted(mut self) {
-        self.release_slot(None, false);
-    }
-
-    /// Drops the operation while the NIC may still use `resources`: they are parked in the
-    /// slot and dropped when this slot's completion (or flush error) arrives, never before.
-    /// If the completion already arrived, they are dropped right away.
-    pub fn abandon(mut self, resources: R) {
-        self.release_slot(Some(resources), true);
-    }
-}
-
-impl<R: Send + 'static> Future for Operation<R> {
-    type Output = Completion;
-
-    #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
-        let this = &mut *self;
-        let Some(ticket) = this.ticket.take() else {
-            panic!("`Operation` polled after it returned `Ready`");
-        };
-        // Register, then re-check (inside `register`).
-        let ticket = match this.table().try_take(ticket) {
-            Ok(c) => return Poll::Ready(c),
-            Err(ticket) => ticket,
-        };
-        match this.table().register(ticket, cx.waker()) {
-            Ok(c) => Poll::Ready(c),
-            Err(ticket) => {
-                this.ticket = Some(ticket);
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<R: Send + 'static> Drop for Operation<R> {
-    fn drop(&mut self) {
-        // Without `abandon`: the slot is abandoned with no resources (or freed if the
-        // completion already arrived).
-        self.release_slot(None, true);
     }
 }

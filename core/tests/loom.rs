@@ -200,6 +200,42 @@ fn waker_registration_vs_completion() {
     });
 }
 
+/// `fail_tagged(A)` scans while a slot last reserved under tag A (now free) is reserved again
+/// under tag B: the scan must never fail B's reservation (it reads the tag after seeing the
+/// slot posted, and the tag is written before the slot is published).
+fn fail_tagged_vs_reservation(scanner_yields: bool) {
+    const A: u32 = 1;
+    const B: u32 = 2;
+    loom::model(move || {
+        let d: Dispatcher = Dispatcher::new(1);
+        let mut op_a = d.reserve_tagged(A).unwrap();
+        assert_eq!(d.handle_completion(completion(op_a.wr_id())), Routed::Woken);
+        assert!(op_a.try_complete().is_some());
+        let d2 = d.clone();
+        let reuse = thread::spawn(move || d2.reserve_tagged(B).expect("slot free"));
+        if scanner_yields {
+            // Let the reservation run first (loom's exploration rarely puts it before the
+            // scan's first load otherwise).
+            thread::yield_now();
+        }
+        assert_eq!(d.fail_tagged(A, tokio_rdma_core::WcStatus::WrFlushErr), 0);
+        let mut op_b = reuse.join().unwrap();
+        assert!(op_b.try_complete().is_none(), "B's reservation was failed");
+        assert_eq!(d.in_flight_tagged(B), 1);
+        op_b.cancel_unposted();
+    });
+}
+
+#[test]
+fn fail_tagged_vs_reservation_under_another_tag() {
+    fail_tagged_vs_reservation(false);
+}
+
+#[test]
+fn fail_tagged_after_reservation_under_another_tag() {
+    fail_tagged_vs_reservation(true);
+}
+
 #[test]
 fn atomic_waker_register_vs_wake() {
     loom::model(|| {

@@ -42,7 +42,7 @@ use std::task::Waker;
 
 use super::cell::UnsafeCell;
 use super::{
-    AtomicU32, AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
     Ordering::Release,
 };
 use crate::completion::Completion;
@@ -146,10 +146,12 @@ pub(crate) enum Released<R> {
 #[repr(align(128))]
 pub(crate) struct Slot<R, S> {
     state: AtomicU64,
-    /// The free-list shard of the handle that reserved the slot: freed slots go back there.
-    /// Written by the free-list popper before it publishes POSTED / ROUTED (Release), read by
-    /// whoever frees the slot after observing that state (Acquire), so `Relaxed` suffices.
-    home: AtomicU32,
+    /// The reservation's home and tag, `tag << 32 | home`: the free-list shard of the handle
+    /// that reserved the slot (freed slots go back there) and the caller's tag (e.g. the QP
+    /// number, for [`Dispatcher::fail_tagged`](crate::Dispatcher::fail_tagged)). Written by
+    /// the free-list popper before it publishes POSTED / ROUTED (Release), read by whoever
+    /// frees or scans the slot after observing that state (Acquire), so `Relaxed` suffices.
+    reservation: AtomicU64,
     waker: AtomicWaker,
     completion: UnsafeCell<Completion>,
     resources: UnsafeCell<Option<R>>,
@@ -168,7 +170,7 @@ impl<R, S> Slot<R, S> {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU64::new(pack(0, FREE)),
-            home: AtomicU32::new(0),
+            reservation: AtomicU64::new(0),
             waker: AtomicWaker::new(),
             completion: UnsafeCell::new(Completion::zeroed()),
             resources: UnsafeCell::new(None),
@@ -176,16 +178,26 @@ impl<R, S> Slot<R, S> {
         }
     }
 
-    /// Records the reserving handle's shard (by the free-list popper, before posting).
+    /// Records the reserving handle's shard and the reservation's tag (by the free-list
+    /// popper, before posting).
     #[inline]
-    pub(super) fn set_home(&self, home: usize) {
-        self.home.store(home as u32, Relaxed);
+    pub(super) fn set_reservation(&self, home: usize, tag: u32) {
+        self.reservation
+            .store(u64::from(tag) << 32 | home as u64, Relaxed);
     }
 
     /// The shard to free this slot into.
     #[inline]
     pub(super) fn home(&self) -> usize {
-        self.home.load(Relaxed) as usize
+        self.reservation.load(Relaxed) as u32 as usize
+    }
+
+    /// The tag of the current reservation. Read after an Acquire load of the state that saw
+    /// the slot reserved at generation `g`, it is `g`'s tag or a later reservation's (the slot
+    /// was freed and reserved again meanwhile, and `g` is stale).
+    #[inline]
+    pub(super) fn tag(&self) -> u32 {
+        (self.reservation.load(Relaxed) >> 32) as u32
     }
 
     fn addr(&self) -> usize {
@@ -277,9 +289,7 @@ impl<R, S> Slot<R, S> {
     /// Feeds the completion for `generation` to this slot, waking the owner's task in place.
     /// Never panics.
     pub(super) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
-        let (outcome, waker) = self.complete_with(generation, c, false);
-        debug_assert!(waker.is_none(), "wakes in place");
-        outcome
+        self.complete_with(generation, c, false).0
     }
 
     /// [`complete`](Self::complete) without touching the owner's task: the waker the
@@ -337,16 +347,13 @@ impl<R, S> Slot<R, S> {
     /// CLAIMED: dropped now, or returned if `defer`.
     #[inline(always)]
     fn take_claimed_waker(&self, cur: u64, defer: bool) -> Option<Waker> {
-        if cur & WAITER == 0 {
-            return None;
-        }
-        let waker = self.waker.take();
-        if defer {
-            waker
+        let waker = if cur & WAITER != 0 {
+            self.waker.take()
         } else {
-            drop(waker);
             None
-        }
+        };
+        // Not deferred: dropped here.
+        waker.filter(|_| defer)
     }
 
     /// COMPLETING -> COMPLETED (or -> FREE if the owner dropped meanwhile).
