@@ -10,33 +10,13 @@ use crate::aftermath::{Aftermath, Effects, InPlace};
 use crate::completion::{Completion, WcStatus};
 use crate::error::Error;
 use crate::inbox::InboxSender;
-use crate::route::{Delivery, Route};
+use crate::route::{Delivery, Route, Routed};
 use crate::stats::{Counters, DispatchStats, Tally};
 use crate::sync::{
     Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, SlotSnapshot, SlotTable, DEFAULT_SHARDS,
     MAX_SLOTS,
 };
 use crate::wr_id::WrId;
-
-/// What [`Dispatcher::handle_completion`] did with one completion.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Routed {
-    /// Stored for a live [`Operation`] (woken if it was waiting).
-    Woken = 0,
-    /// Delivered with its resources into the slot's inbox.
-    Delivered = 1,
-    /// Freed an abandoned slot (its parked resources were dropped now), or a routed delivery
-    /// failed (inbox full or closed; counted as `undeliverable` too) and the resources were
-    /// dropped.
-    Reclaimed = 2,
-    /// The generation did not match the slot's current one: ignored.
-    Stale = 3,
-    /// Index out of range, or the slot was never posted at this generation: ignored.
-    Unknown = 4,
-    /// The slot already holds a completion for this generation: ignored.
-    Duplicate = 5,
-}
 
 struct Shared<R: Send + 'static> {
     table: SlotTable<R, Route<R>>,
