@@ -4,8 +4,8 @@
 use std::fmt;
 
 use crate::completion::Completion;
-use crate::dispatcher::Routed;
 use crate::error::Error;
+use crate::route::Routed;
 use crate::stats::{Counters, DispatchStats, Tally};
 use crate::sync::{
     AtomicU64, FreeList, Ordering::AcqRel, Ordering::Acquire, Ordering::Release, DEFAULT_SHARDS,

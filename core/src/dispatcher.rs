@@ -1,76 +1,22 @@
 //! The completion dispatcher: a fixed table of work-request slots per CQ.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+mod operation;
 
+use std::fmt;
+
+pub use operation::Operation;
+
+use crate::aftermath::{Aftermath, Effects, InPlace};
 use crate::completion::{Completion, WcStatus};
 use crate::error::Error;
 use crate::inbox::InboxSender;
+use crate::route::{Delivery, Route, Routed};
 use crate::stats::{Counters, DispatchStats, Tally};
 use crate::sync::{
-    Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, OwnerTicket, Released, SlotSnapshot,
-    SlotTable, DEFAULT_SHARDS, MAX_SLOTS,
+    Arc, AtomicUsize, CompleteOutcome, Ordering::Relaxed, SlotSnapshot, SlotTable, DEFAULT_SHARDS,
+    MAX_SLOTS,
 };
 use crate::wr_id::WrId;
-
-/// What [`Dispatcher::handle_completion`] did with one completion.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Routed {
-    /// Stored for a live [`Operation`] (woken if it was waiting).
-    Woken = 0,
-    /// Delivered with its resources into the slot's inbox.
-    Delivered = 1,
-    /// Freed an abandoned slot (its parked resources were dropped now), or a routed delivery
-    /// failed (inbox full or closed; counted as `undeliverable` too) and the resources were
-    /// dropped.
-    Reclaimed = 2,
-    /// The generation did not match the slot's current one: ignored.
-    Stale = 3,
-    /// Index out of range, or the slot was never posted at this generation: ignored.
-    Unknown = 4,
-    /// The slot already holds a completion for this generation: ignored.
-    Duplicate = 5,
-}
-
-/// A routed completion, delivered into an inbox together with the resources parked at
-/// [`Dispatcher::reserve_into`] (typically the receive buffer).
-#[derive(Debug)]
-pub struct Delivery<R> {
-    /// The completion.
-    pub completion: Completion,
-    /// The resources parked with the slot.
-    pub resources: R,
-}
-
-type Route<R> = InboxSender<Delivery<R>>;
-
-/// The inbox whose receiver still has to be woken (woken when replaced or dropped).
-struct DeferredWake<R: Send + 'static>(Option<Route<R>>);
-
-impl<R: Send + 'static> DeferredWake<R> {
-    #[inline]
-    fn defer(&mut self, sender: Route<R>) {
-        match &self.0 {
-            Some(pending) if pending.same_inbox(&sender) => {}
-            _ => {
-                if let Some(previous) = self.0.replace(sender) {
-                    previous.wake_receiver();
-                }
-            }
-        }
-    }
-}
-
-impl<R: Send + 'static> Drop for DeferredWake<R> {
-    fn drop(&mut self) {
-        if let Some(pending) = self.0.take() {
-            pending.wake_receiver();
-        }
-    }
-}
 
 struct Shared<R: Send + 'static> {
     table: SlotTable<R, Route<R>>,
@@ -186,6 +132,16 @@ impl<R: Send + 'static> Dispatcher<R> {
             .count()
     }
 
+    /// [`in_flight`](Self::in_flight), counting only the slots reserved with `tag` (see
+    /// [`reserve_tagged`](Self::reserve_tagged)). Cold path: scans the table.
+    pub fn in_flight_tagged(&self, tag: u32) -> usize {
+        self.shared()
+            .table
+            .tagged_snapshots()
+            .filter(|(_, s, t)| *t == tag && !matches!(s, SlotSnapshot::Free(_)))
+            .count()
+    }
+
     #[inline]
     fn exhausted(&self) -> Error {
         Error::Exhausted {
@@ -193,7 +149,8 @@ impl<R: Send + 'static> Dispatcher<R> {
         }
     }
 
-    /// Reserves a slot for a work request about to be posted (Free -> Posted).
+    /// Reserves a slot for a work request about to be posted (Free -> Posted), with tag 0
+    /// (see [`reserve_tagged`](Self::reserve_tagged)).
     ///
     /// Put [`Operation::wr_id`] into the work request, post it, then await the operation. If
     /// posting fails, call [`Operation::cancel_unposted`]; if the operation must be dropped
@@ -203,16 +160,23 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// [`Error::Exhausted`] when every slot is in use.
     #[inline]
     pub fn reserve(&self) -> Result<Operation<R>, Error> {
+        self.reserve_tagged(0)
+    }
+
+    /// [`reserve`](Self::reserve), tagging the slot with `tag` (e.g. the number of the QP the
+    /// work request is posted to), so that [`fail_tagged`](Self::fail_tagged) can fail the
+    /// slots of one QP whose flush completions never come.
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] when every slot is in use.
+    #[inline]
+    pub fn reserve_tagged(&self, tag: u32) -> Result<Operation<R>, Error> {
         let ticket = self
             .shared()
             .table
-            .reserve(self.handle.home)
+            .reserve(self.handle.home, tag)
             .ok_or_else(|| self.exhausted())?;
-        Ok(Operation {
-            handle: self.handle.clone(),
-            id: ticket.wr_id(),
-            ticket: Some(ticket),
-        })
+        Ok(Operation::new(self.handle.clone(), ticket))
     }
 
     /// Reserves a routed slot (Free -> Posted, routed): its completion is delivered together
@@ -228,11 +192,27 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// # Errors
     /// [`Error::Exhausted`] when every slot is in use (the resources are dropped);
     /// [`Error::InboxClosed`] when the inbox is already closed.
+    /// The slot gets tag 0 (see [`reserve_into_tagged`](Self::reserve_into_tagged)).
     #[inline]
     pub fn reserve_into(
         &self,
         sender: &InboxSender<Delivery<R>>,
         resources: R,
+    ) -> Result<WrId, Error> {
+        self.reserve_into_tagged(sender, resources, 0)
+    }
+
+    /// [`reserve_into`](Self::reserve_into), tagging the slot with `tag` (see
+    /// [`reserve_tagged`](Self::reserve_tagged)).
+    ///
+    /// # Errors
+    /// As [`reserve_into`](Self::reserve_into).
+    #[inline]
+    pub fn reserve_into_tagged(
+        &self,
+        sender: &InboxSender<Delivery<R>>,
+        resources: R,
+        tag: u32,
     ) -> Result<WrId, Error> {
         if sender.is_closed() {
             return Err(Error::InboxClosed);
@@ -240,7 +220,7 @@ impl<R: Send + 'static> Dispatcher<R> {
         match self
             .shared()
             .table
-            .reserve_routed(self.handle.home, sender.clone(), resources)
+            .reserve_routed(self.handle.home, sender.clone(), resources, tag)
         {
             Ok((index, generation)) => Ok(WrId::new(index, generation)),
             Err(_) => Err(self.exhausted()),
@@ -258,13 +238,14 @@ impl<R: Send + 'static> Dispatcher<R> {
     }
 
     #[inline]
-    fn route(&self, c: Completion, tally: &mut Tally, wake: &mut DeferredWake<R>) -> Routed {
+    fn route(&self, c: Completion, tally: &mut Tally, effects: &mut impl Effects<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
-        let outcome = self.shared().table.complete(id.index(), id.generation(), c);
-        let routed = match outcome {
+        let routed = match effects.complete(&self.shared().table, id, c) {
             CompleteOutcome::Stored => Routed::Woken,
             CompleteOutcome::Reclaimed(resources) => {
-                drop(resources);
+                if let Some(resources) = resources {
+                    effects.drop_resources(resources);
+                }
                 Routed::Reclaimed
             }
             CompleteOutcome::Routed(sender, resources) => {
@@ -272,13 +253,16 @@ impl<R: Send + 'static> Dispatcher<R> {
                     completion: c,
                     resources,
                 };
-                if sender.try_send_deferred(delivery).is_ok() {
-                    wake.defer(sender);
-                    Routed::Delivered
-                } else {
-                    tally.undeliverable();
-                    Routed::Reclaimed
-                }
+                let routed = match sender.try_send_deferred(delivery) {
+                    Ok(()) => Routed::Delivered,
+                    Err(failed) => {
+                        tally.undeliverable();
+                        effects.drop_resources(failed.into_inner().resources);
+                        Routed::Reclaimed
+                    }
+                };
+                effects.inbox(sender);
+                routed
             }
             CompleteOutcome::Stale => Routed::Stale,
             CompleteOutcome::Unknown => Routed::Unknown,
@@ -292,22 +276,52 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// out of range, stale, never posted or duplicated are counted and ignored.
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
-        let r = self.route(c, &mut tally, &mut DeferredWake(None));
+        let r = self.route(c, &mut tally, &mut InPlace(None));
         self.shared().counters.add(self.handle.home, &tally);
         r
     }
 
     /// Routes a batch (e.g. one `ibv_poll_cq` result); returns how many reached a live owner
     /// ([`Routed::Woken`] or [`Routed::Delivered`]). Counters are updated once per batch.
+    ///
+    /// Wakes tasks and drops reclaimed resources in place, that is, runs consumer code (see
+    /// [`Aftermath`]); a caller inside a critical section uses
+    /// [`handle_completions_deferred`](Self::handle_completions_deferred).
     #[inline]
     pub fn handle_completions(&self, batch: &[Completion]) -> usize {
         let mut tally = Tally::default();
         // Consecutive deliveries into the same inbox wake its receiver once.
-        let mut wake = DeferredWake(None);
+        let mut effects = InPlace(None);
         for c in batch {
-            let _ = self.route(*c, &mut tally, &mut wake);
+            let _ = self.route(*c, &mut tally, &mut effects);
         }
-        drop(wake);
+        drop(effects);
+        self.shared().counters.add(self.handle.home, &tally);
+        tally.routed_live()
+    }
+
+    /// [`handle_completions`](Self::handle_completions) that runs no consumer code: the
+    /// operations' wakers, the inboxes whose receivers are to be woken and the resources to
+    /// drop (of abandoned operations and of failed deliveries) go into `after`, for
+    /// [`Aftermath::finish`] once the caller left its critical section (e.g. released the
+    /// CQ's polling flag). Returns how many reached a live owner; the completions are
+    /// observable (by [`Operation::try_complete`], [`InboxReceiver::try_recv`]) at once, only
+    /// the wake-ups wait.
+    ///
+    /// Allocation-free. Keep `batch` at most [`Aftermath::CAPACITY`] long and finish `after`
+    /// between batches: effects that do not fit are run in place (see [`Aftermath`]).
+    ///
+    /// [`InboxReceiver::try_recv`]: crate::InboxReceiver::try_recv
+    #[inline]
+    pub fn handle_completions_deferred(
+        &self,
+        batch: &[Completion],
+        after: &mut Aftermath<R>,
+    ) -> usize {
+        let mut tally = Tally::default();
+        for c in batch {
+            let _ = self.route(*c, &mut tally, after);
+        }
         self.shared().counters.add(self.handle.home, &tally);
         tally.routed_live()
     }
@@ -318,137 +332,82 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// `wr_id`, the given status and otherwise [`Completion::zeroed`] fields (like a flushed
     /// work completion, its opcode is meaningless).
     pub fn fail_all(&self, status: WcStatus) {
+        let _ = self.fail_where(|_| true, status, &mut InPlace(None), usize::MAX);
+    }
+
+    /// [`fail_all`](Self::fail_all) for the slots reserved with `tag` only (see
+    /// [`reserve_tagged`](Self::reserve_tagged)): e.g. the work requests of a QP that was
+    /// destroyed, or whose flush completions never came. Other tags are untouched; a real
+    /// completion of a failed slot arriving later is counted `stale` (or `duplicate` while the
+    /// owner has not taken the synthetic one yet), never delivered twice. Returns how many
+    /// slots it failed. Cold path: scans the table, and runs consumer code in place like
+    /// [`handle_completions`](Self::handle_completions).
+    pub fn fail_tagged(&self, tag: u32, status: WcStatus) -> usize {
+        self.fail_where(|t| t == tag, status, &mut InPlace(None), usize::MAX)
+    }
+
+    /// [`fail_tagged`](Self::fail_tagged) that runs no consumer code (see
+    /// [`handle_completions_deferred`](Self::handle_completions_deferred)). It fails at most
+    /// [`after.room()`](Aftermath::room) slots (so finish `after` first) and returns how many
+    /// it failed; it stops early only when `after` is full, so call it again after
+    /// [`Aftermath::finish`] until it returns 0:
+    ///
+    /// ```
+    /// # use tokio_rdma_core::{Aftermath, Dispatcher, WcStatus};
+    /// # let dispatcher: Dispatcher<Vec<u8>> = Dispatcher::new(4);
+    /// # let qp_num = 7;
+    /// let mut after = Aftermath::new();
+    /// while dispatcher.fail_tagged_deferred(qp_num, WcStatus::WrFlushErr, &mut after) > 0 {
+    ///     after.finish(); // outside the critical section
+    /// }
+    /// after.finish();
+    /// ```
+    pub fn fail_tagged_deferred(
+        &self,
+        tag: u32,
+        status: WcStatus,
+        after: &mut Aftermath<R>,
+    ) -> usize {
+        let room = after.room();
+        self.fail_where(|t| t == tag, status, after, room)
+    }
+
+    /// Fails up to `limit` outstanding slots whose tag passes `select`; how many it failed.
+    fn fail_where(
+        &self,
+        select: impl Fn(u32) -> bool,
+        status: WcStatus,
+        effects: &mut impl Effects<R>,
+        limit: usize,
+    ) -> usize {
         let mut tally = Tally::default();
-        for (index, snapshot) in self.shared().table.snapshots() {
+        let mut failed = 0;
+        for (index, snapshot, tag) in self.shared().table.tagged_snapshots() {
+            if failed == limit {
+                break;
+            }
             let generation = match snapshot {
-                SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) => g,
-                SlotSnapshot::Free(_) | SlotSnapshot::Busy => continue,
+                SlotSnapshot::Posted(g) | SlotSnapshot::Routed(g) if select(tag) => g,
+                _ => continue,
             };
             let c = Completion {
                 wr_id: WrId::new(index, generation).into_raw(),
                 status,
                 ..Completion::zeroed()
             };
-            let _ = self.route(c, &mut tally, &mut DeferredWake(None));
+            if matches!(
+                self.route(c, &mut tally, effects),
+                Routed::Woken | Routed::Delivered | Routed::Reclaimed
+            ) {
+                failed += 1;
+            }
         }
         self.shared().counters.add(self.handle.home, &tally);
+        failed
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DispatchStats {
         self.shared().counters.snapshot()
-    }
-}
-
-/// One posted work request: a future resolving to its [`Completion`].
-///
-/// `Unpin`. The completion is handed out once: polling again after `Ready` panics (as most
-/// futures do), and [`try_complete`](Self::try_complete) then returns `None`. Dropping it before
-/// the completion arrived does not free the slot: the slot becomes *abandoned* and is freed by
-/// the completion (or flush error) when it comes. Use [`abandon`](Self::abandon) to keep
-/// buffers alive until then, [`cancel_unposted`](Self::cancel_unposted) if the work request
-/// never reached the NIC.
-pub struct Operation<R: Send + 'static = ()> {
-    handle: Arc<Handle<R>>,
-    /// Our slot and its generation (kept for `wr_id` after completion).
-    id: WrId,
-    /// `Some` while we own the slot; `None` once the completion was taken.
-    ticket: Option<OwnerTicket>,
-}
-
-impl<R: Send + 'static> fmt::Debug for Operation<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Operation")
-            .field("wr_id", &self.wr_id())
-            .field("done", &self.ticket.is_none())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: Send + 'static> Operation<R> {
-    /// The id to put into the work request's `wr_id`.
-    pub fn wr_id(&self) -> WrId {
-        self.id
-    }
-
-    #[inline]
-    fn shared(&self) -> &Shared<R> {
-        &self.handle.shared
-    }
-
-    #[inline]
-    fn table(&self) -> &SlotTable<R, Route<R>> {
-        &self.shared().table
-    }
-
-    /// Non-blocking check: the completion, if it has arrived (the slot is then freed and
-    /// the operation is finished: later calls return `None`).
-    #[inline]
-    pub fn try_complete(&mut self) -> Option<Completion> {
-        let ticket = self.ticket.take()?;
-        match self.table().try_take(ticket) {
-            Ok(c) => Some(c),
-            Err(ticket) => {
-                self.ticket = Some(ticket);
-                None
-            }
-        }
-    }
-
-    fn release_slot(&mut self, resources: Option<R>, posted: bool) {
-        if let Some(ticket) = self.ticket.take() {
-            let released = if posted {
-                self.table().release(ticket, resources)
-            } else {
-                self.table().cancel(ticket)
-            };
-            if let Released::Freed(r) = released {
-                drop(r);
-            }
-        }
-    }
-
-    /// The work request never reached the NIC (post failed): free the slot now.
-    pub fn cancel_unposted(mut self) {
-        self.release_slot(None, false);
-    }
-
-    /// Drops the operation while the NIC may still use `resources`: they are parked in the
-    /// slot and dropped when this slot's completion (or flush error) arrives, never before.
-    /// If the completion already arrived, they are dropped right away.
-    pub fn abandon(mut self, resources: R) {
-        self.release_slot(Some(resources), true);
-    }
-}
-
-impl<R: Send + 'static> Future for Operation<R> {
-    type Output = Completion;
-
-    #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
-        let this = &mut *self;
-        let Some(ticket) = this.ticket.take() else {
-            panic!("`Operation` polled after it returned `Ready`");
-        };
-        // Register, then re-check (inside `register`).
-        let ticket = match this.table().try_take(ticket) {
-            Ok(c) => return Poll::Ready(c),
-            Err(ticket) => ticket,
-        };
-        match this.table().register(ticket, cx.waker()) {
-            Ok(c) => Poll::Ready(c),
-            Err(ticket) => {
-                this.ticket = Some(ticket);
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<R: Send + 'static> Drop for Operation<R> {
-    fn drop(&mut self) {
-        // Without `abandon`: the slot is abandoned with no resources (or freed if the
-        // completion already arrived).
-        self.release_slot(None, true);
     }
 }

@@ -93,6 +93,12 @@
 //! the cycle does not exist. The same workload written this way completes (also in
 //! `tests/seed_deadlock.rs`).
 //!
+//! What is left of consumer code at delivery time — dropping the resources of an abandoned
+//! operation or of a failed delivery, waking a task — can be moved out of the deliverer's
+//! critical section too: [`Dispatcher::handle_completions_deferred`] collects it in an
+//! [`Aftermath`], which the driver [`finish`](Aftermath::finish)es after releasing its per-CQ
+//! polling flag.
+//!
 //! # Back-pressure
 //!
 //! * Operations: the slot table is the queue depth; [`Dispatcher::reserve`] fails with
@@ -103,6 +109,7 @@
 //!   [`DispatchStats`] and its resources dropped.
 //! * [`InboxSender::try_send`] reports [`TrySendError::Full`]; it never blocks or grows.
 
+mod aftermath;
 mod callback;
 mod completion;
 mod dispatcher;
@@ -110,18 +117,21 @@ mod driver;
 mod error;
 mod event;
 mod inbox;
+mod route;
 mod stats;
 pub mod sync;
 mod teardown;
 mod wr_id;
 
+pub use aftermath::Aftermath;
 pub use callback::{CallbackDispatcher, ConsumerId};
 pub use completion::{Completion, WcFlags, WcOpcode, WcStatus};
-pub use dispatcher::{Delivery, Dispatcher, Operation, Routed};
+pub use dispatcher::{Dispatcher, Operation};
 pub use driver::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 pub use error::Error;
 pub use event::{EventSource, EventStream, NextEvent};
 pub use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
+pub use route::{Delivery, Routed};
 pub use stats::DispatchStats;
 pub use teardown::{QpTeardown, TeardownAction, TeardownState};
 pub use wr_id::WrId;

@@ -1,7 +1,7 @@
 //! Dispatch counters, shared by [`Dispatcher`](crate::Dispatcher) and
 //! [`CallbackDispatcher`](crate::CallbackDispatcher).
 
-use crate::dispatcher::Routed;
+use crate::route::Routed;
 use crate::sync::{AtomicU64, CachePadded, Ordering::Relaxed};
 
 /// A snapshot of a dispatcher's counters.

@@ -1,5 +1,6 @@
 //! Steady-state dispatch allocates nothing: a counting global allocator (process-wide, hence
-//! its own test binary) observes 10^6 completions through every hot path.
+//! its own test binary) observes 10^6 completions through every hot path, each both through
+//! `handle_completions` and through `handle_completions_deferred` + `Aftermath::finish`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use tokio_rdma_core::sync::CountingAllocator;
-use tokio_rdma_core::{inbox, Completion, Dispatcher, Operation, WcOpcode};
+use tokio_rdma_core::{inbox, Aftermath, Completion, Dispatcher, Operation, WcOpcode};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator::new();
@@ -32,6 +33,25 @@ struct Bench {
     batch: Vec<Completion>,
     waker: Waker,
     wakes: Arc<CountWake>,
+    /// Route through `handle_completions_deferred` (and finish `after`) instead.
+    deferred: bool,
+    after: Aftermath<Box<[u8]>>,
+}
+
+/// Routes `batch` in place, or deferred and then finished.
+fn dispatch(
+    d: &Dispatcher<Box<[u8]>>,
+    batch: &[Completion],
+    deferred: bool,
+    after: &mut Aftermath<Box<[u8]>>,
+) -> usize {
+    if deferred {
+        let n = d.handle_completions_deferred(batch, after);
+        after.finish();
+        n
+    } else {
+        d.handle_completions(batch)
+    }
 }
 
 impl Bench {
@@ -53,7 +73,7 @@ impl Bench {
             });
             self.ops.push(op);
         }
-        let n = self.d.handle_completions(&self.batch);
+        let n = dispatch(&self.d, &self.batch, self.deferred, &mut self.after);
         assert_eq!(n, BATCH);
         for (i, op) in self.ops.iter_mut().enumerate() {
             match Pin::new(op).poll(&mut cx) {
@@ -76,7 +96,7 @@ impl Bench {
             });
             drop(op);
         }
-        let _ = self.d.handle_completions(&self.batch);
+        let _ = dispatch(&self.d, &self.batch, self.deferred, &mut self.after);
         BATCH
     }
 }
@@ -90,6 +110,8 @@ fn steady_state_dispatch_allocates_nothing() {
         batch: Vec::with_capacity(BATCH),
         waker: Waker::from(wakes.clone()),
         wakes: wakes.clone(),
+        deferred: false,
+        after: Aftermath::new(),
     };
     // Receive path: buffers allocated once, routed, delivered, re-posted.
     let (tx, mut rx) = inbox(BATCH);
@@ -101,7 +123,8 @@ fn steady_state_dispatch_allocates_nothing() {
         );
     }
     let mut recv_batch = Vec::with_capacity(BATCH);
-    let mut recv_round = |d: &Dispatcher<Box<[u8]>>| {
+    let mut recv_after = Aftermath::new();
+    let mut recv_round = |d: &Dispatcher<Box<[u8]>>, deferred: bool| {
         recv_batch.clear();
         recv_batch.extend(recv_ids.iter().map(|id| Completion {
             wr_id: id.into_raw(),
@@ -109,7 +132,7 @@ fn steady_state_dispatch_allocates_nothing() {
             byte_len: 8,
             ..Completion::zeroed()
         }));
-        assert_eq!(d.handle_completions(&recv_batch), BATCH);
+        assert_eq!(dispatch(d, &recv_batch, deferred, &mut recv_after), BATCH);
         recv_ids.clear();
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         while let Poll::Ready(Some(delivery)) = rx.poll_recv(&mut cx) {
@@ -124,20 +147,25 @@ fn steady_state_dispatch_allocates_nothing() {
     };
 
     // Warm-up (lazy statics, first-touch of every path).
-    b.futures_round(false);
-    b.futures_round(true);
-    b.abandon_round();
-    recv_round(&b.d);
+    for deferred in [false, true] {
+        b.deferred = deferred;
+        b.futures_round(false);
+        b.futures_round(true);
+        b.abandon_round();
+        recv_round(&b.d, deferred);
+    }
 
     let (done, allocations) = GLOBAL.measure(|| {
         let mut done = 0;
         let mut round = 0u32;
         while done < TOTAL {
+            // Rounds 0-3 in place, 4-7 deferred.
+            b.deferred = round % 8 >= 4;
             done += match round % 4 {
                 0 => b.futures_round(false),
                 1 => b.futures_round(true),
                 2 => b.abandon_round(),
-                _ => recv_round(&b.d),
+                _ => recv_round(&b.d, b.deferred),
             };
             round += 1;
         }

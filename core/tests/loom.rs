@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::task::Poll;
 
 use tokio_rdma_core::sync::AtomicWaker;
-use tokio_rdma_core::{inbox, Completion, Dispatcher, Routed};
+use tokio_rdma_core::{inbox, Aftermath, Completion, Dispatcher, Routed};
 
 fn completion(op_id: tokio_rdma_core::WrId) -> Completion {
     Completion {
@@ -101,6 +101,92 @@ fn completion_vs_plain_drop() {
     });
 }
 
+/// A waker that records whether it was woken (from any thread).
+struct Flag(AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// Routes one completion in place, or deferred and then finished (as a driver does after
+/// releasing its CQ flag).
+fn complete_one<R: Send + 'static>(d: &Dispatcher<R>, c: Completion, deferred: bool) -> usize {
+    if deferred {
+        let mut after = Aftermath::new();
+        let n = d.handle_completions_deferred(&[c], &mut after);
+        after.finish();
+        n
+    } else {
+        d.handle_completions(&[c])
+    }
+}
+
+/// The stolen-waker race: owner A, which had polled once (registered a waker), drops its
+/// operation while the CQ thread completes A's slot. Once the slot is free, owner B reserves
+/// it, polls once (registers its own waker) and B's completion is delivered: B must be woken.
+/// A's `release` must never take B's waker out of the recycled slot without waking it (nor
+/// may a deferred completion of A's slot take it without waking it in `finish`).
+fn stolen_waker(deferred: bool) {
+    loom::model(move || {
+        let d: Dispatcher = Dispatcher::new(1);
+        let mut op_a = d.reserve().unwrap();
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        assert!(std::pin::Pin::new(&mut op_a).poll(&mut cx).is_pending());
+        let c_a = completion(op_a.wr_id());
+        let owner_a = thread::spawn(move || drop(op_a));
+        let d2 = d.clone();
+        let cq = thread::spawn(move || complete_one(&d2, c_a, deferred));
+        // Owner B: the single slot comes back once A's drop and A's completion both ran.
+        let mut op_b = loop {
+            match d.reserve() {
+                Ok(op) => break op,
+                Err(_) => thread::yield_now(),
+            }
+        };
+        assert_eq!(op_b.wr_id().generation(), 1);
+        let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut op_b).poll(&mut cx).is_pending());
+        assert_eq!(complete_one(&d, completion(op_b.wr_id()), deferred), 1);
+        // A's completer may have woken B (a late `wake` after A's slot was recycled still
+        // wakes): join first, so that wake-up is visible here.
+        owner_a.join().unwrap();
+        assert!(cq.join().unwrap() <= 1);
+        assert!(flag.0.load(SeqCst), "the new owner's waker was lost");
+        assert_eq!(op_b.try_complete().map(|c| c.byte_len), Some(42));
+        assert_eq!(d.in_flight(), 0);
+    });
+}
+
+#[test]
+fn dropped_owner_never_steals_the_next_owners_waker() {
+    stolen_waker(false);
+}
+
+#[test]
+fn dropped_owner_never_steals_the_next_owners_waker_deferred() {
+    stolen_waker(true);
+}
+
+/// A deferred completion races with the owner registering its waker: the owner is woken by
+/// `finish` or sees the completion on its re-check (a lost wake-up deadlocks `block_on`).
+#[test]
+fn waker_registration_vs_deferred_completion() {
+    loom::model(|| {
+        let d: Dispatcher = Dispatcher::new(1);
+        let op = d.reserve().unwrap();
+        let c = completion(op.wr_id());
+        let d2 = d.clone();
+        let cq = thread::spawn(move || complete_one(&d2, c, true));
+        assert_eq!(block_on(op).byte_len, 42);
+        assert_eq!(cq.join().unwrap(), 1);
+        assert_eq!(d.in_flight(), 0);
+    });
+}
+
 #[test]
 fn waker_registration_vs_completion() {
     loom::model(|| {
@@ -112,6 +198,42 @@ fn waker_registration_vs_completion() {
         assert_eq!(cq.join().unwrap(), Routed::Woken);
         assert_eq!(d.in_flight(), 0);
     });
+}
+
+/// `fail_tagged(A)` scans while a slot last reserved under tag A (now free) is reserved again
+/// under tag B: the scan must never fail B's reservation (it reads the tag after seeing the
+/// slot posted, and the tag is written before the slot is published).
+fn fail_tagged_vs_reservation(scanner_yields: bool) {
+    const A: u32 = 1;
+    const B: u32 = 2;
+    loom::model(move || {
+        let d: Dispatcher = Dispatcher::new(1);
+        let mut op_a = d.reserve_tagged(A).unwrap();
+        assert_eq!(d.handle_completion(completion(op_a.wr_id())), Routed::Woken);
+        assert!(op_a.try_complete().is_some());
+        let d2 = d.clone();
+        let reuse = thread::spawn(move || d2.reserve_tagged(B).expect("slot free"));
+        if scanner_yields {
+            // Let the reservation run first (loom's exploration rarely puts it before the
+            // scan's first load otherwise).
+            thread::yield_now();
+        }
+        assert_eq!(d.fail_tagged(A, tokio_rdma_core::WcStatus::WrFlushErr), 0);
+        let mut op_b = reuse.join().unwrap();
+        assert!(op_b.try_complete().is_none(), "B's reservation was failed");
+        assert_eq!(d.in_flight_tagged(B), 1);
+        op_b.cancel_unposted();
+    });
+}
+
+#[test]
+fn fail_tagged_vs_reservation_under_another_tag() {
+    fail_tagged_vs_reservation(false);
+}
+
+#[test]
+fn fail_tagged_after_reservation_under_another_tag() {
+    fail_tagged_vs_reservation(true);
 }
 
 #[test]

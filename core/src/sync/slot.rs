@@ -16,16 +16,24 @@
 //!
 //! | state                  | completion cell | resources cell | route cell |
 //! |------------------------|-----------------|----------------|------------|
-//! | FREE, CLAIMED          | winner of the transition into CLAIMED / the free-list popper ||
-//!
-//! Every transition into FREE is followed by pushing the slot's index onto the table's free
-//! list, and FREE -> POSTED / ROUTED is only done by whoever popped it off again; the
-//! [`SlotTable`](super::SlotTable) keeps that pairing, which is why leaving FREE is a store.
+//! | FREE                   | the free-list popper | same      | same       |
+//! | CLAIMED                | winner of the transition into CLAIMED | same | same |
 //! | POSTED                 | nobody          | owner          | nobody     |
 //! | POSTED \| DROPPED      | nobody          | slot (next completer) | nobody |
 //! | COMPLETING             | completer       | owner (slot if DROPPED) | nobody |
 //! | COMPLETED              | owner           | owner          | nobody     |
 //! | ROUTED                 | nobody          | slot (next completer / canceller) | same |
+//!
+//! Every transition into FREE is followed by pushing the slot's index onto the table's free
+//! list, and FREE -> POSTED / ROUTED is only done by whoever popped it off again; the
+//! [`SlotTable`](super::SlotTable) keeps that pairing, which is why leaving FREE is a store.
+//!
+//! The waker ([`AtomicWaker`], safe to touch from any thread) follows one rule: nobody
+//! *removes* it without waking it after the slot may have left its generation. Owners take
+//! their waker out before publishing DROPPED, claimants while holding CLAIMED, the owner in
+//! `consume` before publishing FREE. Only the completer's wake-up after publishing COMPLETED can
+//! come late (after the owner consumed, the slot was freed and re-reserved); it then wakes the
+//! next owner's task once, spuriously, which re-polls and re-registers: no wake-up is lost.
 //!
 //! The owner of a posted slot is proven by an [`OwnerTicket`], which only [`Slot::try_post`]
 //! creates, cannot be cloned, and is bound to one slot and one generation.
@@ -34,7 +42,7 @@ use std::task::Waker;
 
 use super::cell::UnsafeCell;
 use super::{
-    AtomicU32, AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    AtomicU64, AtomicWaker, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
     Ordering::Release,
 };
 use crate::completion::Completion;
@@ -138,10 +146,12 @@ pub(crate) enum Released<R> {
 #[repr(align(128))]
 pub(crate) struct Slot<R, S> {
     state: AtomicU64,
-    /// The free-list shard of the handle that reserved the slot: freed slots go back there.
-    /// Written by the free-list popper before it publishes POSTED / ROUTED (Release), read by
-    /// whoever frees the slot after observing that state (Acquire), so `Relaxed` suffices.
-    home: AtomicU32,
+    /// The reservation's home and tag, `tag << 32 | home`: the free-list shard of the handle
+    /// that reserved the slot (freed slots go back there) and the caller's tag (e.g. the QP
+    /// number, for [`Dispatcher::fail_tagged`](crate::Dispatcher::fail_tagged)). Written by
+    /// the free-list popper before it publishes POSTED / ROUTED (Release), read by whoever
+    /// frees or scans the slot after observing that state (Acquire), so `Relaxed` suffices.
+    reservation: AtomicU64,
     waker: AtomicWaker,
     completion: UnsafeCell<Completion>,
     resources: UnsafeCell<Option<R>>,
@@ -160,7 +170,7 @@ impl<R, S> Slot<R, S> {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU64::new(pack(0, FREE)),
-            home: AtomicU32::new(0),
+            reservation: AtomicU64::new(0),
             waker: AtomicWaker::new(),
             completion: UnsafeCell::new(Completion::zeroed()),
             resources: UnsafeCell::new(None),
@@ -168,16 +178,26 @@ impl<R, S> Slot<R, S> {
         }
     }
 
-    /// Records the reserving handle's shard (by the free-list popper, before posting).
+    /// Records the reserving handle's shard and the reservation's tag (by the free-list
+    /// popper, before posting).
     #[inline]
-    pub(super) fn set_home(&self, home: usize) {
-        self.home.store(home as u32, Relaxed);
+    pub(super) fn set_reservation(&self, home: usize, tag: u32) {
+        self.reservation
+            .store(u64::from(tag) << 32 | home as u64, Relaxed);
     }
 
     /// The shard to free this slot into.
     #[inline]
     pub(super) fn home(&self) -> usize {
-        self.home.load(Relaxed) as usize
+        self.reservation.load(Relaxed) as u32 as usize
+    }
+
+    /// The tag of the current reservation. Read after an Acquire load of the state that saw
+    /// the slot reserved at generation `g`, it is `g`'s tag or a later reservation's (the slot
+    /// was freed and reserved again meanwhile, and `g` is stale).
+    #[inline]
+    pub(super) fn tag(&self) -> u32 {
+        (self.reservation.load(Relaxed) >> 32) as u32
     }
 
     fn addr(&self) -> usize {
@@ -266,39 +286,84 @@ impl<R, S> Slot<R, S> {
         Some((s, r))
     }
 
-    /// Feeds the completion for `generation` to this slot. Never panics.
+    /// Feeds the completion for `generation` to this slot, waking the owner's task in place.
+    /// Never panics.
     pub(super) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
+        self.complete_with(generation, c, false).0
+    }
+
+    /// [`complete`](Self::complete) without touching the owner's task: the waker the
+    /// completion would have woken is taken out and returned instead, for the caller to wake
+    /// later (after leaving a context where no consumer code may run). Never panics.
+    ///
+    /// A waker taken after COMPLETED was published may already belong to the slot's next
+    /// owner (the owner consumed, the slot was freed and reserved again): waking it later is
+    /// then a spurious wake-up of that task, which re-polls and re-registers, so it must be
+    /// woken, never just dropped. (From a claimed slot it is a dropped owner's waker, if any.)
+    pub(super) fn complete_deferred(
+        &self,
+        generation: u32,
+        c: Completion,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
+        self.complete_with(generation, c, true)
+    }
+
+    #[inline(always)]
+    fn complete_with(
+        &self,
+        generation: u32,
+        c: Completion,
+        defer: bool,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         let mut cur = self.state.load(Acquire);
         loop {
             if generation_of(cur) != generation {
-                return CompleteOutcome::Stale;
+                return (CompleteOutcome::Stale, None);
             }
             let (next, outcome_after_claim) = match cur & TAG_MASK {
                 POSTED if cur & DROPPED != 0 => (pack(generation, CLAIMED), true),
                 POSTED => ((cur & !TAG_MASK) | COMPLETING, false),
                 ROUTED => (pack(generation, CLAIMED), true),
-                FREE => return CompleteOutcome::Unknown,
-                _ => return CompleteOutcome::Duplicate,
+                FREE => return (CompleteOutcome::Unknown, None),
+                _ => return (CompleteOutcome::Duplicate, None),
             };
             match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
                 Ok(_) if outcome_after_claim => {
                     let routed = cur & TAG_MASK == ROUTED;
-                    if cur & WAITER != 0 {
-                        drop(self.waker.take());
-                    }
-                    return match (routed, self.take_and_free(generation)) {
+                    let waker = self.take_claimed_waker(cur, defer);
+                    let outcome = match (routed, self.take_and_free(generation)) {
                         (true, (Some(r), Some(s))) => CompleteOutcome::Routed(s, r),
                         (_, (r, _)) => CompleteOutcome::Reclaimed(r),
                     };
+                    return (outcome, waker);
                 }
-                Ok(_) => return self.finish_completion(generation, next, c),
+                Ok(_) => return self.finish_completion(generation, next, c, defer),
                 Err(actual) => cur = actual,
             }
         }
     }
 
+    /// A dropped owner's waker (normally already taken by the owner), taken while the slot is
+    /// CLAIMED: dropped now, or returned if `defer`.
+    #[inline(always)]
+    fn take_claimed_waker(&self, cur: u64, defer: bool) -> Option<Waker> {
+        let waker = if cur & WAITER != 0 {
+            self.waker.take()
+        } else {
+            None
+        };
+        // Not deferred: dropped here.
+        waker.filter(|_| defer)
+    }
+
     /// COMPLETING -> COMPLETED (or -> FREE if the owner dropped meanwhile).
-    fn finish_completion(&self, g: u32, mut cur: u64, c: Completion) -> CompleteOutcome<R, S> {
+    fn finish_completion(
+        &self,
+        g: u32,
+        mut cur: u64,
+        c: Completion,
+        defer: bool,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         // SAFETY: we moved POSTED -> COMPLETING, which gives the completer the completion cell
         // until COMPLETED is published; the owner reads it only after seeing COMPLETED.
         self.completion.with_mut(|p| unsafe { *p = c });
@@ -310,17 +375,15 @@ impl<R, S> Slot<R, S> {
             };
             match self.state.compare_exchange(cur, next, AcqRel, Acquire) {
                 Ok(_) if cur & DROPPED != 0 => {
-                    if cur & WAITER != 0 {
-                        drop(self.waker.take());
-                    }
+                    let waker = self.take_claimed_waker(cur, defer);
                     let (r, _) = self.take_and_free(g);
-                    return CompleteOutcome::Reclaimed(r);
+                    return (CompleteOutcome::Reclaimed(r), waker);
                 }
+                Ok(_) if cur & WAITER == 0 => return (CompleteOutcome::Stored, None),
+                Ok(_) if defer => return (CompleteOutcome::Stored, self.waker.take()),
                 Ok(_) => {
-                    if cur & WAITER != 0 {
-                        self.waker.wake();
-                    }
-                    return CompleteOutcome::Stored;
+                    self.waker.wake();
+                    return (CompleteOutcome::Stored, None);
                 }
                 // Only the WAITER / DROPPED flags can change under us.
                 Err(actual) => cur = actual,
@@ -379,8 +442,18 @@ impl<R, S> Slot<R, S> {
     }
 
     /// The owner gives up the slot, parking `resources` in it until the completion arrives.
+    ///
+    /// The owner's waker is taken out *before* DROPPED is published: once it is, the completer
+    /// may claim and free the slot, and the next owner may reserve it and register its own
+    /// waker, which a later `take` here would steal (its completion would then wake nobody).
+    /// A completer waking concurrently is serialised with this `take` by the [`AtomicWaker`]
+    /// (one of the two gets the waker; a spurious wake-up of a dropped task is harmless).
     pub(super) fn release(&self, t: OwnerTicket, resources: Option<R>) -> Released<R> {
         self.check(&t);
+        // Only the owner sets WAITER (in `register`), so its own load sees whether it did.
+        if self.state.load(Relaxed) & WAITER != 0 {
+            drop(self.waker.take());
+        }
         if resources.is_some() {
             // SAFETY: the resources cell belongs to the owner (ticket) until DROPPED is
             // published below.
@@ -395,12 +468,8 @@ impl<R, S> Slot<R, S> {
                 let _ = self.consume(t, prev);
                 Released::Freed(r)
             }
-            _ => {
-                if prev & WAITER != 0 {
-                    drop(self.waker.take());
-                }
-                Released::Parked
-            }
+            // From here on the slot is the completer's: touch nothing (not even the waker).
+            _ => Released::Parked,
         }
     }
 

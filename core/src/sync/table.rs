@@ -59,12 +59,22 @@ impl<R, S> SlotTable<R, S> {
         (0u32..).zip(self.slots.iter().map(Slot::snapshot))
     }
 
-    /// Pops a free slot and posts it. `None` when every slot is in use.
+    /// Snapshots of every slot with their indices and tags (cold-path scans). The tag is
+    /// read after the state: for a reserved snapshot it is that reservation's tag, or a later
+    /// one's (then the snapshot's generation is already stale).
+    pub(crate) fn tagged_snapshots(&self) -> impl Iterator<Item = (u32, SlotSnapshot, u32)> + '_ {
+        (0u32..).zip(self.slots.iter()).map(|(index, slot)| {
+            let snapshot = slot.snapshot();
+            (index, snapshot, slot.tag())
+        })
+    }
+
+    /// Pops a free slot and posts it, tagged `tag`. `None` when every slot is in use.
     #[inline]
-    pub(crate) fn reserve(&self, home: usize) -> Option<OwnerTicket> {
+    pub(crate) fn reserve(&self, home: usize, tag: u32) -> Option<OwnerTicket> {
         let index = self.free.pop(home)?;
         let slot = &self.slots[index as usize];
-        slot.set_home(home);
+        slot.set_reservation(home, tag);
         match slot.try_post(index) {
             Some(ticket) => Some(ticket),
             None => {
@@ -74,20 +84,21 @@ impl<R, S> SlotTable<R, S> {
         }
     }
 
-    /// Pops a free slot and routes it; `(index, generation)`. Gives the values back when every
-    /// slot is in use.
+    /// Pops a free slot and routes it, tagged `tag`; `(index, generation)`. Gives the values
+    /// back when every slot is in use.
     #[inline]
     pub(crate) fn reserve_routed(
         &self,
         home: usize,
         route: S,
         resources: R,
+        tag: u32,
     ) -> Result<(u32, u32), (S, R)> {
         let Some(index) = self.free.pop(home) else {
             return Err((route, resources));
         };
         let slot = &self.slots[index as usize];
-        slot.set_home(home);
+        slot.set_reservation(home, tag);
         match slot.try_route(route, resources) {
             Ok(generation) => Ok((index, generation)),
             Err(values) => {
@@ -110,13 +121,35 @@ impl<R, S> SlotTable<R, S> {
             return CompleteOutcome::Unknown;
         };
         let outcome = slot.complete(generation, c);
+        self.freed_by_completion(slot, index, &outcome);
+        outcome
+    }
+
+    /// [`complete`](Self::complete) that returns the owner's waker instead of waking it (see
+    /// [`Slot::complete_deferred`]): the caller must wake it later.
+    #[inline]
+    pub(crate) fn complete_deferred(
+        &self,
+        index: u32,
+        generation: u32,
+        c: Completion,
+    ) -> (CompleteOutcome<R, S>, Option<Waker>) {
+        let Some(slot) = self.slots.get(index as usize) else {
+            return (CompleteOutcome::Unknown, None);
+        };
+        let (outcome, waker) = slot.complete_deferred(generation, c);
+        self.freed_by_completion(slot, index, &outcome);
+        (outcome, waker)
+    }
+
+    #[inline(always)]
+    fn freed_by_completion(&self, slot: &Slot<R, S>, index: u32, outcome: &CompleteOutcome<R, S>) {
         if matches!(
             outcome,
             CompleteOutcome::Reclaimed(_) | CompleteOutcome::Routed(..)
         ) {
             self.free.push(slot.home(), index);
         }
-        outcome
     }
 
     /// Takes back the route and resources of a routed slot that was never posted (frees it).
@@ -191,8 +224,8 @@ mod tests {
     fn frees_return_to_the_reserving_shard() {
         // Slot 0 starts in shard 0, slot 1 in shard 1.
         let t: SlotTable<u8, u8> = SlotTable::new(2, 2);
-        let a = t.reserve(1).expect("own shard");
-        let r = t.reserve_routed(1, 7, 8).expect("stolen from shard 0");
+        let a = t.reserve(1, 0).expect("own shard");
+        let r = t.reserve_routed(1, 7, 8, 0).expect("stolen from shard 0");
         assert_eq!((a.index(), r.0), (1, 0));
         // The poller (any handle) completes both; the owner takes its completion.
         assert!(matches!(
