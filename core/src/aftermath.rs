@@ -65,14 +65,17 @@ impl<R: Send + 'static> Aftermath<R> {
         CAPACITY
             - self
                 .wakers
-                .len
-                .max(self.inboxes.len)
-                .max(self.resources.len)
+                .items
+                .len()
+                .max(self.inboxes.items.len())
+                .max(self.resources.items.len())
     }
 
     /// Whether nothing is left to do.
     pub fn is_empty(&self) -> bool {
-        self.wakers.len == 0 && self.inboxes.len == 0 && self.resources.len == 0
+        self.wakers.items.len() == 0
+            && self.inboxes.items.len() == 0
+            && self.resources.items.len() == 0
     }
 
     /// Runs the collected effects: wakes the operations, then the inboxes' receivers (and drops
@@ -133,9 +136,9 @@ impl<R: Send + 'static> Drop for Aftermath<R> {
 impl<R: Send + 'static> fmt::Debug for Aftermath<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Aftermath")
-            .field("wakers", &self.wakers.len)
-            .field("inboxes", &self.inboxes.len)
-            .field("resources", &self.resources.len)
+            .field("wakers", &self.wakers.items.len())
+            .field("inboxes", &self.inboxes.items.len())
+            .field("resources", &self.resources.items.len())
             .finish()
     }
 }
@@ -227,46 +230,33 @@ impl<R: Send + 'static> Effects<R> for Aftermath<R> {
 /// [`Aftermath::CAPACITY`]: the verbs driver's largest poll batch.
 const CAPACITY: usize = 64;
 
-/// Up to [`CAPACITY`] values in a fixed array, first in first out.
+/// Up to [`CAPACITY`] values in a fixed array, first in first out. Backed by `ArrayVec`:
+/// creating one writes nothing but its length (an `Aftermath` is made per polled batch).
 struct Fixed<T> {
-    items: [Option<T>; CAPACITY],
-    len: usize,
+    items: arrayvec::ArrayVec<T, CAPACITY>,
 }
 
 impl<T> Fixed<T> {
     fn new() -> Self {
         Self {
-            items: std::array::from_fn(|_| None),
-            len: 0,
+            items: arrayvec::ArrayVec::new(),
         }
     }
 
     /// Appends `v`, or gives it back when full.
     #[inline]
     fn push(&mut self, v: T) -> Result<(), T> {
-        match self.items.get_mut(self.len) {
-            Some(free) => {
-                *free = Some(v);
-                self.len += 1;
-                Ok(())
-            }
-            None => Err(v),
-        }
+        self.items.try_push(v).map_err(|e| e.element())
     }
 
     #[inline]
     fn last(&self) -> Option<&T> {
-        self.items[..self.len].last()?.as_ref()
+        self.items.last()
     }
 
     /// Hands every value to `f`, in push order, and empties the array. If `f` panics, the
-    /// values not handed over yet stay for the next call (or the array's drop).
-    fn take_each(&mut self, mut f: impl FnMut(T)) {
-        for item in &mut self.items[..self.len] {
-            if let Some(v) = item.take() {
-                f(v);
-            }
-        }
-        self.len = 0;
+    /// values not handed over yet are dropped with the drain (never run twice, never leaked).
+    fn take_each(&mut self, f: impl FnMut(T)) {
+        self.items.drain(..).for_each(f);
     }
 }

@@ -173,6 +173,14 @@ impl QpTeardown {
         }
     }
 
+    /// The caller counts outstanding work itself (e.g. the references its in-flight work
+    /// holds) and reports the current count. Ignored once the QP is destroyed.
+    pub fn on_outstanding(&mut self, outstanding: usize) {
+        if !self.is_destroyed() {
+            self.outstanding = outstanding;
+        }
+    }
+
     /// Graceful close: the QP goes to the error state and markers are posted (see
     /// [`TeardownAction::PostMarkers`]); it is destroyed once drained and its last handle is
     /// gone. Ignored unless the QP is live.
