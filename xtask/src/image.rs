@@ -88,7 +88,7 @@ fn kernel_package() -> Result<String> {
         return Ok(p);
     }
     // Package lists may not have been fetched yet on a fresh machine.
-    crate::setup::apt_get(&["update", "-qq"])?;
+    crate::process::apt_get(&["update", "-qq"])?;
     find()?.context("apt-cache knows no linux-image-amd64 dependency (is this Debian?)")
 }
 
@@ -123,7 +123,7 @@ fn ensure_kernel(dir: &Path) -> Result<(String, PathBuf)> {
     }
     fs::create_dir_all(&kdir)?;
     let mut download = Command::new("apt-get");
-    if crate::setup::is_root() {
+    if crate::process::is_root() {
         // As root apt drops to _apt, which cannot write into our cache directory.
         download.args(["-o", "APT::Sandbox::User=root"]);
     }

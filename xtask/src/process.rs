@@ -75,6 +75,35 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // `id -u` avoids an unsafe geteuid() call in this crate.
+    output(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `apt-get ARGS` as root, or through sudo; a clear error when neither is possible.
+pub fn apt_get(args: &[&str]) -> Result<()> {
+    let mut cmd = if is_root() {
+        Command::new("apt-get")
+    } else if have("sudo") {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "apt-get"]);
+        c
+    } else {
+        bail!(
+            "installing packages needs root: run `cargo xtask setup` as root, or install sudo, \
+             or run by hand as root: apt-get {}",
+            args.join(" ")
+        );
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+    run(&mut cmd).context(
+        "apt-get failed (not root and no password-less sudo? run `sudo cargo xtask setup` once)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::shell_quote;

@@ -51,45 +51,16 @@ pub fn missing_packages() -> Result<Vec<&'static str>> {
     Ok(missing)
 }
 
-/// Whether this process runs as root.
-pub fn is_root() -> bool {
-    // `id -u` avoids an unsafe geteuid() call in this crate.
-    process::output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
-}
-
-/// `apt-get ARGS` as root, or through sudo; a clear error when neither is possible.
-pub fn apt_get(args: &[&str]) -> Result<()> {
-    let mut cmd = if is_root() {
-        Command::new("apt-get")
-    } else if have("sudo") {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "apt-get"]);
-        c
-    } else {
-        bail!(
-            "installing packages needs root: run `cargo xtask setup` as root, or install sudo, \
-             or install by hand: apt-get install {}",
-            PACKAGES.join(" ")
-        );
-    };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
-    process::run(&mut cmd).context(
-        "apt-get failed (not root and no password-less sudo? run `sudo cargo xtask setup` once)",
-    )
-}
-
 fn install_packages() -> Result<()> {
     let missing = missing_packages()?;
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    apt_get(&["update", "-qq"])?;
+    process::apt_get(&["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(missing.iter().copied());
-    apt_get(&args)?;
+    process::apt_get(&args)?;
     let still = missing_packages()?;
     if !still.is_empty() {
         bail!("packages still missing after apt-get install: {still:?}");
