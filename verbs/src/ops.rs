@@ -15,11 +15,18 @@ use crate::error::{Error, Result};
 /// tokio-uring's `BufResult`).
 pub type BufResult<T, L> = (Result<T>, L);
 
+/// What in-flight work keeps alive besides its buffer: the queue pair it was posted on, so
+/// the QP is destroyed only after its work completed or was flushed (providers discard a
+/// destroyed QP's completions). `None` where the owner fails its work itself when destroyed
+/// (an SRQ).
+pub(crate) type WorkPin = Option<Arc<dyn Send + Sync>>;
+
 enum State<L: Send + 'static> {
     Posted {
         op: Operation<Parked>,
         buf: Option<L>,
         cq: Arc<CqInner>,
+        pin: WorkPin,
     },
     Failed(Option<(Error, L)>),
     Done,
@@ -48,12 +55,13 @@ impl<L: Send + 'static> fmt::Debug for OpFuture<L> {
 }
 
 impl<L: Send + 'static> OpFuture<L> {
-    pub(crate) fn posted(op: Operation<Parked>, buf: L, cq: Arc<CqInner>) -> Self {
+    pub(crate) fn posted(op: Operation<Parked>, buf: L, cq: Arc<CqInner>, pin: WorkPin) -> Self {
         Self {
             state: State::Posted {
                 op,
                 buf: Some(buf),
                 cq,
+                pin,
             },
         }
     }
@@ -91,12 +99,17 @@ impl<L: Send + 'static> Future for OpFuture<L> {
         let this = self.get_mut();
         match &mut this.state {
             State::Posted { op, cq, .. } => {
-                let mut ready = Pin::new(&mut *op).poll(cx);
                 // Inline polls for latency, within the channel's budget (never blocks: a poll
-                // is skipped when the driver or another future is draining). The waker is
-                // registered already, so a completion routed by anyone from now on wakes us.
+                // is skipped when the driver or another future is draining), checking without
+                // registering; the waker is registered (and the slot re-checked) only when
+                // about to return `Pending`, so a completion found inline costs no
+                // registration and no self-wake.
+                let mut ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
                 let mut budget = cq.inline_budget();
                 while ready.is_pending() && cq.poll_inline(&mut budget) {
+                    ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
+                }
+                if ready.is_pending() {
                     ready = Pin::new(&mut *op).poll(cx);
                 }
                 match ready {
@@ -127,7 +140,9 @@ impl<L: Send + 'static> Future for OpFuture<L> {
 impl<L: Send + 'static> Drop for OpFuture<L> {
     fn drop(&mut self) {
         if let State::Posted { .. } = self.state {
-            let State::Posted { mut op, buf, .. } = std::mem::replace(&mut self.state, State::Done)
+            let State::Posted {
+                mut op, buf, pin, ..
+            } = std::mem::replace(&mut self.state, State::Done)
             else {
                 return;
             };
@@ -135,11 +150,12 @@ impl<L: Send + 'static> Drop for OpFuture<L> {
                 // Completed: the NIC is done with the buffer; drop it normally.
                 return;
             }
-            let parked = match buf {
-                Some(b) if std::mem::size_of::<L>() > 0 || std::mem::needs_drop::<L>() => {
-                    Parked::Boxed(Box::new(b))
-                }
-                _ => Parked::None,
+            // The buffer and the pin stay in the slot until the completion or flush arrives.
+            let buf = buf.filter(|_| std::mem::size_of::<L>() > 0 || std::mem::needs_drop::<L>());
+            let parked = match (buf, pin) {
+                (None, None) => Parked::None,
+                (None, Some(pin)) => Parked::Pinned(pin),
+                (buf, pin) => Parked::Boxed(Box::new((buf, pin))),
             };
             op.abandon(parked);
         }

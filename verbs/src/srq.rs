@@ -5,18 +5,24 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rdma_sys as ffi;
+use tokio_rdma_core::WcStatus;
 
 use crate::cq::{CompletionQueue, CqInner};
 use crate::error::{Error, Result};
 use crate::mr::{LocalBufferMut, PdInner, ProtectionDomain};
-use crate::ops::OpFuture;
+use crate::ops::{OpFuture, WorkPin};
 use crate::recv::{self, with_recv_wr, PostRecv, RecvStream, RecvTarget};
 
 pub(crate) struct SrqInner {
     srq: NonNull<ffi::ibv_srq>,
+    /// Receive depth as granted by the device.
+    max_wr: u32,
     pub(crate) cq: Arc<CqInner>,
     pub(crate) pd: Arc<PdInner>,
 }
+
+/// Tags of SRQ slots have the top bit set (QP numbers, the QPs' tags, have 24 bits).
+const SRQ_TAG: u32 = 1 << 31;
 
 ibverbs_thread_safe!(SrqInner);
 
@@ -39,14 +45,39 @@ impl PostRecv for SrqInner {
     fn recv_cq(&self) -> &Arc<CqInner> {
         &self.cq
     }
+
+    fn tag(&self) -> u32 {
+        // SAFETY: the SRQ is live; `handle` is a plain field.
+        SRQ_TAG | (unsafe { (*self.srq.as_ptr()).handle } & !SRQ_TAG)
+    }
+
+    fn depth(&self) -> usize {
+        self.max_wr as usize
+    }
+
+    fn work_pin(self: Arc<Self>) -> WorkPin {
+        // A receive on an SRQ waits for a message, which may never come: pinning the SRQ
+        // would keep it (and, through parked receive pools, itself) alive forever. Instead it
+        // fails its receives itself when destroyed.
+        None
+    }
 }
 
-destroy_on_drop!(
-    SrqInner,
-    srq,
-    ibv_destroy_srq,
-    "QPs using the SRQ hold an Arc to it"
-);
+impl Drop for SrqInner {
+    fn drop(&mut self) {
+        let tag = self.tag();
+        // SAFETY: the SRQ is live and destroyed exactly once, here; every QP attached to it
+        // holds an Arc to it, so none is left.
+        let rc = unsafe { ffi::ibv_destroy_srq(self.srq.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_destroy_srq failed");
+            return;
+        }
+        // Destroyed: the NIC writes none of its receive buffers any more. Fail the receives
+        // still posted (their futures resolve, their pools' chunks are released).
+        self.cq.dispatcher.fail_tagged(tag, WcStatus::WrFlushErr);
+    }
+}
 
 /// A shared receive queue. All QPs attached to it must use its CQ as their receive CQ (the CQ's
 /// dispatcher owns the receive slots). Cheap to clone.
@@ -79,6 +110,7 @@ impl SharedReceiveQueue {
         Ok(Self {
             inner: Arc::new(SrqInner {
                 srq,
+                max_wr: attr.attr.max_wr,
                 cq: cq.inner.clone(),
                 pd: pd.inner.clone(),
             }),

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::config::DriverConfig;
 use super::queue::CqInner;
+use super::reaper::Reaper;
 use crate::device::{Context, ContextInner};
 use crate::error::{Error, Result};
 use crate::sys::{async_fd, set_nonblocking, Fd};
@@ -27,6 +28,8 @@ pub(crate) struct ChannelInner {
     pub(super) faulted: AtomicBool,
     /// Wakes a parked driver to notice `faulted`.
     pub(super) fault: Notify,
+    /// Teardowns waiting for flushes (QPs dropped with work in flight).
+    pub(super) reaper: Arc<Reaper>,
     pub(super) ctx: Arc<ContextInner>,
 }
 
@@ -60,6 +63,7 @@ impl ChannelInner {
             config,
             faulted: AtomicBool::new(false),
             fault: Notify::new(),
+            reaper: Arc::new(Reaper::new()),
             ctx: ctx.inner.clone(),
         };
         set_nonblocking(raw, "completion channel")?;

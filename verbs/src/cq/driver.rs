@@ -10,6 +10,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use super::channel::ChannelInner;
 use super::config::TIGHT_POLLS;
 use super::queue::CqInner;
+use super::reaper::{Reaper, REAP_PERIOD};
 use crate::sys::Fd;
 
 /// The fd's readiness as the reactor knows it, without waiting (and without a system call).
@@ -41,6 +42,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
     let cfg = chan.config;
     let mut active: Vec<Arc<CqInner>> = Vec::new();
     let mut idle: u32 = 0;
+    let mut rounds: u32 = 0;
     loop {
         if active.is_empty() {
             // Park: nothing armed has produced anything yet.
@@ -51,6 +53,10 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 },
                 () = chan.fault.notified() => {
                     return fallback(&chan, "fault injected").await;
+                }
+                () = reap_wait(&chan.reaper) => {
+                    chan.reaper.tick();
+                    continue;
                 }
             };
             match guard.try_io(|_| chan.drain_events(&mut active)) {
@@ -69,6 +75,12 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         }
         if chan.faulted.load(Ordering::Acquire) {
             return fallback(&chan, "fault injected").await;
+        }
+        if chan.reaper.is_pending() {
+            rounds = rounds.wrapping_add(1);
+            if rounds % REAP_ROUNDS == 0 {
+                chan.reaper.tick();
+            }
         }
 
         // Poll; while nothing shows up, re-poll in a tight loop for a few rounds before
@@ -105,6 +117,19 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
     }
 }
 
+/// While spinning, pending teardowns are ticked every this many driver rounds (a tick reads
+/// the clock: not on every round).
+const REAP_ROUNDS: u32 = 256;
+
+/// Resolves after a reap period when teardowns are pending, else when one is scheduled.
+async fn reap_wait(reaper: &Reaper) {
+    if reaper.is_pending() {
+        tokio::time::sleep(REAP_PERIOD).await;
+    } else {
+        reaper.notify.notified().await;
+    }
+}
+
 /// How often the fallback polls once the channel's fd has failed.
 const FALLBACK_PERIOD: Duration = Duration::from_millis(1);
 
@@ -125,5 +150,8 @@ async fn fallback(chan: &ChannelInner, why: &str) {
         // The task ends when the channel's owner aborts it (its last handle and CQ are gone).
         let cqs = chan.live_cqs();
         while poll_all(&cqs) {}
+        if chan.reaper.is_pending() {
+            chan.reaper.tick();
+        }
     }
 }

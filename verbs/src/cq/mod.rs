@@ -10,6 +10,7 @@ mod channel;
 mod config;
 mod driver;
 mod queue;
+mod reaper;
 mod wc;
 
 use std::fmt;
@@ -26,6 +27,7 @@ use channel::ChannelInner;
 pub use config::DriverConfig;
 use config::MAX_BATCH;
 pub(crate) use queue::{CqInner, Parked, UNSIGNALED_WR_ID};
+pub(crate) use reaper::PendingTeardown;
 
 struct ChannelOwner {
     inner: Arc<ChannelInner>,
@@ -98,6 +100,7 @@ impl CompletionChannel {
             chan.ctx.clone(),
             chan.ch.as_ptr(),
             self.owner.clone(),
+            chan.reaper.clone(),
             chan.config,
             cqe,
         )?;

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use rdma_sys as ffi;
-use tokio_rdma_core::{Completion, Dispatcher, WcStatus};
+use tokio_rdma_core::{Aftermath, Completion, Dispatcher, WcStatus};
 
 use super::config::{DriverConfig, MAX_BATCH};
+use super::reaper::Reaper;
 use super::wc::convert_wc;
 use crate::device::ContextInner;
 use crate::error::{Error, Result};
@@ -30,6 +31,8 @@ pub(crate) enum Parked {
     None,
     /// An abandoned operation's buffers and pins (boxed only on the cold drop path).
     Boxed(#[allow(dead_code)] Box<dyn Send>),
+    /// What an abandoned operation without a buffer keeps alive (its queue pair).
+    Pinned(#[allow(dead_code)] Arc<dyn Send + Sync>),
     /// A receive-pool chunk (the pool, type-erased so the CQ does not name the receive
     /// module, and the chunk's index), routed to its stream's inbox.
     Recv(Arc<dyn Any + Send + Sync>, u32),
@@ -48,6 +51,8 @@ pub(crate) struct CqInner {
     pub(super) config: DriverConfig,
     /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
     context_ref: *const CqInner,
+    /// The channel driver's pending teardowns.
+    pub(crate) reaper: Arc<Reaper>,
     /// Keeps the channel (and its driver task) alive as long as the CQ.
     _channel: Arc<dyn Any + Send + Sync>,
     _ctx: Arc<ContextInner>,
@@ -63,6 +68,7 @@ impl CqInner {
         ctx: Arc<ContextInner>,
         channel: *mut ffi::ibv_comp_channel,
         keep_channel: Arc<dyn Any + Send + Sync>,
+        reaper: Arc<Reaper>,
         config: DriverConfig,
         cqe: u32,
     ) -> Result<Arc<Self>> {
@@ -92,6 +98,7 @@ impl CqInner {
             unsignaled_errors: AtomicU64::new(0),
             config,
             context_ref: weak.clone().into_raw(),
+            reaper,
             _channel: keep_channel,
             _ctx: ctx,
         });
@@ -157,12 +164,20 @@ impl CqInner {
         {
             return Ok(None);
         }
-        let r = self.poll_locked(self.config.poll_batch.min(MAX_BATCH));
+        let mut after = None;
+        let r = self.poll_locked(self.config.poll_batch.min(MAX_BATCH), &mut after);
         self.draining.store(false, Ordering::Release);
+        // Consumer code (dropping parked buffers, waking tasks) runs only now, with the flag
+        // released: a drop may even release the last reference to a QP or to this CQ.
+        if let Some(mut after) = after {
+            after.finish();
+        }
         r.map(Some)
     }
 
-    fn poll_locked(&self, batch: usize) -> Result<usize> {
+    /// Polls one batch while holding the draining flag; what routing left to do (drops and
+    /// wake-ups) goes into `after`, created only when something was polled.
+    fn poll_locked(&self, batch: usize, after: &mut Option<Aftermath<Parked>>) -> Result<usize> {
         let mut wc: [MaybeUninit<ffi::ibv_wc>; MAX_BATCH] =
             [const { MaybeUninit::uninit() }; MAX_BATCH];
         // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; we hold the
@@ -198,7 +213,8 @@ impl CqInner {
         // SAFETY: the loop above initialised `out[..m]` (m <= n <= MAX_BATCH), and
         // `MaybeUninit<Completion>` has the layout of `Completion`.
         let out = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<Completion>(), m) };
-        self.dispatcher.handle_completions(out);
+        let after = after.insert(Aftermath::new());
+        self.dispatcher.handle_completions_deferred(out, after);
         Ok(n)
     }
 
@@ -252,3 +268,6 @@ impl Drop for CqInner {
         drop(unsafe { Weak::from_raw(self.context_ref) });
     }
 }
+
+// A poll batch's consumer code always fits one `Aftermath`.
+const _: () = assert!(MAX_BATCH <= Aftermath::<Parked>::CAPACITY);

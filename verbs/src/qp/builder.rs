@@ -3,7 +3,6 @@
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
 
 use rdma_sys as ffi;
 
@@ -120,21 +119,21 @@ impl QueuePairBuilder {
         })?;
         // SAFETY: `qp` is valid; `qp_num` is a plain field.
         let qp_num = unsafe { (*qp.as_ptr()).qp_num };
-        Ok(QueuePair {
-            inner: Arc::new(QpInner {
-                qp,
-                qp_num,
-                qp_type: self.qp_type,
-                max_inline: attr.cap.max_inline_data,
-                max_send_wr: attr.cap.max_send_wr,
-                signal_every: (attr.cap.max_send_wr / 2).max(1),
-                unsignaled: AtomicU32::new(0),
-                send_slots: self.send_cq.inner.dispatcher.clone(),
-                send_cq: self.send_cq.inner,
-                recv_cq: self.recv_cq.inner,
-                srq: self.srq.map(|s| s.inner),
-                pd: self.pd.inner,
-            }),
-        })
+        Ok(QueuePair::from_inner(QpInner {
+            qp,
+            qp_num,
+            qp_type: self.qp_type,
+            max_inline: attr.cap.max_inline_data,
+            max_send_wr: attr.cap.max_send_wr,
+            max_recv_wr: attr.cap.max_recv_wr,
+            signal_every: (attr.cap.max_send_wr / 2).max(1),
+            unsignaled: AtomicU32::new(0),
+            send_slots: self.send_cq.inner.dispatcher.clone(),
+            send_cq: self.send_cq.inner,
+            recv_cq: self.recv_cq.inner,
+            srq: self.srq.map(|s| s.inner),
+            pd: self.pd.inner,
+            life: Default::default(),
+        }))
     }
 }

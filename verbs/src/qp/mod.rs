@@ -21,6 +21,7 @@ use tokio_rdma_core::Dispatcher;
 use crate::cq::{CqInner, Parked};
 use crate::device::Context;
 use crate::mr::{PdInner, ProtectionDomain};
+use crate::ops::WorkPin;
 use crate::srq::SrqInner;
 pub use builder::QueuePairBuilder;
 
@@ -51,6 +52,7 @@ pub(crate) struct QpInner {
     qp_type: QpType,
     max_inline: u32,
     max_send_wr: u32,
+    max_recv_wr: u32,
     /// Unsignaled sends are retired by a signaled one at least this often (half the send
     /// queue), so they never fill the send queue.
     signal_every: u32,
@@ -64,6 +66,8 @@ pub(crate) struct QpInner {
     pub(crate) recv_cq: Arc<CqInner>,
     srq: Option<Arc<SrqInner>>,
     pd: Arc<PdInner>,
+    /// Teardown state: the receive gate and whether the QP was destroyed (see `teardown`).
+    life: teardown::Life,
 }
 
 ibverbs_thread_safe!(QpInner);
@@ -72,13 +76,34 @@ impl QpInner {
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_qp {
         self.qp.as_ptr()
     }
+
+    /// The tag of this QP's dispatcher slots (its QP number), by which the work still in
+    /// flight when it is destroyed is failed.
+    pub(crate) fn tag(&self) -> u32 {
+        self.qp_num
+    }
 }
 
 /// A queue pair. Cheap to clone; all operations take `&self` and may run concurrently from
 /// several tasks/threads.
+///
+/// Work in flight pins the QP: when the last handle is dropped, the QP moves to the error
+/// state (every outstanding work request is flushed) and is destroyed once its work has
+/// completed or been flushed, or after a bound (`teardown`).
 #[derive(Clone)]
 pub struct QueuePair {
-    pub(crate) inner: Arc<QpInner>,
+    pub(crate) inner: Arc<QpHandle>,
+}
+
+/// What the user's handles share: dropping the last one begins the teardown. Operations and
+/// receive pools hold the `QpInner` directly (they pin it), never this.
+pub(crate) struct QpHandle(Arc<QpInner>);
+
+impl std::ops::Deref for QpHandle {
+    type Target = Arc<QpInner>;
+    fn deref(&self) -> &Arc<QpInner> {
+        &self.0
+    }
 }
 
 impl fmt::Debug for QueuePair {
@@ -91,9 +116,30 @@ impl fmt::Debug for QueuePair {
 }
 
 impl QueuePair {
+    pub(crate) fn from_inner(inner: QpInner) -> Self {
+        Self {
+            inner: Arc::new(QpHandle(Arc::new(inner))),
+        }
+    }
+
+    /// The QP owner, to pin it from in-flight work.
+    pub(crate) fn qp(&self) -> &Arc<QpInner> {
+        &self.inner.0
+    }
+
+    /// What a work request posted on this QP keeps alive until it completes or is flushed.
+    pub(crate) fn pin(&self) -> WorkPin {
+        Some(self.qp().clone())
+    }
+
     /// Send-queue depth, as granted by the device (at least what the builder asked for).
     pub fn max_send_wr(&self) -> u32 {
         self.inner.max_send_wr
+    }
+
+    /// Receive-queue depth, as granted by the device (0 with an SRQ).
+    pub fn max_recv_wr(&self) -> u32 {
+        self.inner.max_recv_wr
     }
 
     /// The QP number.

@@ -87,7 +87,7 @@ impl QueuePair {
         }
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let cq = &self.inner.send_cq;
-        let op = match self.inner.send_slots.reserve() {
+        let op = match self.inner.send_slots.reserve_tagged(self.inner.tag()) {
             Ok(op) => op,
             Err(e) => return OpFuture::failed(e.into(), ()),
         };
@@ -95,7 +95,7 @@ impl QueuePair {
         // `data` is borrowed for the whole call.
         let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
         match r {
-            Ok(()) => OpFuture::posted(op, (), cq.clone()),
+            Ok(()) => OpFuture::posted(op, (), cq.clone(), self.pin()),
             Err(e) => {
                 op.cancel_unposted();
                 OpFuture::failed(e, ())
@@ -138,13 +138,13 @@ impl QueuePair {
         // This one retires the ones before it: signaled, its completion consumed by the
         // dispatcher (an abandoned slot holding nothing). Should reserving or posting fail,
         // the count stays up and the next call tries again.
-        let op = self.inner.send_slots.reserve()?;
+        let op = self.inner.send_slots.reserve_tagged(self.inner.tag())?;
         // SAFETY: inline, as above.
         let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
         match r {
             Ok(()) => {
                 self.inner.unsignaled.store(0, Ordering::Relaxed);
-                op.abandon(Parked::None);
+                op.abandon(Parked::Pinned(self.qp().clone()));
                 Ok(())
             }
             Err(e) => {
@@ -170,14 +170,14 @@ impl QueuePair {
             return OpFuture::failed(Error::InvalidArgument("send_to needs a UD QP".into()), res);
         }
         let cq = &self.inner.send_cq;
-        let o = match self.inner.send_slots.reserve() {
+        let o = match self.inner.send_slots.reserve_tagged(self.inner.tag()) {
             Ok(o) => o,
             Err(e) => return OpFuture::failed(e.into(), res),
         };
         // SAFETY: the buffer and the AH are owned by the returned future until completion.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), sge, false, Some(&res.1)) };
         match r {
-            Ok(()) => OpFuture::posted(o, res, cq.clone()),
+            Ok(()) => OpFuture::posted(o, res, cq.clone(), self.pin()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, res)
@@ -190,7 +190,7 @@ impl QueuePair {
             return OpFuture::failed(e, buf);
         }
         let cq = &self.inner.send_cq;
-        let o = match self.inner.send_slots.reserve() {
+        let o = match self.inner.send_slots.reserve_tagged(self.inner.tag()) {
             Ok(o) => o,
             Err(e) => return OpFuture::failed(e.into(), buf),
         };
@@ -198,7 +198,7 @@ impl QueuePair {
         // slot when dropped) until the completion arrives.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), buf.sge(), false, None) };
         match r {
-            Ok(()) => OpFuture::posted(o, buf, cq.clone()),
+            Ok(()) => OpFuture::posted(o, buf, cq.clone(), self.pin()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, buf)
@@ -252,8 +252,12 @@ impl QueuePair {
         let mut kinds = Vec::with_capacity(n);
         for r in reqs {
             let sge = r.local.sge();
-            let checked = validate(&r.op, sge.1)
-                .and_then(|()| self.inner.send_slots.reserve().map_err(Error::from));
+            let checked = validate(&r.op, sge.1).and_then(|()| {
+                self.inner
+                    .send_slots
+                    .reserve_tagged(self.inner.tag())
+                    .map_err(Error::from)
+            });
             match checked {
                 Ok(o) if out.is_empty() => {
                     ops.push(o);
@@ -313,7 +317,7 @@ impl QueuePair {
         let mut head = Vec::with_capacity(n);
         for (i, (o, b)) in ops.into_iter().zip(bufs).enumerate() {
             if i < posted {
-                head.push(OpFuture::posted(o, b, cq.clone()));
+                head.push(OpFuture::posted(o, b, cq.clone(), self.pin()));
             } else {
                 o.cancel_unposted();
                 let (rc, qpn) = err.expect("error recorded when not all were posted");

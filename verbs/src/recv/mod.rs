@@ -4,16 +4,19 @@
 mod pool;
 mod stream;
 
-pub(crate) use pool::stream;
+use pool::RecvPool;
+
 pub use stream::{RecvMessage, RecvStream};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdma_sys as ffi;
+use tokio_rdma_core::inbox;
 
 use crate::cq::CqInner;
 use crate::error::{Error, Result};
-use crate::mr::{check_writable, LocalBufferMut};
+use crate::mr::{check_writable, LocalBufferMut, ProtectionDomain};
 use crate::ops::{OpFuture, WorkPin};
 
 /// Bytes of the global route header the NIC writes in front of every UD receive.
@@ -65,10 +68,11 @@ pub(crate) fn with_recv_wr(
 /// Posts a receive into `buf` and returns its future.
 pub(crate) fn recv<L: LocalBufferMut>(target: &RecvTarget, buf: L) -> OpFuture<L> {
     let cq = target.recv_cq();
-    let op = match check_writable(&buf).and_then(|()| Ok(cq.dispatcher.reserve_tagged(target.tag())?)) {
-        Ok(op) => op,
-        Err(e) => return OpFuture::failed(e.into(), buf),
-    };
+    let op =
+        match check_writable(&buf).and_then(|()| Ok(cq.dispatcher.reserve_tagged(target.tag())?)) {
+            Ok(op) => op,
+            Err(e) => return OpFuture::failed(e, buf),
+        };
     match target.post_recv(op.wr_id().into_raw(), buf.sge()) {
         Ok(()) => OpFuture::posted(op, buf, cq.clone(), target.clone().work_pin()),
         Err(e) => {
@@ -78,3 +82,57 @@ pub(crate) fn recv<L: LocalBufferMut>(target: &RecvTarget, buf: L) -> OpFuture<L
     }
 }
 
+/// A stream of `count` receive buffers of `size` bytes each, reposted as messages drop.
+///
+/// Checks before posting anything: the count fits the queue's granted depth and the CQ has
+/// that many free slots (all slots are reserved first, so running out posts nothing).
+pub(crate) fn stream(
+    target: &RecvTarget,
+    pd: &ProtectionDomain,
+    count: u32,
+    size: usize,
+) -> Result<RecvStream> {
+    if count == 0 || size == 0 || size > u32::MAX as usize {
+        return Err(Error::InvalidArgument(format!(
+            "receive stream of {count} x {size} bytes"
+        )));
+    }
+    if count as usize > target.depth() {
+        return Err(Error::InvalidArgument(format!(
+            "receive stream of {count} buffers exceeds the receive queue's depth of {}",
+            target.depth()
+        )));
+    }
+    let (tx, rx) = inbox(count as usize);
+    let cq = target.recv_cq();
+    let pool = RecvPool::new(target, pd, count, size, tx)?;
+    // Reserve every slot before posting any receive: a CQ without enough free slots then
+    // fails the call with nothing posted.
+    let mut ids = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        match pool.reserve(i) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                for id in ids {
+                    pool.cancel(id);
+                }
+                pool.closed.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+    }
+    let target = target.clone();
+    let mut ids = ids.into_iter().enumerate();
+    for (i, id) in ids.by_ref() {
+        if let Err(e) = pool.post_reserved(&*target, i as u32, id) {
+            // A receive queue already holding other receives: what was posted stays posted
+            // (a posted receive cannot be taken back) and its deliveries are refused.
+            pool.closed.store(true, Ordering::Release);
+            for (_, id) in ids {
+                pool.cancel(id);
+            }
+            return Err(e);
+        }
+    }
+    Ok(RecvStream::new(rx, pool, cq.clone()))
+}

@@ -1,0 +1,169 @@
+//! The stream of received messages over a [`RecvPool`], and the messages themselves.
+
+use std::fmt;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio_rdma_core::{Completion, Delivery, InboxReceiver};
+
+use super::pool::RecvPool;
+use crate::cq::{CqInner, Parked};
+use crate::error::Result;
+use crate::ops::check;
+
+/// A stream of received messages (`Item = Result<RecvMessage>`).
+///
+/// A failed receive (e.g. a flush after the QP entered the error state) is yielded as an
+/// error and stops reposting; the stream ends once nothing is posted any more (so it ends
+/// after [`QueuePair::close`](crate::QueuePair::close), once the flushes are in). A buffer
+/// that could not be reposted when its message was dropped (every CQ slot in use) is retried
+/// at the next poll; if nothing else is posted and the retry fails too, the stream yields that
+/// error and ends instead of waiting forever.
+pub struct RecvStream {
+    rx: InboxReceiver<Delivery<Parked>>,
+    pool: Arc<RecvPool>,
+    cq: Arc<CqInner>,
+}
+
+impl fmt::Debug for RecvStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvStream")
+            .field("posted", &self.pool.posted.load(Ordering::Relaxed))
+            .field("chunk", &self.pool.chunk)
+            .finish()
+    }
+}
+
+impl RecvStream {
+    pub(super) fn new(
+        rx: InboxReceiver<Delivery<Parked>>,
+        pool: Arc<RecvPool>,
+        cq: Arc<CqInner>,
+    ) -> Self {
+        Self { rx, pool, cq }
+    }
+
+    /// Receive buffers currently posted (not yet delivered).
+    pub fn posted(&self) -> usize {
+        self.pool.posted.load(Ordering::Acquire)
+    }
+}
+
+impl Stream for RecvStream {
+    type Item = Result<RecvMessage>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let pool = &this.pool;
+        if pool.closed.load(Ordering::Acquire) {
+            // Ends below once the deliveries still posted are in.
+        } else if let Err(e) = pool.retry_orphans() {
+            if pool.posted.load(Ordering::Acquire) == 0 {
+                // Nothing posted that could ever wake us: end with the reason.
+                pool.closed.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+        let mut budget = this.cq.inline_budget();
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(d)) => {
+                    let Parked::Recv(chunk_pool, index) = d.resources else {
+                        // A notice from a failed repost: re-check from the top.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    };
+                    pool.posted.fetch_sub(1, Ordering::AcqRel);
+                    let Ok(chunk_pool) = chunk_pool.downcast::<RecvPool>() else {
+                        continue;
+                    };
+                    return Poll::Ready(Some(match check(d.completion) {
+                        Ok(c) => Ok(RecvMessage {
+                            pool: chunk_pool,
+                            index,
+                            completion: c,
+                        }),
+                        Err(e) => {
+                            pool.closed.store(true, Ordering::Release);
+                            Err(e)
+                        }
+                    }));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if pool.closed.load(Ordering::Acquire)
+                        && pool.posted.load(Ordering::Acquire) == 0
+                    {
+                        return Poll::Ready(None);
+                    }
+                    // Inline polls within the channel's budget; the waker is registered.
+                    if !this.cq.poll_inline(&mut budget) {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        self.pool.closed.store(true, Ordering::Release);
+        // Deliveries still to come are refused and their chunks (Arc<RecvPool>) dropped by
+        // the dispatcher; the pool's memory lives until the last posted chunk completes or is
+        // flushed (or its queue is destroyed and the slot failed).
+        self.pool.tx.close();
+        while self.rx.try_recv().is_some() {}
+    }
+}
+
+/// One received message: a view of a pool buffer; the buffer is reposted when this drops.
+pub struct RecvMessage {
+    pool: Arc<RecvPool>,
+    index: u32,
+    completion: Completion,
+}
+
+impl RecvMessage {
+    /// The work completion (byte_len, imm_data, qp_num, src_qp, ...).
+    pub fn completion(&self) -> &Completion {
+        &self.completion
+    }
+    /// Immediate data, when sent with one.
+    pub fn imm(&self) -> Option<u32> {
+        self.completion.imm_data
+    }
+}
+
+impl Deref for RecvMessage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.pool
+            .chunk_bytes(self.index, self.completion.byte_len as usize)
+    }
+}
+
+impl fmt::Debug for RecvMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvMessage")
+            .field("len", &self.completion.byte_len)
+            .field("imm", &self.completion.imm_data)
+            .field("qp_num", &self.completion.qp_num)
+            .finish()
+    }
+}
+
+impl Drop for RecvMessage {
+    fn drop(&mut self) {
+        if self.pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.pool.repost(self.index) {
+            self.pool.repost_failed(self.index, &e);
+        }
+    }
+}
