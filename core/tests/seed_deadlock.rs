@@ -11,6 +11,12 @@
 //! reports the wait-for edges, and makes every lock wait give up so the test exits. With
 //! [`Dispatcher`] the timer only stores the event and wakes the connection task, which takes
 //! the connection lock later, holding no lock while it awaits: the same workload completes.
+//!
+//! This is a user-space analogue, not a replay of the kernel's code paths: each actor is a
+//! thread, and the timer thread's body delivers the event itself, where in 2009 an interrupt
+//! preempted the timer and the event was delivered in that context. What matters is the same:
+//! the deliverer runs consumer code (the event handler taking the connection lock) inside a
+//! context someone else waits for synchronously.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -35,6 +41,8 @@ struct World {
     abort: AtomicBool,
     /// actor -> what it is waiting for right now.
     waiting: Mutex<BTreeMap<&'static str, &'static str>>,
+    /// Every wait, in order: (actor, what it waited for).
+    waits_log: Mutex<Vec<(&'static str, &'static str)>>,
 }
 
 #[derive(Default)]
@@ -57,6 +65,7 @@ impl World {
         mut ready: impl FnMut() -> Option<T>,
     ) -> Result<T, Aborted> {
         self.waiting.lock().unwrap().insert(who, what);
+        self.waits_log.lock().unwrap().push((who, what));
         let result = loop {
             if let Some(v) = ready() {
                 break Ok(v);
@@ -70,7 +79,17 @@ impl World {
         result
     }
 
+    /// What `who` waited for, in order.
+    fn waits_of(&self, who: &str) -> Vec<&'static str> {
+        let log = self.waits_log.lock().unwrap();
+        log.iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, what)| *what)
+            .collect()
+    }
+
     /// `Mutex::lock` that gives up once the watchdog fired (try_lock_for-style loop).
+    /// `what` names the lock being waited for.
     fn lock<'a, T>(
         &self,
         m: &'a Mutex<T>,
@@ -83,7 +102,7 @@ impl World {
 
 /// Actor 1: connection lock held while posting a MAD, which takes the agent lock.
 fn poster(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
-    let mut conn = w.lock(&w.conn, "poster", "agent lock")?; // uncontended at start
+    let mut conn = w.lock(&w.conn, "poster", "connection lock")?; // uncontended at start
     barrier.wait();
     let mut agent = w.lock(&w.agent, "poster", "agent lock")?;
     agent.sent += 1;
@@ -93,7 +112,7 @@ fn poster(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
 
 /// Actor 2: agent lock held while waiting synchronously for the timer callback to finish.
 fn canceller(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
-    let mut agent = w.lock(&w.agent, "canceller", "timer callback")?;
+    let mut agent = w.lock(&w.agent, "canceller", "agent lock")?; // uncontended at start
     barrier.wait();
     w.wait("canceller", "timer callback", || {
         w.timer_done.load(SeqCst).then_some(())
@@ -102,7 +121,8 @@ fn canceller(w: &World, barrier: &Barrier) -> Result<(), Aborted> {
     Ok(())
 }
 
-/// Actor 3: the timer callback, interrupted by the "established" event delivery.
+/// Actor 3: the timer callback, whose body delivers the "established" event (in 2009 an
+/// interrupt preempted the timer to deliver it; here the timer thread does it itself).
 fn timer(
     w: &World,
     barrier: &Barrier,
@@ -256,6 +276,10 @@ fn callback_dispatch_deadlocks_and_is_detected() {
     assert_eq!(out.waits.get("poster"), Some(&"agent lock"));
     assert_eq!(out.waits.get("canceller"), Some(&"timer callback"));
     assert_eq!(out.waits.get("timer"), Some(&"connection lock"));
+    // Every wait, first locks included, is labelled with what it waited for.
+    assert_eq!(w.waits_of("poster"), ["connection lock", "agent lock"]);
+    assert_eq!(w.waits_of("canceller"), ["agent lock", "timer callback"]);
+    assert_eq!(w.waits_of("timer"), ["connection lock"]);
     // After the abort the stuck waits gave up and every thread exited (joined above).
 }
 
@@ -304,4 +328,8 @@ fn await_dispatch_completes_the_same_workload() {
     let agent = w.agent.lock().unwrap();
     assert_eq!((agent.sent, agent.timer_cancelled), (1, true));
     assert_eq!(d.in_flight(), 0);
+    // Each actor waited for what its labels say, first lock first.
+    assert_eq!(w.waits_of("poster"), ["connection lock", "agent lock"]);
+    assert_eq!(w.waits_of("canceller"), ["agent lock", "timer callback"]);
+    assert_eq!(w.waits_of("connection task"), ["connection lock"]);
 }
