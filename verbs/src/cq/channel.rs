@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use super::config::DriverConfig;
 use super::queue::CqInner;
 use super::reaper::Reaper;
+use super::registry::Registry;
 use crate::device::{Context, ContextInner};
 use crate::error::{Error, Result};
 use crate::sys::{async_fd, set_nonblocking, Fd};
@@ -30,6 +31,8 @@ pub(crate) struct ChannelInner {
     pub(super) fault: Notify,
     /// Teardowns waiting for flushes (QPs dropped with work in flight).
     pub(super) reaper: Arc<Reaper>,
+    /// CQs added and removed, for the driver's policy.
+    pub(super) registry: Arc<Registry>,
     pub(super) ctx: Arc<ContextInner>,
 }
 
@@ -64,6 +67,7 @@ impl ChannelInner {
             faulted: AtomicBool::new(false),
             fault: Notify::new(),
             reaper: Arc::new(Reaper::new()),
+            registry: Arc::default(),
             ctx: ctx.inner.clone(),
         };
         set_nonblocking(raw, "completion channel")?;
@@ -86,9 +90,9 @@ impl ChannelInner {
         cqs.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Pulls every pending CQ event (until EAGAIN), counting it on its CQ and adding the CQ to
-    /// `active`. Always ends in `Err`: `WouldBlock` when drained, else a real error.
-    pub(super) fn drain_events(&self, active: &mut Vec<Arc<CqInner>>) -> io::Result<()> {
+    /// Pulls every pending CQ event (until EAGAIN), counting each on its CQ and handing the
+    /// CQ to `on_event`. Always ends in `Err`: `WouldBlock` when drained, else a real error.
+    pub(super) fn drain_events(&self, mut on_event: impl FnMut(Arc<CqInner>)) -> io::Result<()> {
         loop {
             let mut cq: *mut ffi::ibv_cq = std::ptr::null_mut();
             let mut ctx: *mut libc::c_void = std::ptr::null_mut();
@@ -101,10 +105,8 @@ impl ChannelInner {
             // channel, and the event is not acked yet.
             match unsafe { CqInner::from_event_context(ctx) } {
                 Some(c) => {
-                    c.count_event();
-                    if !active.iter().any(|a| Arc::ptr_eq(a, &c)) {
-                        active.push(c);
-                    }
+                    c.note_event();
+                    on_event(c);
                 }
                 None => {
                     // The CQ is being dropped: `ibv_destroy_cq` blocks until this event is

@@ -1,4 +1,6 @@
-//! The per-channel driver task: poll-arm-poll with a count-bounded adaptive spin.
+//! The per-channel driver task. It only *executes* the steps of core's [`DriverPolicy`]
+//! (poll-arm-poll, count-bounded spin, batched acks, park) with the real verbs, and ticks the
+//! channel's pending teardowns.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -6,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 
 use super::channel::ChannelInner;
-use super::config::TIGHT_POLLS;
 use super::queue::CqInner;
 use super::reaper::{Reaper, REAP_PERIOD};
+use super::registry::Registry;
 use crate::sys::Fd;
 
 /// The fd's readiness as the reactor knows it, without waiting (and without a system call).
@@ -23,102 +26,177 @@ fn ready_now(fd: &AsyncFd<Fd>) -> Option<io::Result<AsyncFdReadyGuard<'_, Fd>>> 
     }
 }
 
-/// Polls every active CQ once; whether anything was found (or someone else was draining).
-fn poll_all(active: &[Arc<CqInner>]) -> bool {
-    let mut found = false;
-    for cq in active {
-        match cq.poll_once() {
-            Ok(Some(0)) => {}
-            Ok(_) => found = true,
-            Err(e) => tracing::warn!(error = %e, "poll failed"),
-        }
-    }
-    found
+/// The executor's state: the policy and the CQs it holds while they are active.
+struct Executor<'a> {
+    chan: &'a ChannelInner,
+    policy: DriverPolicy<usize>,
+    /// The active CQs (by key), held strongly while the policy polls them.
+    held: Vec<Arc<CqInner>>,
 }
 
-/// The per-channel driver task: poll-arm-poll with a count-bounded adaptive spin.
+impl Executor<'_> {
+    fn cq(&self, key: usize) -> Option<&Arc<CqInner>> {
+        self.held.iter().find(|c| c.key == key)
+    }
+
+    fn sync_registry(&mut self) {
+        sync_registry(&self.chan.registry, &mut self.policy, &mut self.held);
+    }
+
+    /// Reads every pending event (readiness is cleared only on EAGAIN, by `try_io`).
+    fn drain(&mut self, guard: &mut AsyncFdReadyGuard<'_, Fd>) -> io::Result<()> {
+        let Self {
+            chan, policy, held, ..
+        } = self;
+        let r = guard.try_io(|_| {
+            chan.drain_events(|cq| {
+                let mut outcome = policy.on_event(cq.key);
+                if outcome == EventOutcome::AckNow {
+                    // A CQ created since the last sync: register it and count again.
+                    sync_registry(&chan.registry, policy, held);
+                    outcome = policy.on_event(cq.key);
+                }
+                if outcome == EventOutcome::AckNow {
+                    cq.ack(1);
+                } else if !held.iter().any(|h| Arc::ptr_eq(h, &cq)) {
+                    held.push(cq);
+                }
+            })
+        });
+        match r {
+            Ok(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn poll(&mut self, key: usize) {
+        let n = match self.cq(key).map(|cq| cq.poll_once()) {
+            // Another thread is polling it: it must not be concluded empty.
+            Some(Ok(None)) => 1,
+            Some(Ok(Some(n))) => n,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "poll failed");
+                0
+            }
+            None => 0,
+        };
+        self.policy.on_polled(key, n);
+    }
+
+    fn arm(&mut self, key: usize) {
+        let Some(cq) = self.cq(key) else {
+            self.policy.on_polled_after_arm(key, 0);
+            return;
+        };
+        let n = match cq.arm() {
+            // Arming failed: keep it active, armed again after the next spin budget.
+            Err(e) => {
+                tracing::warn!(error = %e, "arming failed");
+                1
+            }
+            Ok(()) => match cq.poll_once() {
+                Ok(Some(n)) => n,
+                Ok(None) => 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll failed");
+                    0
+                }
+            },
+        };
+        self.policy.on_polled_after_arm(key, n);
+        if n == 0 {
+            // Parked: its next completion raises an event, which hands it back.
+            self.held.retain(|c| c.key != key);
+        }
+    }
+}
+
+/// Applies CQs created and dropped since the last look.
+fn sync_registry(
+    registry: &Registry,
+    policy: &mut DriverPolicy<usize>,
+    held: &mut Vec<Arc<CqInner>>,
+) {
+    if let Some(changes) = registry.take() {
+        for key in changes.added {
+            policy.add_cq(key);
+        }
+        for key in changes.removed {
+            // Its drop acked what it had read; the policy's count is the same events.
+            let _ = policy.on_cq_removed(key);
+            held.retain(|c| c.key != key);
+        }
+    }
+}
+
+/// The per-channel driver task.
 pub(super) async fn drive(chan: Arc<ChannelInner>) {
     let Some(fd) = chan.fd.as_ref() else { return };
     let cfg = chan.config;
-    let mut active: Vec<Arc<CqInner>> = Vec::new();
-    let mut idle: u32 = 0;
-    let mut rounds: u32 = 0;
+    let mut ex = Executor {
+        chan: &chan,
+        policy: DriverPolicy::new(DriverPolicyConfig {
+            spin_polls: cfg.spin_iterations,
+            tight_polls: super::config::TIGHT_POLLS,
+            ack_batch: cfg.ack_batch,
+        }),
+        held: Vec::new(),
+    };
+    let mut yields: u32 = 0;
     loop {
-        if active.is_empty() {
-            // Park: nothing armed has produced anything yet.
-            let mut guard = tokio::select! {
-                r = fd.readable() => match r {
-                    Ok(g) => g,
-                    Err(e) => return fallback(&chan, &format!("waiting on the fd: {e}")).await,
-                },
-                () = chan.fault.notified() => {
+        match ex.policy.next_step() {
+            DriverStep::Poll(key) => ex.poll(key),
+            DriverStep::Arm(key) => ex.arm(key),
+            DriverStep::Ack { cq, n } => {
+                if let Some(cq) = ex.cq(cq) {
+                    cq.ack(n);
+                }
+            }
+            DriverStep::DrainEvents => {
+                if let Some(Ok(mut guard)) = ready_now(fd) {
+                    if let Err(e) = ex.drain(&mut guard) {
+                        return fallback(&chan, &format!("ibv_get_cq_event: {e}")).await;
+                    }
+                }
+            }
+            DriverStep::Yield => {
+                tokio::task::yield_now().await;
+                ex.sync_registry();
+                if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;
                 }
-                () = reap_wait(&chan.reaper) => {
+                yields = yields.wrapping_add(1);
+                if chan.reaper.is_pending() && yields % REAP_ROUNDS == 0 {
                     chan.reaper.tick();
-                    continue;
                 }
-            };
-            match guard.try_io(|_| chan.drain_events(&mut active)) {
-                Ok(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => {
-                    return fallback(&chan, &format!("ibv_get_cq_event: {e}")).await;
+                // Picking up events costs no system call when the reactor already saw the fd
+                // readable (an armed CQ got a completion), unlike an `ibv_get_cq_event` that
+                // finds nothing.
+                if matches!(ready_now(fd), Some(Ok(_))) {
+                    ex.policy.on_readable();
                 }
-                // Drained to EAGAIN: try_io cleared readiness.
-                _ => {}
             }
-            idle = 0;
-        } else if let Some(Ok(mut guard)) = ready_now(fd) {
-            // Spinning, and the reactor saw the fd readable (an armed CQ got a completion):
-            // pick up its events without waiting. Checking the readiness the reactor already
-            // has costs no system call, unlike an `ibv_get_cq_event` that finds nothing.
-            let _ = guard.try_io(|_| chan.drain_events(&mut active));
-        }
-        if chan.faulted.load(Ordering::Acquire) {
-            return fallback(&chan, "fault injected").await;
-        }
-        if chan.reaper.is_pending() {
-            rounds = rounds.wrapping_add(1);
-            if rounds % REAP_ROUNDS == 0 {
-                chan.reaper.tick();
+            DriverStep::Park => {
+                tokio::select! {
+                    r = fd.readable() => match r {
+                        Ok(_) => ex.policy.on_readable(),
+                        Err(e) => {
+                            return fallback(&chan, &format!("waiting on the fd: {e}")).await;
+                        }
+                    },
+                    () = chan.fault.notified() => {
+                        return fallback(&chan, "fault injected").await;
+                    }
+                    () = reap_wait(&chan.reaper) => chan.reaper.tick(),
+                }
+                ex.sync_registry();
             }
         }
-
-        // Poll; while nothing shows up, re-poll in a tight loop for a few rounds before
-        // yielding, so the per-yield runtime cost (an epoll_wait and a clock read in tokio's
-        // park) is paid once per TIGHT_POLLS empty polls, not per poll.
-        let mut found = poll_all(&active);
-        let mut polls = 1;
-        while !found && polls < TIGHT_POLLS && idle + polls < cfg.spin_iterations {
-            std::hint::spin_loop();
-            found = poll_all(&active);
-            polls += 1;
-        }
-        if found {
-            idle = 0;
-            tokio::task::yield_now().await;
-            continue;
-        }
-        idle += polls;
-        if idle < cfg.spin_iterations {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        // Empty for the whole spin budget: arm, then poll again (a completion that landed
-        // between the last poll and the arm would otherwise be lost). Park only CQs that are
-        // still empty; the others stay active (a spurious event later is harmless).
-        active.retain(|cq| {
-            if let Err(e) = cq.arm() {
-                tracing::warn!(error = %e, "arming failed");
-            }
-            !matches!(cq.poll_once(), Ok(Some(0)))
-        });
-        idle = 0;
-        tokio::task::yield_now().await;
     }
 }
 
-/// While spinning, pending teardowns are ticked every this many driver rounds (a tick reads
-/// the clock: not on every round).
+/// While spinning, pending teardowns are ticked every this many yields (a tick reads the
+/// clock: not on every round).
 const REAP_ROUNDS: u32 = 256;
 
 /// Resolves after a reap period when teardowns are pending, else when one is scheduled.
@@ -136,7 +214,7 @@ const FALLBACK_PERIOD: Duration = Duration::from_millis(1);
 /// The channel fd failed: no completion event will ever arrive. Releasing the CQs' buffers
 /// now would free memory the NIC may still write (their QPs are live), and failing their
 /// futures would lose completions that are still coming; so keep delivering them by polling
-/// every CQ of the channel on a timer, until the last CQ is gone.
+/// every CQ of the channel on a timer, until the channel's owner stops the task.
 async fn fallback(chan: &ChannelInner, why: &str) {
     tracing::error!(
         why,
@@ -147,9 +225,11 @@ async fn fallback(chan: &ChannelInner, why: &str) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // The task ends when the channel's owner aborts it (its last handle and CQ are gone).
         let cqs = chan.live_cqs();
-        while poll_all(&cqs) {}
+        while cqs
+            .iter()
+            .any(|cq| matches!(cq.poll_once(), Ok(Some(n)) if n > 0))
+        {}
         if chan.reaper.is_pending() {
             chan.reaper.tick();
         }

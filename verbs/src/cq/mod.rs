@@ -11,6 +11,7 @@ mod config;
 mod driver;
 mod queue;
 mod reaper;
+mod registry;
 mod wc;
 
 use std::fmt;
@@ -101,6 +102,7 @@ impl CompletionChannel {
             chan.ch.as_ptr(),
             self.owner.clone(),
             chan.reaper.clone(),
+            chan.registry.clone(),
             chan.config,
             cqe,
         )?;

@@ -12,6 +12,7 @@ use tokio_rdma_core::{Aftermath, Completion, Dispatcher, WcStatus};
 
 use super::config::{DriverConfig, MAX_BATCH};
 use super::reaper::Reaper;
+use super::registry::Registry;
 use super::wc::convert_wc;
 use crate::device::ContextInner;
 use crate::error::{Error, Result};
@@ -44,7 +45,12 @@ pub(crate) struct CqInner {
     /// Held by whoever polls the CQ right now (driver or an inline-polling future): one
     /// poller at a time, and a poller never waits for another.
     draining: AtomicBool,
+    /// Events read for this CQ and not yet acked (the driver's policy decides when to ack;
+    /// `Drop` acks the rest before destroying).
     unacked: AtomicU32,
+    /// This CQ's key in its channel driver's policy.
+    pub(super) key: usize,
+    registry: Arc<Registry>,
     pub(super) events: AtomicU64,
     pub(super) polls: AtomicU64,
     pub(super) unsignaled_errors: AtomicU64,
@@ -69,6 +75,7 @@ impl CqInner {
         channel: *mut ffi::ibv_comp_channel,
         keep_channel: Arc<dyn Any + Send + Sync>,
         reaper: Arc<Reaper>,
+        registry: Arc<Registry>,
         config: DriverConfig,
         cqe: u32,
     ) -> Result<Arc<Self>> {
@@ -93,6 +100,8 @@ impl CqInner {
             dispatcher: Dispatcher::new(cqe as usize),
             draining: AtomicBool::new(false),
             unacked: AtomicU32::new(0),
+            key: registry.add(),
+            registry,
             events: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             unsignaled_errors: AtomicU64::new(0),
@@ -228,16 +237,21 @@ impl CqInner {
         Ok(())
     }
 
-    /// Counts one event read for this CQ; acks in batches of `ack_batch`.
-    pub(super) fn count_event(&self) {
+    /// Counts one event read for this CQ (not acked yet).
+    pub(super) fn note_event(&self) {
         self.events.fetch_add(1, Ordering::Relaxed);
-        let n = self.unacked.fetch_add(1, Ordering::AcqRel) + 1;
-        if n >= self.config.ack_batch {
-            let take = self.unacked.swap(0, Ordering::AcqRel);
-            if take > 0 {
-                // SAFETY: `take` events of this live CQ were received and not yet acked.
-                unsafe { ffi::ibv_ack_cq_events(self.as_ptr(), take) }
-            }
+        self.unacked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Acks `n` of the events read for this CQ (when the driver's policy says so).
+    pub(super) fn ack(&self, n: u32) {
+        // Only the driver counts and acks (holding a strong reference); `Drop` runs after.
+        let n = n.min(self.unacked.load(Ordering::Relaxed));
+        self.unacked.fetch_sub(n, Ordering::Relaxed);
+        if n > 0 {
+            // SAFETY: at least `n` events of this live CQ were read and not yet acked (the
+            // counter only counts read events, and only its driver acks them).
+            unsafe { ffi::ibv_ack_cq_events(self.as_ptr(), n) }
         }
     }
 }
@@ -251,6 +265,7 @@ impl Drop for CqInner {
             // SAFETY: acking the events counted for this live CQ (ack-before-destroy).
             unsafe { ffi::ibv_ack_cq_events(self.as_ptr(), take) }
         }
+        self.registry.remove(self.key);
         // Every QP and SRQ of this CQ is destroyed (they hold Arcs), so the NIC no longer
         // touches any parked buffer: release them and wake whatever still waits.
         self.dispatcher.fail_all(WcStatus::WrFlushErr);

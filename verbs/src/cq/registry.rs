@@ -1,0 +1,50 @@
+//! The keys of a channel's CQs as its driver's policy knows them: CQs are created and dropped
+//! on any thread, and the driver learns of it at its next round (cold path: a mutex, and one
+//! atomic load per round).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// CQ keys added and removed since the driver last looked.
+#[derive(Default)]
+pub(crate) struct Registry {
+    next_key: AtomicUsize,
+    changed: AtomicBool,
+    changes: Mutex<Changes>,
+}
+
+#[derive(Default)]
+pub(super) struct Changes {
+    pub(super) added: Vec<usize>,
+    pub(super) removed: Vec<usize>,
+}
+
+impl Registry {
+    /// A key for a new CQ (never reused: a stale step for a dropped CQ names nobody).
+    pub(super) fn add(&self) -> usize {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.change(|c| c.added.push(key));
+        key
+    }
+
+    /// A CQ is gone (its own drop acked its events).
+    pub(super) fn remove(&self, key: usize) {
+        self.change(|c| c.removed.push(key));
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Changes)) {
+        f(&mut self.changes.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// The changes since the last call, if any (one atomic load when there are none).
+    pub(super) fn take(&self) -> Option<Changes> {
+        if !self.changed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.changed.store(false, Ordering::Release);
+        Some(std::mem::take(
+            &mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
