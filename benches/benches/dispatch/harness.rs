@@ -171,8 +171,9 @@ fn poll_cq(
 }
 
 /// Runs one measurement: a poller thread on `cqs` (see [`poll_cq`]) and one thread per CQ
-/// share running `consumer(i, &cqs[i])`. Returns the wall time from the common start until the
-/// last consumer is done (the poller is already running at the start).
+/// share running `consumer(i, &cqs[i])`. Returns the wall time from the first consumer's start
+/// to the last one's end, as the consumers clock it themselves: a thread that is slow to be
+/// scheduled after the barrier or the join (the machine is shared) is not timed.
 pub fn run(
     cqs: &[Cq],
     batch: usize,
@@ -194,17 +195,20 @@ pub fn run(
             .map(|(i, cq)| {
                 s.spawn(move || {
                     barrier.wait();
+                    let start = Instant::now();
                     consumer(i, cq);
+                    (start, Instant::now())
                 })
             })
             .collect();
         barrier.wait();
-        let start = Instant::now();
-        for c in consumers {
-            c.join().expect("consumer thread");
-        }
-        let elapsed = start.elapsed();
+        let times: Vec<_> = consumers
+            .into_iter()
+            .map(|c| c.join().expect("consumer thread"))
+            .collect();
         stop.store(true, Release);
-        elapsed
+        let start = times.iter().map(|t| t.0).min().expect("a consumer");
+        let end = times.iter().map(|t| t.1).max().expect("a consumer");
+        end - start
     })
 }
