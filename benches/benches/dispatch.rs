@@ -1,33 +1,57 @@
-//! Per-completion dispatch cost: tokio-rdma's async dispatch (`Dispatcher` + `Operation`
-//! polled to `Ready`, and the routed inbox path) against the kernel-style `CallbackDispatcher`
-//! (callbacks run on the polling thread, each taking its consumer's lock).
+//! Per-completion dispatch cost, end to end across threads: tokio-rdma's async dispatch
+//! (`Dispatcher` + `Operation`, and the routed inbox path) against the kernel-style
+//! `CallbackDispatcher` (callbacks run on the polling thread), with a locked and a lock-free
+//! callback.
 //!
-//! Same inputs for both: batches of 1/16/64 completions, as `ibv_poll_cq` would return them;
-//! same bookkeeping (slot table with generations, lock-free free list); same consumer work per
-//! event (`State::record`). The async consumer owns its state (it is a task); the callback
-//! consumer's state is shared with the callback, so it sits behind the consumer's `Mutex`,
-//! which the consumer's own code also takes once per batch to read its results.
+//! Every variant has the same shape (`dispatch/harness.rs`): consumer threads post work
+//! requests in batches of 1/16/64 into a simulated CQ (keeping two batches in flight), one
+//! **poller thread**, separate from the consumers, takes completions off it in batches of the
+//! same size and dispatches them; the consumer learns that its completions arrived and does
+//! the same work per event (`State::record`: count it, add its length). What differs is only
+//! how the event reaches the consumer:
 //!
-//! "threads" = 1 or N threads running the workload concurrently against one shared dispatcher
-//! (N QPs sharing one CQ's slot table); each thread is one consumer. Each criterion iteration
-//! is one batch per thread; divide the time by `threads × batch` for ns per completion
-//! (`core/scripts/bench_summary.py` does that from criterion's JSON).
+//! * `async_op`: the consumer polls each `Operation` once with a real (counting) waker
+//!   **before** posting it, so the slot holds its waker and the WAITER flag; the poller's
+//!   dispatch stores the completion and wakes; the consumer polls the woken operations again,
+//!   takes the completions and records them.
+//! * `async_inbox`: receives routed with their buffer into the consumer's inbox; the consumer
+//!   drains it with `poll_recv` (a real waker registered whenever it is empty), records each
+//!   delivery and re-posts its buffer.
+//! * `callback_locked`: the kernel style: the callback, on the poller thread, takes the
+//!   consumer's `Mutex` and records the completion into the consumer's state; the consumer's
+//!   own code takes the same lock to read its progress.
+//! * `callback_lockfree`: the callback publishes into consumer-owned atomics instead (the
+//!   best case for callbacks: the style without the lock).
+//!
+//! `cN` = N consumer threads (1 or 2) sharing one dispatcher and the poller. Each criterion
+//! iteration is one batch per consumer; `core/scripts/bench_summary.py` divides the time by
+//! `consumers × batch` for ns per completion, from criterion's JSON.
+//!
+//! Short run (CI): `cargo bench -p tokio-rdma-bench --bench dispatch -- --warm-up-time 1
+//! --measurement-time 2`.
 
 // `criterion_group!` expands to an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+#[path = "dispatch/harness.rs"]
+mod harness;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
-use std::sync::{Arc, Barrier, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use futures::task::noop_waker_ref;
+use harness::{run, Backoff, Cq, Padded, WakeCounter};
 use tokio_rdma_core::{inbox, CallbackDispatcher, Completion, ConsumerId, Dispatcher, WcOpcode};
 
 const BATCHES: [usize; 3] = [1, 16, 64];
+const CONSUMERS: [usize; 2] = [1, 2];
+/// Batches a consumer keeps in flight: it posts the next while the poller dispatches one.
+const DEPTH: usize = 2;
 
 /// The consumer's work per completion.
 #[derive(Default, Debug)]
@@ -44,159 +68,251 @@ impl State {
     }
 }
 
-fn completion(wr_id: u64, opcode: WcOpcode) -> Completion {
-    Completion {
-        wr_id,
-        opcode,
-        byte_len: 64,
-        ..Completion::zeroed()
+/// The same work, published by a lock-free callback: the poller is the writer, the consumer
+/// reads `count` (`Release`/`Acquire`: `bytes` is up to date with it).
+#[derive(Default, Debug)]
+struct AtomicState {
+    count: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl AtomicState {
+    #[inline]
+    fn record(&self, c: &Completion) {
+        self.bytes.fetch_add(u64::from(c.byte_len), Relaxed);
+        self.count.fetch_add(1, Release);
     }
 }
 
-/// Runs `work(thread, iters)` on `threads` threads at once; returns the wall time.
-fn run_threads(threads: usize, iters: u64, work: &(dyn Fn(usize, u64) + Sync)) -> Duration {
-    if threads == 1 {
-        let start = Instant::now();
-        work(0, iters);
-        return start.elapsed();
-    }
-    let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    work(t, iters);
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        start.elapsed()
-    })
-}
-
-/// Async: reserve a batch of operations, dispatch the batch, poll each operation to `Ready`.
-fn async_operations(d: &Dispatcher, batch: usize, iters: u64) {
-    let mut ops = Vec::with_capacity(batch);
-    let mut wcs = Vec::with_capacity(batch);
+/// Async: reserve a batch, poll each operation once (registers the waker, sets WAITER), post;
+/// then poll the woken operations to `Ready` and record their completions.
+fn async_operations(d: &Dispatcher, cq: &Cq, batch: usize, iters: u64) {
+    let (window, target) = (DEPTH * batch, iters * batch as u64);
+    let wake = Arc::new(WakeCounter::default());
+    let waker = Waker::from(wake.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut ops = VecDeque::with_capacity(window);
+    let mut cq = cq.writer();
     let mut state = State::default();
-    let mut cx = Context::from_waker(noop_waker_ref());
-    for _ in 0..iters {
-        wcs.clear();
-        for _ in 0..batch {
-            let op = d.reserve().expect("slot");
-            wcs.push(completion(op.wr_id().into_raw(), WcOpcode::Send));
-            ops.push(op);
+    let (mut posted, mut done, mut backoff) = (0, 0, Backoff::default());
+    while done < target {
+        if posted < target && ops.len() + batch <= window {
+            for _ in 0..batch {
+                let mut op = d.reserve().expect("slot");
+                if Pin::new(&mut op).poll(&mut cx).is_ready() {
+                    unreachable!("not posted yet");
+                }
+                cq.push(op.wr_id().into_raw());
+                ops.push_back(op);
+            }
+            cq.publish();
+            posted += batch as u64;
+            continue;
         }
-        black_box(d.handle_completions(black_box(&wcs)));
-        for mut op in ops.drain(..) {
+        // Operations complete, and wake, in posting order.
+        let woken = wake.wakes() - done;
+        if woken == 0 {
+            backoff.snooze();
+            continue;
+        }
+        backoff.reset();
+        for mut op in ops.drain(..woken as usize) {
             match Pin::new(&mut op).poll(&mut cx) {
                 Poll::Ready(c) => state.record(&c),
-                Poll::Pending => unreachable!("completed"),
+                Poll::Pending => unreachable!("woken before its completion was stored"),
+            }
+        }
+        done += woken;
+    }
+    black_box(state);
+}
+
+/// Async, routed: receives delivered with their buffers into the consumer's inbox, drained
+/// with `poll_recv` until `Pending` (the waker registered), recorded and re-posted.
+fn async_inbox(d: &Dispatcher<u64>, cq: &Cq, batch: usize, iters: u64) {
+    let (window, target) = (DEPTH * batch, iters * batch as u64);
+    let wake = Arc::new(WakeCounter::default());
+    let waker = Waker::from(wake.clone());
+    let mut cx = Context::from_waker(&waker);
+    let (tx, mut rx) = inbox(window);
+    let mut cq = cq.writer();
+    let mut state = State::default();
+    let mut posted = 0;
+    for buf in 0..(window as u64).min(target) {
+        cq.push(d.reserve_into(&tx, buf).expect("slot").into_raw());
+        posted += 1;
+    }
+    cq.publish();
+    let (mut done, mut unpublished, mut backoff) = (0, 0, Backoff::default());
+    while done < target {
+        let seen = wake.wakes();
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(Some(delivery)) => {
+                state.record(&delivery.completion);
+                done += 1;
+                if posted < target {
+                    let id = d.reserve_into(&tx, delivery.resources).expect("slot");
+                    cq.push(id.into_raw());
+                    posted += 1;
+                    unpublished += 1;
+                    if unpublished == batch {
+                        cq.publish();
+                        unpublished = 0;
+                    }
+                }
+            }
+            Poll::Ready(None) => unreachable!("the sender is alive"),
+            Poll::Pending => {
+                if unpublished > 0 {
+                    cq.publish();
+                    unpublished = 0;
+                }
+                backoff.reset();
+                while wake.wakes() == seen {
+                    backoff.snooze();
+                }
             }
         }
     }
     black_box(state);
 }
 
-/// Async, routed: receives delivered with their buffers into the consumer's inbox, drained and
-/// re-posted.
-fn async_inbox(d: &Dispatcher<u64>, batch: usize, iters: u64) {
-    let (tx, mut rx) = inbox(batch);
-    let mut posted: Vec<_> = (0..batch as u64)
-        .map(|buf| d.reserve_into(&tx, buf).expect("slot"))
-        .collect();
-    let mut wcs = Vec::with_capacity(batch);
-    let mut state = State::default();
-    for _ in 0..iters {
-        wcs.clear();
-        wcs.extend(
-            posted
-                .drain(..)
-                .map(|id| completion(id.into_raw(), WcOpcode::Recv)),
-        );
-        black_box(d.handle_completions(black_box(&wcs)));
-        while let Some(delivery) = rx.try_recv() {
-            state.record(&delivery.completion);
-            posted.push(d.reserve_into(&tx, delivery.resources).expect("slot"));
-        }
-    }
-    for id in posted {
-        d.cancel_routed(id);
-    }
-    black_box(state);
-}
-
-/// Callback: post a batch, dispatch it (callbacks lock the consumer's state), then the
-/// consumer's own code takes its lock to read the results.
+/// Callback: post a batch; the poller's callbacks record the completions; the consumer reads
+/// its progress with `completed` (its own code touching its state) to post more.
 fn callbacks(
     cb: &CallbackDispatcher,
     consumer: ConsumerId,
-    shared: &Mutex<State>,
+    cq: &Cq,
     batch: usize,
     iters: u64,
+    completed: impl Fn() -> u64,
 ) {
-    let mut wcs = Vec::with_capacity(batch);
-    for _ in 0..iters {
-        wcs.clear();
-        for _ in 0..batch {
-            let id = cb.post(consumer).expect("slot");
-            wcs.push(completion(id.into_raw(), WcOpcode::Send));
+    let (window, target) = (DEPTH as u64 * batch as u64, iters * batch as u64);
+    let mut cq = cq.writer();
+    let base = completed();
+    let (mut posted, mut done, mut backoff) = (0, 0, Backoff::default());
+    while done < target {
+        if posted < target && posted - done + batch as u64 <= window {
+            for _ in 0..batch {
+                cq.push(cb.post(consumer).expect("slot").into_raw());
+            }
+            cq.publish();
+            posted += batch as u64;
+            continue;
         }
-        black_box(cb.handle_completions(black_box(&wcs)));
-        black_box(shared.lock().unwrap().count);
+        let now = completed() - base;
+        if now == done {
+            backoff.snooze();
+            continue;
+        }
+        backoff.reset();
+        done = now;
     }
 }
 
-fn dispatch(c: &mut Criterion) {
-    let n = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2);
-    let mut group = c.benchmark_group("dispatch");
-    for threads in [1, n] {
-        for batch in BATCHES {
-            let id = |name: &str| BenchmarkId::new(format!("{name}/t{threads}"), batch);
-            group.throughput(Throughput::Elements((threads * batch) as u64));
+fn cqs(consumers: usize, batch: usize) -> Vec<Cq> {
+    (0..consumers).map(|_| Cq::new(DEPTH * batch)).collect()
+}
 
-            // Each thread (consumer) uses its own handle onto the shared table, as tasks do.
-            let d: Dispatcher = Dispatcher::new(threads * batch);
-            let handles: Vec<_> = (0..threads).map(|_| d.clone()).collect();
+fn dispatch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dispatch");
+    for consumers in CONSUMERS {
+        for batch in BATCHES {
+            let id = |name: &str| BenchmarkId::new(format!("{name}/c{consumers}"), batch);
+            group.throughput(Throughput::Elements((consumers * batch) as u64));
+            let capacity = consumers * DEPTH * batch;
+
+            // Each consumer and the poller use their own handle onto the shared table.
+            let d: Dispatcher = Dispatcher::new(capacity);
+            let handles: Vec<_> = (0..consumers).map(|_| d.clone()).collect();
+            let poller = d.clone();
             group.bench_function(id("async_op"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(threads, iters, &|t, it| {
-                        async_operations(&handles[t], batch, it)
-                    })
+                    let dispatch = |wcs: &[Completion]| {
+                        black_box(poller.handle_completions(black_box(wcs)));
+                    };
+                    let t = run(
+                        &cqs(consumers, batch),
+                        batch,
+                        WcOpcode::Send,
+                        &dispatch,
+                        &|i, cq| async_operations(&handles[i], cq, batch, iters),
+                    );
+                    assert_eq!(d.in_flight(), 0);
+                    t
                 })
             });
 
-            let d: Dispatcher<u64> = Dispatcher::new(threads * batch);
-            let handles: Vec<_> = (0..threads).map(|_| d.clone()).collect();
+            let d: Dispatcher<u64> = Dispatcher::new(capacity);
+            let handles: Vec<_> = (0..consumers).map(|_| d.clone()).collect();
+            let poller = d.clone();
             group.bench_function(id("async_inbox"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(threads, iters, &|t, it| async_inbox(&handles[t], batch, it))
+                    let dispatch = |wcs: &[Completion]| {
+                        black_box(poller.handle_completions(black_box(wcs)));
+                    };
+                    let t = run(
+                        &cqs(consumers, batch),
+                        batch,
+                        WcOpcode::Recv,
+                        &dispatch,
+                        &|i, cq| async_inbox(&handles[i], cq, batch, iters),
+                    );
+                    assert_eq!(d.in_flight(), 0);
+                    t
                 })
             });
 
-            let mut cb = CallbackDispatcher::new(threads * batch);
-            let consumers: Vec<_> = (0..threads)
+            let mut cb = CallbackDispatcher::new(capacity);
+            let locked: Vec<_> = (0..consumers)
                 .map(|_| {
-                    let state = Arc::new(Mutex::new(State::default()));
+                    let state = Arc::new(Padded(Mutex::new(State::default())));
                     let s = state.clone();
-                    let id = cb.register(move |c: &Completion| s.lock().unwrap().record(c));
+                    let id = cb.register(move |c: &Completion| s.0.lock().unwrap().record(c));
                     (id, state)
                 })
                 .collect();
-            group.bench_function(id("callback"), |b| {
+            let lockfree: Vec<_> = (0..consumers)
+                .map(|_| {
+                    let state = Arc::new(Padded(AtomicState::default()));
+                    let s = state.clone();
+                    let id = cb.register(move |c: &Completion| s.0.record(c));
+                    (id, state)
+                })
+                .collect();
+            let dispatch = |wcs: &[Completion]| {
+                black_box(cb.handle_completions(black_box(wcs)));
+            };
+            group.bench_function(id("callback_locked"), |b| {
                 b.iter_custom(|iters| {
-                    run_threads(threads, iters, &|t, it| {
-                        let (consumer, state) = &consumers[t];
-                        callbacks(&cb, *consumer, state, batch, it)
-                    })
+                    run(
+                        &cqs(consumers, batch),
+                        batch,
+                        WcOpcode::Send,
+                        &dispatch,
+                        &|i, cq| {
+                            let (consumer, state) = &locked[i];
+                            callbacks(&cb, *consumer, cq, batch, iters, || {
+                                state.0.lock().unwrap().count
+                            })
+                        },
+                    )
+                })
+            });
+            group.bench_function(id("callback_lockfree"), |b| {
+                b.iter_custom(|iters| {
+                    run(
+                        &cqs(consumers, batch),
+                        batch,
+                        WcOpcode::Send,
+                        &dispatch,
+                        &|i, cq| {
+                            let (consumer, state) = &lockfree[i];
+                            callbacks(&cb, *consumer, cq, batch, iters, || {
+                                state.0.count.load(Acquire)
+                            })
+                        },
+                    )
                 })
             });
         }

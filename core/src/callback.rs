@@ -36,6 +36,14 @@ struct Consumer {
 /// not a different amount of bookkeeping. It is the baseline `tokio-rdma` replaces: running
 /// consumer code (and its locks) inside the event loop is what made the seed deadlock possible
 /// (see the crate docs).
+///
+/// The dispatch bench (`benches/benches/dispatch.rs`) runs it, on a poller thread separate from
+/// the consumers, with two kinds of callback: the kernel's usual one, which takes the
+/// consumer's `Mutex` to record the completion into the consumer's state (`callback_locked`),
+/// and a lock-free one, which publishes into consumer-owned atomics that the consumer reads
+/// (`callback_lockfree`). The second is the best case for callbacks: the style's cost without
+/// the lock. It only fits work that a few atomic operations can do; anything larger (a state
+/// machine, a re-post under the consumer's lock) brings the lock back.
 pub struct CallbackDispatcher {
     /// `generation << 32 | (consumer + 1)`, low half 0 = free.
     slots: Box<[AtomicU64]>,
