@@ -40,6 +40,21 @@ pub enum SendOp {
     },
 }
 
+impl SendOp {
+    /// The operation's name as the verbs documentation spells it (`"RDMA READ"`, ...).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Send => "SEND",
+            Self::SendWithImm(_) => "SEND with immediate",
+            Self::Write(_) => "RDMA WRITE",
+            Self::WriteWithImm(..) => "RDMA WRITE with immediate",
+            Self::Read(_) => "RDMA READ",
+            Self::CompareSwap { .. } => "atomic compare-and-swap",
+            Self::FetchAdd { .. } => "atomic fetch-and-add",
+        }
+    }
+}
+
 /// One work request for [`QueuePair::post_batch`].
 #[derive(Debug)]
 pub struct SendRequest<L> {
@@ -49,7 +64,48 @@ pub struct SendRequest<L> {
     pub local: L,
 }
 
-pub(crate) fn validate(op: &SendOp, len: u32) -> Result<()> {
+/// Checks a work request before anything is reserved or posted: whether the QP's transport
+/// supports the operation, and whether the local and remote lengths fit it.
+///
+/// `qp_type` is the raw `ibv_qp_type` of the QP (`QpType::raw`). What each transport supports
+/// (InfiniBand spec, table "Service types and operations"): RC everything; UC SEND and RDMA
+/// WRITE (with or without immediate), no RDMA READ, no atomics; UD only SEND (with or without
+/// immediate), and only to an address handle (`send_to`): a UD work request without one has a
+/// null `wr.ud.ah`, which providers dereference (rxe and mlx5 crash the process).
+/// `ud_addressed` says whether the request carries an AH.
+pub(crate) fn validate(op: &SendOp, len: u32, qp_type: u32, ud_addressed: bool) -> Result<()> {
+    use ffi::ibv_qp_type::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
+    let name = op.name();
+    match qp_type {
+        IBV_QPT_RC => {}
+        IBV_QPT_UC => {
+            if matches!(
+                op,
+                SendOp::Read(_) | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
+            ) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} needs an RC QP: UC supports only SEND and RDMA WRITE"
+                )));
+            }
+        }
+        IBV_QPT_UD => {
+            if !matches!(op, SendOp::Send | SendOp::SendWithImm(_)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} is not supported on a UD QP (only SEND, through send_to)"
+                )));
+            }
+            if !ud_addressed {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} on a UD QP needs a destination: use send_to with an AddressHandle"
+                )));
+            }
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "{name} on a QP of unsupported type {other}"
+            )))
+        }
+    }
     match op {
         SendOp::Write(r) | SendOp::WriteWithImm(r, _) | SendOp::Read(r) if len > r.len => {
             Err(Error::InvalidArgument(format!(
@@ -149,24 +205,80 @@ pub(crate) fn build_wr(
 mod tests {
     use super::*;
 
+    use ffi::ibv_qp_type::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
+
+    const R: RemoteBuffer = RemoteBuffer {
+        addr: 0x1000,
+        rkey: 1,
+        len: 16,
+    };
+
     #[test]
     fn validation() {
-        let r = RemoteBuffer {
-            addr: 0x1000,
-            rkey: 1,
-            len: 16,
-        };
-        assert!(validate(&SendOp::Write(r), 16).is_ok());
-        assert!(validate(&SendOp::Write(r), 17).is_err());
-        assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 8).is_ok());
-        assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 4).is_err());
-        let odd = RemoteBuffer { addr: 0x1004, ..r };
-        assert!(validate(
+        let rc = |op: &SendOp, len| validate(op, len, IBV_QPT_RC, false);
+        assert!(rc(&SendOp::Write(R), 16).is_ok());
+        assert!(rc(&SendOp::Write(R), 17).is_err());
+        assert!(rc(&SendOp::FetchAdd { remote: R, add: 1 }, 8).is_ok());
+        assert!(rc(&SendOp::FetchAdd { remote: R, add: 1 }, 4).is_err());
+        let odd = RemoteBuffer { addr: 0x1004, ..R };
+        assert!(rc(
             &SendOp::FetchAdd {
                 remote: odd,
                 add: 1
             },
             8
+        )
+        .is_err());
+    }
+
+    /// Which operations each transport accepts: RC all, UC SEND and WRITE, UD only an
+    /// addressed SEND.
+    #[test]
+    fn validation_per_qp_type() {
+        let all = [
+            SendOp::Send,
+            SendOp::SendWithImm(1),
+            SendOp::Write(R),
+            SendOp::WriteWithImm(R, 1),
+            SendOp::Read(R),
+            SendOp::CompareSwap {
+                remote: R,
+                compare: 0,
+                swap: 1,
+            },
+            SendOp::FetchAdd { remote: R, add: 1 },
+        ];
+        let msg = |r: Result<()>| match r {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("want InvalidArgument, got {other:?}"),
+        };
+        for op in &all {
+            assert!(validate(op, 8, IBV_QPT_RC, false).is_ok(), "RC {op:?}");
+            let uc_ok = matches!(
+                op,
+                SendOp::Send | SendOp::SendWithImm(_) | SendOp::Write(_) | SendOp::WriteWithImm(..)
+            );
+            let uc = validate(op, 8, IBV_QPT_UC, false);
+            assert_eq!(uc.is_ok(), uc_ok, "UC {op:?}");
+            if !uc_ok {
+                let m = msg(uc);
+                assert!(m.contains(op.name()) && m.contains("RC"), "{m}");
+            }
+            let send = matches!(op, SendOp::Send | SendOp::SendWithImm(_));
+            assert_eq!(validate(op, 8, IBV_QPT_UD, true).is_ok(), send, "UD {op:?}");
+            // Without an address handle nothing is valid on UD (a null `wr.ud.ah` crashes
+            // the provider), and the error says what to use instead.
+            let m = msg(validate(op, 8, IBV_QPT_UD, false));
+            assert!(m.contains("UD"), "{m}");
+            if send {
+                assert!(m.contains("send_to"), "{m}");
+            }
+        }
+        assert!(validate(
+            &SendOp::Send,
+            8,
+            ffi::ibv_qp_type::IBV_QPT_RAW_PACKET,
+            false
         )
         .is_err());
     }

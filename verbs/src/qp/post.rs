@@ -75,15 +75,8 @@ impl QueuePair {
     /// SEND with the data inlined in the work request (copied at post time; no memory region
     /// needed). At most the QP's `max_inline_data` bytes.
     pub fn send_inline(&self, data: &[u8]) -> OpFuture<()> {
-        if data.len() > self.inner.max_inline as usize {
-            return OpFuture::failed(
-                Error::InvalidArgument(format!(
-                    "{} bytes exceed max_inline_data {}",
-                    data.len(),
-                    self.inner.max_inline
-                )),
-                (),
-            );
+        if let Err(e) = self.check_inline(data) {
+            return OpFuture::failed(e, ());
         }
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let cq = &self.inner.send_cq;
@@ -118,13 +111,7 @@ impl QueuePair {
     /// and the failed unsignaled request's own completion is counted in
     /// [`CqStats::unsignaled_errors`](crate::CqStats::unsignaled_errors) of the send CQ.
     pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
-        if data.len() > self.inner.max_inline as usize {
-            return Err(Error::InvalidArgument(format!(
-                "{} bytes exceed max_inline_data {}",
-                data.len(),
-                self.inner.max_inline
-            )));
-        }
+        self.check_inline(data)?;
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.inner.signal_every {
@@ -154,6 +141,21 @@ impl QueuePair {
         }
     }
 
+    /// An inline SEND of `data` is possible on this QP: not UD (which needs `send_to`) and
+    /// within `max_inline_data`.
+    fn check_inline(&self, data: &[u8]) -> Result<()> {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        validate(&SendOp::Send, len, self.inner.qp_type.raw(), false)?;
+        if data.len() > self.inner.max_inline as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes exceed max_inline_data {}",
+                data.len(),
+                self.inner.max_inline
+            )));
+        }
+        Ok(())
+    }
+
     /// UD: SEND (optionally with immediate data) to the QP behind `ah`. The AH comes back
     /// with the buffer once the send completed.
     pub fn send_to<L: LocalBuffer>(
@@ -168,6 +170,9 @@ impl QueuePair {
         let res = (buf, ah);
         if self.inner.qp_type != QpType::Ud {
             return OpFuture::failed(Error::InvalidArgument("send_to needs a UD QP".into()), res);
+        }
+        if let Err(e) = validate(&op, sge.1, self.inner.qp_type.raw(), true) {
+            return OpFuture::failed(e, res);
         }
         let cq = &self.inner.send_cq;
         let o = match self.inner.send_slots.reserve() {
@@ -186,7 +191,7 @@ impl QueuePair {
     }
 
     pub(super) fn post_one<L: LocalBuffer>(&self, op: SendOp, buf: L) -> OpFuture<L> {
-        if let Err(e) = validate(&op, buf.sge().1) {
+        if let Err(e) = validate(&op, buf.sge().1, self.inner.qp_type.raw(), false) {
             return OpFuture::failed(e, buf);
         }
         let cq = &self.inner.send_cq;
@@ -252,7 +257,7 @@ impl QueuePair {
         let mut kinds = Vec::with_capacity(n);
         for r in reqs {
             let sge = r.local.sge();
-            let checked = validate(&r.op, sge.1)
+            let checked = validate(&r.op, sge.1, self.inner.qp_type.raw(), false)
                 .and_then(|()| self.inner.send_slots.reserve().map_err(Error::from));
             match checked {
                 Ok(o) if out.is_empty() => {

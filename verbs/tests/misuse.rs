@@ -1,0 +1,169 @@
+//! Misuse and failure paths on a device: operations a QP type does not support are refused
+//! before posting (never a crash), a dead peer becomes an error in bounded time, failed
+//! completions name the posted operation, and queue depths are the granted ones. Needs an RDMA
+//! device (`cargo xtask test misuse` runs these in the soft-RoCE VM).
+
+mod common;
+
+use common::{bounded, rig, Rig};
+use tokio_rdma_verbs::{
+    Access, Error, MemoryRegion, OpFuture, QpType, QueuePair, QueuePairBuilder, RemoteBuffer,
+    SendOp, SendRequest,
+};
+
+/// A UD QP in RTS (its own address as the "remote", as UD needs no peer to reach RTS).
+fn ud_qp(r: &Rig) -> QueuePair {
+    let q = QueuePairBuilder::new(&r.pd, QpType::Ud, &r.cq)
+        .build()
+        .expect("ud qp");
+    let info = q.local_info(&r.opts).expect("info");
+    q.connect(&r.opts, &info).expect("ud to RTS");
+    q
+}
+
+fn region(r: &Rig, len: usize) -> MemoryRegion<Vec<u8>> {
+    r.pd.register(vec![0x5a; len], Access::ALL)
+        .expect("register")
+}
+
+/// Some remote word (valid or not, it must never be used on UD).
+fn remote(mr: &MemoryRegion<Vec<u8>>) -> RemoteBuffer {
+    mr.remote(..8).expect("remote")
+}
+
+/// Awaits an operation that must be refused before posting: `InvalidArgument` mentioning
+/// `needle`, the buffer given back, nothing left in flight on the CQ.
+async fn refused<L: Send + 'static>(r: &Rig, what: &str, needle: &str, fut: OpFuture<L>) -> L {
+    let (res, buf) = bounded(what, 10, fut).await;
+    match res {
+        Err(Error::InvalidArgument(m)) => {
+            assert!(m.contains(needle), "{what}: message {m:?} lacks {needle:?}")
+        }
+        other => panic!("{what} on UD: want InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(r.cq.in_flight(), 0, "{what}: nothing posted");
+    buf
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_send_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let buf = refused(&r, "send", "send_to", q.send(region(&r, 16))).await;
+    assert_eq!(&buf[..], &[0x5a; 16], "buffer given back intact");
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_send_with_imm_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let buf = refused(
+        &r,
+        "send_with_imm",
+        "send_to",
+        q.send_with_imm(region(&r, 16), 7),
+    )
+    .await;
+    assert_eq!(buf.len(), 16);
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_send_inline_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    refused(&r, "send_inline", "send_to", q.send_inline(b"inline")).await;
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_send_inline_unsignaled_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    match q.send_inline_unsignaled(b"unsignaled") {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("send_to"), "{m}"),
+        other => panic!("send_inline_unsignaled on UD: {other:?}"),
+    }
+    assert_eq!(r.cq.in_flight(), 0);
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_write_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let fut = q.write(region(&r, 8), remote(&target));
+    let buf = refused(&r, "write", "UD", fut).await;
+    assert_eq!(buf.len(), 8);
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_write_with_imm_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let fut = q.write_with_imm(region(&r, 8), remote(&target), 1);
+    refused(&r, "write_with_imm", "UD", fut).await;
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_read_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let fut = q.read(region(&r, 8), remote(&target));
+    refused(&r, "read", "UD", fut).await;
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_compare_swap_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let fut = q.compare_swap(region(&r, 8), remote(&target), 0, 1);
+    refused(&r, "compare_swap", "UD", fut).await;
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_fetch_add_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let fut = q.fetch_add(region(&r, 8), remote(&target), 1);
+    refused(&r, "fetch_add", "UD", fut).await;
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_ud_post_batch_is_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    let futs = q.post_batch(vec![
+        SendRequest {
+            op: SendOp::Send,
+            local: region(&r, 8),
+        },
+        SendRequest {
+            op: SendOp::Write(remote(&target)),
+            local: region(&r, 8),
+        },
+    ]);
+    assert_eq!(futs.len(), 2);
+    for f in futs {
+        let (res, buf) = bounded("batch", 10, f).await;
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "batch on UD: {res:?}"
+        );
+        assert_eq!(buf.len(), 8);
+    }
+    assert_eq!(r.cq.in_flight(), 0);
+}
