@@ -8,7 +8,7 @@ mod common;
 use common::{bounded, rig, Rig};
 use tokio_rdma_verbs::{
     Access, Error, MemoryRegion, OpFuture, QpType, QueuePair, QueuePairBuilder, RemoteBuffer,
-    SendOp, SendRequest,
+    SendOp, SendRequest, WcStatus,
 };
 
 /// A UD QP in RTS (its own address as the "remote", as UD needs no peer to reach RTS).
@@ -166,4 +166,22 @@ async fn misuse_ud_post_batch_is_refused() {
         assert_eq!(buf.len(), 8);
     }
     assert_eq!(r.cq.in_flight(), 0);
+}
+
+/// With the default options a send to a peer whose QP is gone fails with `RetryExcErr` in
+/// bounded time (retry_cnt 7 means "retry forever" to rxe: the send hung; with 6 it fails after
+/// about 1 s on rxe0 in the VM).
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_send_to_a_destroyed_peer_fails_in_bounded_time() {
+    let r = rig(64);
+    let (a, b) = r.rc_pair();
+    drop(b);
+    let fut = a.send(region(&r, 64));
+    let (res, buf) = tokio::time::timeout(std::time::Duration::from_secs(10), fut)
+        .await
+        .expect("a send to a dead peer must fail within 10 s with the default options");
+    assert_eq!(buf.len(), 64);
+    let e = res.expect_err("the peer is gone");
+    assert_eq!(e.completion_status(), Some(WcStatus::RetryExcErr), "{e}");
 }
