@@ -124,10 +124,14 @@ pub(crate) fn validate(op: &SendOp, len: u32, qp_type: u32, ud_addressed: bool) 
     }
 }
 
+/// Encodes one work request with a single SGE at `sg_list` (not read here; used only when
+/// `length` > 0, else the request carries no SGE). The caller keeps `*sg_list` valid until
+/// the request is posted; `next` is null.
 pub(crate) fn build_wr(
     op: &SendOp,
     wr_id: u64,
-    sge: &mut ffi::ibv_sge,
+    sg_list: *mut ffi::ibv_sge,
+    length: u32,
     inline: bool,
     ah: Option<&AddressHandle>,
 ) -> ffi::ibv_send_wr {
@@ -136,8 +140,8 @@ pub(crate) fn build_wr(
     // valid value.
     let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
     wr.wr_id = wr_id;
-    wr.num_sge = i32::from(sge.length > 0);
-    wr.sg_list = sge;
+    wr.num_sge = i32::from(length > 0);
+    wr.sg_list = sg_list;
     // Every request asks for a completion except the unsignaled ones, which carry the id that
     // names no slot (`sq_sig_all` is 0).
     let mut flags = if wr_id == UNSIGNALED_WR_ID {
@@ -199,6 +203,42 @@ pub(crate) fn build_wr(
         wr.wr.ud = ah.ud();
     }
     wr
+}
+
+/// Links `wrs` into one chain for a single `ibv_post_send`, `wrs[i]` using `sges[i]` as its
+/// SGE list, and returns the head (null when empty).
+///
+/// Every pointer is derived from the two base pointers (`as_mut_ptr`) taken once here, after
+/// the caller has finished building both slices, never from per-element references, so no
+/// later reborrow of an element invalidates an earlier link. The chain stays valid as long
+/// as the caller neither moves, resizes nor otherwise accesses `wrs` and `sges` (only
+/// through the returned pointer) until the post returned.
+pub(crate) fn link_chain(
+    wrs: &mut [ffi::ibv_send_wr],
+    sges: &mut [ffi::ibv_sge],
+) -> *mut ffi::ibv_send_wr {
+    assert_eq!(wrs.len(), sges.len(), "one SGE per work request");
+    let n = wrs.len();
+    if n == 0 {
+        return std::ptr::null_mut();
+    }
+    let wr_base = wrs.as_mut_ptr();
+    let sge_base = sges.as_mut_ptr();
+    for i in 0..n {
+        // SAFETY: `i < n == wrs.len() == sges.len()`: `wr_base.add(i)`, `sge_base.add(i)`
+        // and (for `i + 1 < n`) `wr_base.add(i + 1)` are in bounds of the two exclusively
+        // borrowed slices, and all accesses in this loop go through the base pointers.
+        unsafe {
+            let wr = wr_base.add(i);
+            (*wr).sg_list = sge_base.add(i);
+            (*wr).next = if i + 1 < n {
+                wr_base.add(i + 1)
+            } else {
+                std::ptr::null_mut()
+            };
+        }
+    }
+    wr_base
 }
 
 #[cfg(test)]
@@ -290,7 +330,14 @@ mod tests {
             length: 0,
             lkey: 2,
         };
-        let wr = build_wr(&SendOp::SendWithImm(0x01020304), 9, &mut sge, true, None);
+        let wr = build_wr(
+            &SendOp::SendWithImm(0x01020304),
+            9,
+            &mut sge,
+            sge.length,
+            true,
+            None,
+        );
         assert_eq!(wr.wr_id, 9);
         assert_eq!(wr.num_sge, 0);
         assert_eq!(wr.opcode, ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM);
@@ -300,11 +347,62 @@ mod tests {
         assert_ne!(wr.send_flags & ffi::ibv_send_flags::IBV_SEND_INLINE.0, 0);
         let signaled = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         assert_ne!(wr.send_flags & signaled, 0);
-        let wr = build_wr(&SendOp::Send, UNSIGNALED_WR_ID, &mut sge, true, None);
+        let wr = build_wr(
+            &SendOp::Send,
+            UNSIGNALED_WR_ID,
+            &mut sge,
+            sge.length,
+            true,
+            None,
+        );
         assert_eq!(
             wr.send_flags & signaled,
             0,
             "the unsignaled id asks for no completion"
         );
+    }
+
+    /// The chain visits every request once, in order, each with its own SGE, and ends.
+    #[test]
+    fn chain_links_in_order() {
+        let n = 5u32;
+        let mut sges: Vec<ffi::ibv_sge> = (0..n)
+            .map(|i| ffi::ibv_sge {
+                addr: u64::from(i) * 0x100,
+                length: i + 1,
+                lkey: i,
+            })
+            .collect();
+        let mut wrs: Vec<ffi::ibv_send_wr> = sges
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                build_wr(
+                    &SendOp::Send,
+                    i as u64,
+                    std::ptr::null_mut(),
+                    s.length,
+                    false,
+                    None,
+                )
+            })
+            .collect();
+        let mut p = link_chain(&mut wrs, &mut sges);
+        let mut seen = 0u32;
+        while !p.is_null() {
+            // SAFETY: `p` walks the chain `link_chain` built over `wrs`/`sges`, which are
+            // untouched (and alive) meanwhile.
+            let (wr_id, sge) = unsafe { ((*p).wr_id, *(*p).sg_list) };
+            assert_eq!(wr_id, u64::from(seen));
+            assert_eq!(
+                (sge.addr, sge.length, sge.lkey),
+                (u64::from(seen) * 0x100, seen + 1, seen)
+            );
+            // SAFETY: as above.
+            p = unsafe { (*p).next };
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+        assert!(link_chain(&mut [], &mut []).is_null());
     }
 }

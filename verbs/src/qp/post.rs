@@ -11,7 +11,7 @@ use crate::cq::{Parked, UNSIGNALED_WR_ID};
 use crate::error::{Error, Result};
 use crate::mr::{LocalBuffer, LocalBufferMut, RemoteBuffer};
 use crate::ops::OpFuture;
-use crate::wr::{build_wr, validate, SendOp, SendRequest};
+use crate::wr::{build_wr, link_chain, validate, SendOp, SendRequest};
 
 impl QueuePair {
     /// SEND of the whole local buffer.
@@ -229,7 +229,7 @@ impl QueuePair {
             length: sge.1,
             lkey: sge.2,
         };
-        let mut wr = build_wr(op, wr_id, &mut sge, inline, ah);
+        let mut wr = build_wr(op, wr_id, &mut sge, sge.length, inline, ah);
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr`/`sge` are valid for the call (the provider copies
         // them); the caller guarantees the data's lifetime.
@@ -281,36 +281,42 @@ impl QueuePair {
                 Err(e) => out.push(OpFuture::failed(e, r.local)),
             }
         }
-        let mut wrs: Vec<ffi::ibv_send_wr> = Vec::with_capacity(ops.len());
-        for (i, kind) in kinds.iter().enumerate() {
-            let sge: *mut ffi::ibv_sge = &mut sges[i];
-            // SAFETY: `sges` is not resized after this point, so the pointer stays valid.
-            wrs.push(build_wr(
-                kind,
-                ops[i].wr_id().into_raw(),
-                unsafe { &mut *sge },
-                false,
-                None,
-            ));
-        }
-        for i in 1..wrs.len() {
-            let next: *mut ffi::ibv_send_wr = &mut wrs[i];
-            wrs[i - 1].next = next;
-        }
-        let mut posted = wrs.len();
+        // Encode first, link after both Vecs are final (`link_chain`).
+        let mut wrs: Vec<ffi::ibv_send_wr> = kinds
+            .iter()
+            .zip(&ops)
+            .zip(&sges)
+            .map(|((kind, o), sge)| {
+                build_wr(
+                    kind,
+                    o.wr_id().into_raw(),
+                    std::ptr::null_mut(),
+                    sge.length,
+                    false,
+                    None,
+                )
+            })
+            .collect();
+        let n_wrs = wrs.len();
+        // From here on `wrs` and `sges` are touched only through the chain until the post
+        // returned (see `link_chain`).
+        let head_wr = link_chain(&mut wrs, &mut sges);
+        let mut posted = n_wrs;
         let mut err = None;
-        if !wrs.is_empty() {
+        if n_wrs > 0 {
             let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
-            // SAFETY: the chain and its SGEs are valid for the call; every buffer is moved into
-            // its future, which keeps it until completion.
-            let rc = unsafe { ffi::ibv_post_send(self.inner.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            // SAFETY: the QP is live; `head_wr` heads a chain of `n_wrs` requests and their
+            // SGEs, all in `wrs`/`sges`, which are neither moved, resized nor reborrowed until
+            // the call returned (`link_chain`'s contract); every buffer an SGE names is moved
+            // into its future below, which keeps it until the completion.
+            let rc = unsafe { ffi::ibv_post_send(self.inner.as_ptr(), head_wr, &mut bad) };
             if rc != 0 {
-                let base = wrs.as_ptr() as usize;
+                let base = head_wr as usize;
                 let size = std::mem::size_of::<ffi::ibv_send_wr>();
                 posted = if bad.is_null() {
                     0
                 } else {
-                    ((bad as usize).saturating_sub(base) / size).min(wrs.len())
+                    ((bad as usize).saturating_sub(base) / size).min(n_wrs)
                 };
                 err = Some((rc, self.inner.qp_num));
             }
