@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use rdma_sys as ffi;
-use tokio_rdma_core::{inbox, Completion, Delivery, Dispatcher, InboxReceiver, InboxSender};
+use tokio_rdma_core::{
+    inbox, Completion, Delivery, Dispatcher, InboxReceiver, InboxSender, WcOpcode,
+};
 
 use crate::cq::{CqInner, Parked};
 use crate::error::{Error, Result};
@@ -64,7 +66,7 @@ pub(crate) fn recv<L: LocalBufferMut>(target: &RecvTarget, buf: L) -> OpFuture<L
         Err(e) => return OpFuture::failed(e.into(), buf),
     };
     match target.post_recv(op.wr_id().into_raw(), buf.sge()) {
-        Ok(()) => OpFuture::posted(op, buf, cq.clone()),
+        Ok(()) => OpFuture::posted(op, buf, cq.clone(), WcOpcode::Recv),
         Err(e) => {
             op.cancel_unposted();
             OpFuture::failed(e, buf)
@@ -191,7 +193,7 @@ impl Stream for RecvStream {
                     let Ok(pool) = pool.downcast::<RecvPool>() else {
                         continue;
                     };
-                    return Poll::Ready(Some(match check(d.completion) {
+                    return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
                         Ok(c) => Ok(RecvMessage {
                             pool,
                             index,

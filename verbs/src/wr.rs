@@ -2,6 +2,7 @@
 //! encoding as an `ibv_send_wr`. Pure functions: host-tested without a device.
 
 use rdma_sys as ffi;
+use tokio_rdma_core::WcOpcode;
 
 use crate::ah::AddressHandle;
 use crate::cq::UNSIGNALED_WR_ID;
@@ -41,6 +42,17 @@ pub enum SendOp {
 }
 
 impl SendOp {
+    /// The opcode a successful completion of this operation carries.
+    pub(crate) fn wc_opcode(&self) -> WcOpcode {
+        match self {
+            Self::Send | Self::SendWithImm(_) => WcOpcode::Send,
+            Self::Write(_) | Self::WriteWithImm(..) => WcOpcode::RdmaWrite,
+            Self::Read(_) => WcOpcode::RdmaRead,
+            Self::CompareSwap { .. } => WcOpcode::CompSwap,
+            Self::FetchAdd { .. } => WcOpcode::FetchAdd,
+        }
+    }
+
     /// The operation's name as the verbs documentation spells it (`"RDMA READ"`, ...).
     pub(crate) fn name(&self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@ mod common;
 use common::{bounded, rig, Rig};
 use tokio_rdma_verbs::{
     Access, Error, MemoryRegion, OpFuture, QpType, QueuePair, QueuePairBuilder, RemoteBuffer,
-    SendOp, SendRequest, WcStatus,
+    SendOp, SendRequest, WcOpcode, WcStatus,
 };
 
 /// A UD QP in RTS (its own address as the "remote", as UD needs no peer to reach RTS).
@@ -184,4 +184,23 @@ async fn misuse_send_to_a_destroyed_peer_fails_in_bounded_time() {
     assert_eq!(buf.len(), 64);
     let e = res.expect_err("the peer is gone");
     assert_eq!(e.completion_status(), Some(WcStatus::RetryExcErr), "{e}");
+}
+
+/// A failed RDMA READ names READ (the completion's own opcode field is undefined on error).
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_failed_read_names_read() {
+    let r = rig(64);
+    let (a, _b) = r.rc_pair();
+    let target = region(&r, 64);
+    let mut bad = target.remote(..).unwrap();
+    bad.rkey ^= 0x5a5a;
+    let (res, _buf) = bounded("bad read", 30, a.read(region(&r, 8), bad)).await;
+    let e = res.expect_err("wrong rkey");
+    let text = e.to_string();
+    assert!(text.contains("RDMA READ"), "{text}");
+    match e {
+        Error::Completion { opcode, .. } => assert_eq!(opcode, WcOpcode::RdmaRead),
+        other => panic!("want a completion error: {other:?}"),
+    }
 }

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use rdma_sys as ffi;
+use tokio_rdma_core::WcOpcode;
 
 use super::{QpType, QueuePair};
 use crate::ah::AddressHandle;
@@ -88,7 +89,7 @@ impl QueuePair {
         // `data` is borrowed for the whole call.
         let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
         match r {
-            Ok(()) => OpFuture::posted(op, (), cq.clone()),
+            Ok(()) => OpFuture::posted(op, (), cq.clone(), WcOpcode::Send),
             Err(e) => {
                 op.cancel_unposted();
                 OpFuture::failed(e, ())
@@ -182,7 +183,7 @@ impl QueuePair {
         // SAFETY: the buffer and the AH are owned by the returned future until completion.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), sge, false, Some(&res.1)) };
         match r {
-            Ok(()) => OpFuture::posted(o, res, cq.clone()),
+            Ok(()) => OpFuture::posted(o, res, cq.clone(), op.wc_opcode()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, res)
@@ -203,7 +204,7 @@ impl QueuePair {
         // slot when dropped) until the completion arrives.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), buf.sge(), false, None) };
         match r {
-            Ok(()) => OpFuture::posted(o, buf, cq.clone()),
+            Ok(()) => OpFuture::posted(o, buf, cq.clone(), op.wc_opcode()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, buf)
@@ -322,9 +323,9 @@ impl QueuePair {
             }
         }
         let mut head = Vec::with_capacity(n);
-        for (i, (o, b)) in ops.into_iter().zip(bufs).enumerate() {
+        for (i, ((o, b), kind)) in ops.into_iter().zip(bufs).zip(&kinds).enumerate() {
             if i < posted {
-                head.push(OpFuture::posted(o, b, cq.clone()));
+                head.push(OpFuture::posted(o, b, cq.clone(), kind.wc_opcode()));
             } else {
                 o.cancel_unposted();
                 let (rc, qpn) = err.expect("error recorded when not all were posted");
