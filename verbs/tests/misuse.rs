@@ -1,14 +1,15 @@
 //! Misuse and failure paths on a device: operations a QP type does not support are refused
 //! before posting (never a crash), a dead peer becomes an error in bounded time, failed
 //! completions name the posted operation, and queue depths are the granted ones. Needs an RDMA
-//! device (`cargo xtask test misuse` runs these in the soft-RoCE VM).
+//! device (`cargo xtask test misuse` runs these in the soft-RoCE VM: every test name here
+//! starts with `misuse_` for that filter).
 
 mod common;
 
 use common::{bounded, rig, Rig};
 use tokio_rdma_verbs::{
     Access, Error, MemoryRegion, OpFuture, QpType, QueuePair, QueuePairBuilder, RemoteBuffer,
-    SendOp, SendRequest, WcOpcode, WcStatus,
+    SendOp, SendRequest, SharedReceiveQueue, WcOpcode, WcStatus,
 };
 
 /// A UD QP in RTS (its own address as the "remote", as UD needs no peer to reach RTS).
@@ -203,4 +204,35 @@ async fn misuse_failed_read_names_read() {
         Error::Completion { opcode, .. } => assert_eq!(opcode, WcOpcode::RdmaRead),
         other => panic!("want a completion error: {other:?}"),
     }
+}
+
+/// The depths a QP reports are the ones the device granted (rxe rounds up), as
+/// `ibv_query_qp` sees them.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_granted_queue_depths_are_reported() {
+    let r = rig(1024);
+    for (send, recv) in [(1, 1), (100, 30), (128, 128), (200, 7)] {
+        let q = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+            .max_send_wr(send)
+            .max_recv_wr(recv)
+            .build()
+            .expect("qp");
+        assert!(q.max_send_wr() >= send, "{} < {send}", q.max_send_wr());
+        assert!(q.max_recv_wr() >= recv, "{} < {recv}", q.max_recv_wr());
+        let queried = q.query_depths().expect("ibv_query_qp");
+        assert_eq!(
+            (q.max_send_wr(), q.max_recv_wr()),
+            queried,
+            "asked {send}/{recv}"
+        );
+    }
+    let srq = SharedReceiveQueue::new(&r.pd, &r.cq, 16).expect("srq");
+    let q = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .max_send_wr(100)
+        .srq(&srq)
+        .build()
+        .expect("qp on srq");
+    assert_eq!(q.max_recv_wr(), 0, "receives go to the SRQ");
+    assert_eq!(q.max_send_wr(), q.query_depths().expect("query").0);
 }

@@ -120,14 +120,25 @@ impl QueuePairBuilder {
         })?;
         // SAFETY: `qp` is valid; `qp_num` is a plain field.
         let qp_num = unsafe { (*qp.as_ptr()).qp_num };
+        // The granted depths. ibv_create_qp(3) says it writes them back into `attr.cap`, but
+        // not every provider does (rxe leaves the request: asked 100, granted 127), so ask
+        // the QP. Should the query fail, what was asked is still a lower bound of the grant.
+        let mut cap = query_cap(qp.as_ptr(), qp_num).unwrap_or_else(|e| {
+            tracing::warn!(%e, "using the capabilities ibv_create_qp returned");
+            attr.cap
+        });
+        if self.srq.is_some() {
+            cap.max_recv_wr = 0;
+        }
         Ok(QueuePair {
             inner: Arc::new(QpInner {
                 qp,
                 qp_num,
                 qp_type: self.qp_type,
-                max_inline: attr.cap.max_inline_data,
-                max_send_wr: attr.cap.max_send_wr,
-                signal_every: (attr.cap.max_send_wr / 2).max(1),
+                max_inline: cap.max_inline_data,
+                max_send_wr: cap.max_send_wr,
+                max_recv_wr: cap.max_recv_wr,
+                signal_every: (cap.max_send_wr / 2).max(1),
                 unsignaled: AtomicU32::new(0),
                 send_slots: self.send_cq.inner.dispatcher.clone(),
                 send_cq: self.send_cq.inner,
@@ -136,5 +147,40 @@ impl QueuePairBuilder {
                 pd: self.pd.inner,
             }),
         })
+    }
+}
+
+/// The capabilities `qp` has now, as `ibv_query_qp` reports them.
+fn query_cap(qp: *mut ffi::ibv_qp, qp_num: u32) -> Result<ffi::ibv_qp_cap> {
+    // SAFETY: both are plain C data; all-zero is valid.
+    let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller passes a live QP; `attr` and `init` are valid out-parameters.
+    let rc = unsafe {
+        ffi::ibv_query_qp(
+            qp,
+            &mut attr,
+            ffi::ibv_qp_attr_mask::IBV_QP_CAP.0 as i32,
+            &mut init,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::from_ret(
+            "ibv_query_qp",
+            rc,
+            format!("capabilities of qp {qp_num:#x}"),
+        ));
+    }
+    Ok(attr.cap)
+}
+
+impl QueuePair {
+    /// Test hook: the send and receive queue depths as `ibv_query_qp` reports them now (what
+    /// [`QueuePair::max_send_wr`] and [`QueuePair::max_recv_wr`] must match).
+    #[doc(hidden)]
+    pub fn query_depths(&self) -> Result<(u32, u32)> {
+        let cap = query_cap(self.inner.as_ptr(), self.inner.qp_num)?;
+        Ok((cap.max_send_wr, cap.max_recv_wr))
     }
 }
