@@ -236,3 +236,45 @@ async fn misuse_granted_queue_depths_are_reported() {
     assert_eq!(q.max_recv_wr(), 0, "receives go to the SRQ");
     assert_eq!(q.max_send_wr(), q.query_depths().expect("query").0);
 }
+
+/// Unsignaled sends need CQ headroom for their flush completions: a send queue deeper than
+/// the entries the CQ has beyond its completion slots is refused before posting (else a QP
+/// error could flush more completions than the CQ holds).
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_unsignaled_sends_without_cq_headroom_are_refused() {
+    let r = rig(64);
+    // 64 slots; the device grants at least 64 entries (rxe: 127), so at most 63 of
+    // headroom, while this send queue holds at least 200 requests.
+    let cq = r.cq(64);
+    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
+        .max_send_wr(200)
+        .build()
+        .expect("qp a");
+    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
+        .build()
+        .expect("qp b");
+    common::connect(&r.opts, &a, &b);
+    match a.send_inline_unsignaled(b"no room for my flush") {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("headroom"), "{m}"),
+        other => panic!("want InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(cq.in_flight(), 0, "nothing posted");
+    // A shallow send queue on a CQ with room (256 slots; rxe grants 511) is accepted.
+    let big = r.cq(256);
+    let c = QueuePairBuilder::new(&r.pd, QpType::Rc, &big)
+        .max_send_wr(8)
+        .build()
+        .expect("qp c");
+    let d = QueuePairBuilder::new(&r.pd, QpType::Rc, &big)
+        .build()
+        .expect("qp d");
+    common::connect(&r.opts, &c, &d);
+    let rx = r.pd.register(vec![0u8; 64], Access::LOCAL_WRITE).unwrap();
+    let recv = d.recv(rx);
+    c.send_inline_unsignaled(b"fits")
+        .expect("headroom suffices");
+    let (res, rx) = bounded("recv", 30, recv).await;
+    assert_eq!(res.expect("received").byte_len, 4);
+    assert_eq!(&rx[..4], b"fits");
+}

@@ -175,6 +175,28 @@ fn query_cap(qp: *mut ffi::ibv_qp, qp_num: u32) -> Result<ffi::ibv_qp_cap> {
     Ok(attr.cap)
 }
 
+impl QpInner {
+    /// Whether the send CQ can absorb the error and flush completions of this QP's unsignaled
+    /// sends (see [`QueuePair::send_inline_unsignaled`], "CQ headroom"): the entries the
+    /// device granted beyond the dispatcher's slots must cover the whole send queue.
+    pub(super) fn check_unsignaled_headroom(&self) -> Result<()> {
+        // SAFETY: the CQ is live (this QP holds an Arc to it); `cqe` is a plain field that
+        // only ibv_create_cq and ibv_resize_cq write, and this crate never resizes a CQ.
+        let granted = unsafe { (*self.send_cq.as_ptr()).cqe };
+        let slots = self.send_cq.dispatcher.capacity();
+        let headroom = usize::try_from(granted).unwrap_or(0).saturating_sub(slots);
+        if headroom < self.max_send_wr as usize {
+            return Err(Error::InvalidArgument(format!(
+                "unsignaled sends on qp {:#x} need {} CQ entries of headroom for their flush \
+                 completions (its max_send_wr), but its send CQ has {granted} entries for \
+                 {slots} completion slots: use a larger CQ or a smaller send queue",
+                self.qp_num, self.max_send_wr
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl QueuePair {
     /// Test hook: the send and receive queue depths as `ibv_query_qp` reports them now (what
     /// [`QueuePair::max_send_wr`] and [`QueuePair::max_recv_wr`] must match).

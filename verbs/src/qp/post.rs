@@ -111,8 +111,25 @@ impl QueuePair {
     /// the error state, later operations on it and its posted receives complete with errors,
     /// and the failed unsignaled request's own completion is counted in
     /// [`CqStats::unsignaled_errors`](crate::CqStats::unsignaled_errors) of the send CQ.
+    ///
+    /// # CQ headroom
+    ///
+    /// An unsignaled send takes no completion slot, yet it still takes a CQ entry when it
+    /// fails or is flushed, and when the QP enters the error state all its outstanding
+    /// unsignaled sends (up to [`max_send_wr`](Self::max_send_wr)) flush at once. The CQ's
+    /// completion slots ([`CompletionQueue::capacity`](crate::CompletionQueue::capacity)) are
+    /// already spoken for by signaled operations and receives, so those flushes must fit in
+    /// the entries the device granted beyond them, or the CQ overruns (it then reports a CQ
+    /// error and stops completing anything). Hence this call is refused with
+    /// [`Error::InvalidArgument`] (nothing posted) unless the send CQ has at least
+    /// `max_send_wr` entries of such headroom: `ibv_cq.cqe - capacity() >= max_send_wr()`. A
+    /// device grants at least the entries asked for, often more (rxe and mlx5 round up to
+    /// 2^k − 1: `create_cq(256)` gives 511 entries, 255 of headroom), so a small send queue on
+    /// a CQ of that size qualifies. Several QPs sending unsignaled through one CQ each need
+    /// their own `max_send_wr` of headroom; keep their sum within it (checked per QP only).
     pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
         self.check_inline(data)?;
+        self.inner.check_unsignaled_headroom()?;
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.inner.signal_every {
