@@ -67,7 +67,7 @@ impl SendOp {
     }
 }
 
-/// One work request for [`QueuePair::post_batch`].
+/// One work request for [`QueuePair::post_batch`](crate::QueuePair::post_batch).
 #[derive(Debug)]
 pub struct SendRequest<L> {
     /// What to do.
