@@ -21,15 +21,18 @@ pub enum Error {
     },
     /// A work request completed with an error status.
     #[error(
-        "work completion failed: {status:?} (vendor error {vendor_err:#x}, opcode {opcode:?}, qp {qp_num:#x})"
+        "{} failed: {status:?} (vendor error {vendor_err:#x}, qp {qp_num:#x})",
+        posted_name(*.opcode)
     )]
     Completion {
         /// The completion status.
         status: WcStatus,
         /// Provider-specific error code.
         vendor_err: u32,
-        /// The completion's opcode (only meaningful for successful completions per the spec,
-        /// reported as the provider gave it).
+        /// The operation that was posted, as the opcode its successful completion would carry
+        /// (e.g. [`WcOpcode::RdmaRead`] for a READ, [`WcOpcode::Recv`] for any receive). Taken
+        /// from the work request, not from the failed completion, whose opcode the spec leaves
+        /// undefined.
         opcode: WcOpcode,
         /// The QP the work request belonged to.
         qp_num: u32,
@@ -67,6 +70,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// How [`Error::Completion`] names the posted operation.
+fn posted_name(op: WcOpcode) -> &'static str {
+    match op {
+        WcOpcode::Send => "SEND",
+        WcOpcode::RdmaWrite => "RDMA WRITE",
+        WcOpcode::RdmaRead => "RDMA READ",
+        WcOpcode::CompSwap => "atomic compare-and-swap",
+        WcOpcode::FetchAdd => "atomic fetch-and-add",
+        WcOpcode::Recv | WcOpcode::RecvRdmaWithImm => "receive",
+        _ => "work request",
+    }
 }
 
 /// The crate's result type.
@@ -113,5 +129,31 @@ impl Error {
             Self::Verb { source, .. } | Self::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed completion's text names the operation, however the provider filled its opcode.
+    #[test]
+    fn completion_error_names_the_posted_operation() {
+        let e = |opcode| Error::Completion {
+            status: WcStatus::RemAccessErr,
+            vendor_err: 0,
+            opcode,
+            qp_num: 0x11,
+        };
+        let read = e(WcOpcode::RdmaRead).to_string();
+        assert_eq!(
+            read,
+            "RDMA READ failed: RemAccessErr (vendor error 0x0, qp 0x11)"
+        );
+        assert!(e(WcOpcode::Recv).to_string().starts_with("receive failed"));
+        assert!(e(WcOpcode::RecvRdmaWithImm)
+            .to_string()
+            .starts_with("receive failed"));
+        assert!(e(WcOpcode::FetchAdd).to_string().contains("fetch-and-add"));
     }
 }

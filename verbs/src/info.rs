@@ -85,6 +85,29 @@ impl QpInfo {
 pub const DEFAULT_QKEY: u32 = 0x1111_1111;
 
 /// Options for the INIT → RTR → RTS transitions. `Default` gives sensible values for RoCE.
+///
+/// # How long a failure takes to surface (RC)
+///
+/// * **Dead or unreachable peer.** Each request waits for an ACK for the *local ACK timeout*,
+///   4.096 µs × 2^[`timeout`](Self::timeout) per attempt, and is sent at most
+///   [`retry_cnt`](Self::retry_cnt) + 1 times; then it completes with
+///   [`WcStatus::RetryExcErr`](crate::WcStatus::RetryExcErr) and the QP enters the error
+///   state (its other work requests are flushed). The defaults (timeout 14 = 67.1 ms,
+///   retry_cnt 6) turn a dead peer into an error after 7 × 67.1 ms ≈ 0.47 s nominal; the
+///   spec lets an HCA's timer run up to 4× long, so allow up to about 2 s. `retry_cnt` 7 is
+///   **not** used by default: soft-RoCE (rxe) treats 7 as "retry forever", so a send to a
+///   destroyed peer QP never completed.
+/// * **Alive peer with no receive posted.** The peer answers with RNR NAKs; the request is
+///   retried after the peer's RNR timer (its [`min_rnr_timer`](Self::min_rnr_timer)) up to
+///   [`rnr_retry`](Self::rnr_retry) times, then fails with
+///   [`WcStatus::RnrRetryExcErr`](crate::WcStatus::RnrRetryExcErr). The default is 7, which
+///   means **infinite**: a send to a peer that is alive but never posts a receive waits
+///   forever. It is kept because receiver-not-ready is flow control, not failure: with a
+///   finite count a receiver that is merely slow to repost (a busy task, a paused process)
+///   would kill the connection (the QP goes to the error state for good). A dead peer sends
+///   no RNR NAKs, so it is still caught by `retry_cnt`. Put a timeout around the future (e.g.
+///   `tokio::time::timeout`) where a stuck receiver must become an error, or set a finite
+///   `rnr_retry` (each retry waits the peer's RNR timer, e.g. 12 = 0.64 ms ... 0 = 655 ms).
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Port number (1-based).
@@ -97,13 +120,19 @@ pub struct ConnectOptions {
     pub psn: u32,
     /// Access flags for incoming RDMA (RC/UC).
     pub access: Access,
-    /// Local ACK timeout exponent (4.096 µs × 2^timeout).
+    /// Local ACK timeout exponent (RC): each transmission waits 4.096 µs × 2^timeout for its
+    /// ACK (0 = wait forever; 14 = 67.1 ms, the default; 31 max). See the type docs for the
+    /// total time to an error.
     pub timeout: u8,
-    /// Transport retries.
+    /// Transport retries (RC, 0..=7): a request is sent at most `retry_cnt + 1` times before
+    /// it fails with `RetryExcErr`. Default 6; avoid 7, which rxe treats as infinite.
     pub retry_cnt: u8,
-    /// RNR retries (7 = infinite).
+    /// RNR retries (RC, 0..=7; 7 = infinite, the default): how often a request the peer
+    /// answered "receiver not ready" is retried before it fails with `RnrRetryExcErr`. With 7
+    /// a send to a live peer that never posts a receive waits forever (see the type docs).
     pub rnr_retry: u8,
-    /// Minimal RNR NAK timer code.
+    /// Minimal RNR NAK timer code we advertise: how long a sender waits before retrying after
+    /// our RNR NAK (12 = 0.64 ms).
     pub min_rnr_timer: u8,
     /// Outstanding RDMA READs/atomics we issue and accept.
     pub max_rd_atomic: u8,
@@ -125,7 +154,9 @@ impl Default for ConnectOptions {
                 | Access::REMOTE_READ
                 | Access::REMOTE_ATOMIC,
             timeout: 14,
-            retry_cnt: 7,
+            // Not 7: rxe retries forever with 7, so a dead peer would hang every operation.
+            retry_cnt: 6,
+            // Infinite: RNR is flow control (see the type docs).
             rnr_retry: 7,
             min_rnr_timer: 12,
             max_rd_atomic: 4,
@@ -198,5 +229,17 @@ mod tests {
         let mut bad = b;
         bad[8] = 1; // psn > 24 bits
         assert!(QpInfo::from_bytes(&bad).is_err());
+    }
+
+    /// The documented bound: a dead peer fails within (retry_cnt + 1) × 4.096 µs × 2^timeout
+    /// ≈ 0.47 s with the defaults, and retry_cnt is never rxe's "forever" value 7.
+    #[test]
+    fn default_dead_peer_bound() {
+        let o = ConnectOptions::default();
+        assert!(o.retry_cnt < 7, "rxe retries forever with 7");
+        let per_attempt_ns = 4096u64 << o.timeout;
+        let total_ms = (u64::from(o.retry_cnt) + 1) * per_attempt_ns / 1_000_000;
+        assert_eq!(total_ms, 469, "the figure in the docs");
+        assert_eq!(o.rnr_retry, 7, "infinite RNR retries, documented");
     }
 }

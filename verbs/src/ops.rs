@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio_rdma_core::{Completion, Operation};
+use tokio_rdma_core::{Completion, Operation, WcOpcode};
 
 use crate::cq::{CqInner, Parked};
 use crate::error::{Error, Result};
@@ -27,6 +27,8 @@ enum State<L: Send + 'static> {
         buf: Option<L>,
         cq: Arc<CqInner>,
         pin: WorkPin,
+        /// What was posted, named by a failed completion.
+        posted: WcOpcode,
     },
     Failed(Option<(Error, L)>),
     Done,
@@ -55,13 +57,23 @@ impl<L: Send + 'static> fmt::Debug for OpFuture<L> {
 }
 
 impl<L: Send + 'static> OpFuture<L> {
-    pub(crate) fn posted(op: Operation<Parked>, buf: L, cq: Arc<CqInner>, pin: WorkPin) -> Self {
+    /// `pin`: what the work keeps alive until it is done (see [`WorkPin`]); `posted`: the
+    /// opcode a successful completion of the work request carries (what a failed one reports
+    /// as the operation).
+    pub(crate) fn posted(
+        op: Operation<Parked>,
+        buf: L,
+        cq: Arc<CqInner>,
+        pin: WorkPin,
+        posted: WcOpcode,
+    ) -> Self {
         Self {
             state: State::Posted {
                 op,
                 buf: Some(buf),
                 cq,
                 pin,
+                posted,
             },
         }
     }
@@ -73,15 +85,15 @@ impl<L: Send + 'static> OpFuture<L> {
     }
 }
 
-/// Turns a completion into the future's result.
-pub(crate) fn check(c: Completion) -> Result<Completion> {
+/// Turns a completion of a work request posted as `posted` into the future's result.
+pub(crate) fn check(c: Completion, posted: WcOpcode) -> Result<Completion> {
     if c.is_success() {
         Ok(c)
     } else {
         Err(Error::Completion {
             status: c.status,
             vendor_err: c.vendor_err,
-            opcode: c.opcode,
+            opcode: posted,
             qp_num: c.qp_num,
         })
     }
@@ -98,7 +110,8 @@ impl<L: Send + 'static> Future for OpFuture<L> {
         // `State` holds nothing self-referential; `OpFuture` is Unpin.
         let this = self.get_mut();
         match &mut this.state {
-            State::Posted { op, cq, .. } => {
+            State::Posted { op, cq, posted, .. } => {
+                let posted = *posted;
                 // Inline polls for latency, within the channel's budget (never blocks: a poll
                 // is skipped when the driver or another future is draining), checking without
                 // registering; the waker is registered (and the slot re-checked) only when
@@ -121,7 +134,7 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                             unreachable!("state checked above")
                         };
                         let buf = buf.expect("buffer present until completion");
-                        Poll::Ready((check(c), buf))
+                        Poll::Ready((check(c, posted), buf))
                     }
                 }
             }
@@ -159,5 +172,33 @@ impl<L: Send + 'static> Drop for OpFuture<L> {
             };
             op.abandon(parked);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_rdma_core::WcStatus;
+
+    use super::*;
+
+    /// The error names what was posted, not the undefined opcode of the failed completion.
+    #[test]
+    fn failed_completion_reports_the_posted_opcode() {
+        let c = Completion {
+            status: WcStatus::RemAccessErr,
+            opcode: WcOpcode::Send,
+            ..Completion::zeroed()
+        };
+        let e = check(c, WcOpcode::RdmaRead).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::Completion {
+                opcode: WcOpcode::RdmaRead,
+                ..
+            }
+        ));
+        assert!(e.to_string().starts_with("RDMA READ failed"), "{e}");
+        let ok = Completion::zeroed();
+        assert_eq!(check(ok, WcOpcode::RdmaRead).unwrap(), ok);
     }
 }

@@ -2,6 +2,7 @@
 //! encoding as an `ibv_send_wr`. Pure functions: host-tested without a device.
 
 use rdma_sys as ffi;
+use tokio_rdma_core::WcOpcode;
 
 use crate::ah::AddressHandle;
 use crate::cq::UNSIGNALED_WR_ID;
@@ -40,7 +41,33 @@ pub enum SendOp {
     },
 }
 
-/// One work request for [`QueuePair::post_batch`].
+impl SendOp {
+    /// The opcode a successful completion of this operation carries.
+    pub(crate) fn wc_opcode(&self) -> WcOpcode {
+        match self {
+            Self::Send | Self::SendWithImm(_) => WcOpcode::Send,
+            Self::Write(_) | Self::WriteWithImm(..) => WcOpcode::RdmaWrite,
+            Self::Read(_) => WcOpcode::RdmaRead,
+            Self::CompareSwap { .. } => WcOpcode::CompSwap,
+            Self::FetchAdd { .. } => WcOpcode::FetchAdd,
+        }
+    }
+
+    /// The operation's name as the verbs documentation spells it (`"RDMA READ"`, ...).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Send => "SEND",
+            Self::SendWithImm(_) => "SEND with immediate",
+            Self::Write(_) => "RDMA WRITE",
+            Self::WriteWithImm(..) => "RDMA WRITE with immediate",
+            Self::Read(_) => "RDMA READ",
+            Self::CompareSwap { .. } => "atomic compare-and-swap",
+            Self::FetchAdd { .. } => "atomic fetch-and-add",
+        }
+    }
+}
+
+/// One work request for [`QueuePair::post_batch`](crate::QueuePair::post_batch).
 #[derive(Debug)]
 pub struct SendRequest<L> {
     /// What to do.
@@ -49,7 +76,48 @@ pub struct SendRequest<L> {
     pub local: L,
 }
 
-pub(crate) fn validate(op: &SendOp, len: u32) -> Result<()> {
+/// Checks a work request before anything is reserved or posted: whether the QP's transport
+/// supports the operation, and whether the local and remote lengths fit it.
+///
+/// `qp_type` is the raw `ibv_qp_type` of the QP (`QpType::raw`). What each transport supports
+/// (InfiniBand spec, table "Service types and operations"): RC everything; UC SEND and RDMA
+/// WRITE (with or without immediate), no RDMA READ, no atomics; UD only SEND (with or without
+/// immediate), and only to an address handle (`send_to`): a UD work request without one has a
+/// null `wr.ud.ah`, which providers dereference (rxe and mlx5 crash the process).
+/// `ud_addressed` says whether the request carries an AH.
+pub(crate) fn validate(op: &SendOp, len: u32, qp_type: u32, ud_addressed: bool) -> Result<()> {
+    use ffi::ibv_qp_type::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
+    let name = op.name();
+    match qp_type {
+        IBV_QPT_RC => {}
+        IBV_QPT_UC => {
+            if matches!(
+                op,
+                SendOp::Read(_) | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
+            ) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} needs an RC QP: UC supports only SEND and RDMA WRITE"
+                )));
+            }
+        }
+        IBV_QPT_UD => {
+            if !matches!(op, SendOp::Send | SendOp::SendWithImm(_)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} is not supported on a UD QP (only SEND, through send_to)"
+                )));
+            }
+            if !ud_addressed {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} on a UD QP needs a destination: use send_to with an AddressHandle"
+                )));
+            }
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "{name} on a QP of unsupported type {other}"
+            )))
+        }
+    }
     match op {
         SendOp::Write(r) | SendOp::WriteWithImm(r, _) | SendOp::Read(r) if len > r.len => {
             Err(Error::InvalidArgument(format!(
@@ -68,10 +136,14 @@ pub(crate) fn validate(op: &SendOp, len: u32) -> Result<()> {
     }
 }
 
+/// Encodes one work request with a single SGE at `sg_list` (not read here; used only when
+/// `length` > 0, else the request carries no SGE). The caller keeps `*sg_list` valid until
+/// the request is posted; `next` is null.
 pub(crate) fn build_wr(
     op: &SendOp,
     wr_id: u64,
-    sge: &mut ffi::ibv_sge,
+    sg_list: *mut ffi::ibv_sge,
+    length: u32,
     inline: bool,
     ah: Option<&AddressHandle>,
 ) -> ffi::ibv_send_wr {
@@ -80,8 +152,8 @@ pub(crate) fn build_wr(
     // valid value.
     let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
     wr.wr_id = wr_id;
-    wr.num_sge = i32::from(sge.length > 0);
-    wr.sg_list = sge;
+    wr.num_sge = i32::from(length > 0);
+    wr.sg_list = sg_list;
     // Every request asks for a completion except the unsignaled ones, which carry the id that
     // names no slot (`sq_sig_all` is 0).
     let mut flags = if wr_id == UNSIGNALED_WR_ID {
@@ -145,28 +217,120 @@ pub(crate) fn build_wr(
     wr
 }
 
+/// Links `wrs` into one chain for a single `ibv_post_send`, `wrs[i]` using `sges[i]` as its
+/// SGE list, and returns the head (null when empty).
+///
+/// Every pointer is derived from the two base pointers (`as_mut_ptr`) taken once here, after
+/// the caller has finished building both slices, never from per-element references, so no
+/// later reborrow of an element invalidates an earlier link. The chain stays valid as long
+/// as the caller neither moves, resizes nor otherwise accesses `wrs` and `sges` (only
+/// through the returned pointer) until the post returned.
+pub(crate) fn link_chain(
+    wrs: &mut [ffi::ibv_send_wr],
+    sges: &mut [ffi::ibv_sge],
+) -> *mut ffi::ibv_send_wr {
+    assert_eq!(wrs.len(), sges.len(), "one SGE per work request");
+    let n = wrs.len();
+    if n == 0 {
+        return std::ptr::null_mut();
+    }
+    let wr_base = wrs.as_mut_ptr();
+    let sge_base = sges.as_mut_ptr();
+    for i in 0..n {
+        // SAFETY: `i < n == wrs.len() == sges.len()`: `wr_base.add(i)`, `sge_base.add(i)`
+        // and (for `i + 1 < n`) `wr_base.add(i + 1)` are in bounds of the two exclusively
+        // borrowed slices, and all accesses in this loop go through the base pointers.
+        unsafe {
+            let wr = wr_base.add(i);
+            (*wr).sg_list = sge_base.add(i);
+            (*wr).next = if i + 1 < n {
+                wr_base.add(i + 1)
+            } else {
+                std::ptr::null_mut()
+            };
+        }
+    }
+    wr_base
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use ffi::ibv_qp_type::{IBV_QPT_RC, IBV_QPT_UC, IBV_QPT_UD};
+
+    const R: RemoteBuffer = RemoteBuffer {
+        addr: 0x1000,
+        rkey: 1,
+        len: 16,
+    };
+
     #[test]
     fn validation() {
-        let r = RemoteBuffer {
-            addr: 0x1000,
-            rkey: 1,
-            len: 16,
-        };
-        assert!(validate(&SendOp::Write(r), 16).is_ok());
-        assert!(validate(&SendOp::Write(r), 17).is_err());
-        assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 8).is_ok());
-        assert!(validate(&SendOp::FetchAdd { remote: r, add: 1 }, 4).is_err());
-        let odd = RemoteBuffer { addr: 0x1004, ..r };
-        assert!(validate(
+        let rc = |op: &SendOp, len| validate(op, len, IBV_QPT_RC, false);
+        assert!(rc(&SendOp::Write(R), 16).is_ok());
+        assert!(rc(&SendOp::Write(R), 17).is_err());
+        assert!(rc(&SendOp::FetchAdd { remote: R, add: 1 }, 8).is_ok());
+        assert!(rc(&SendOp::FetchAdd { remote: R, add: 1 }, 4).is_err());
+        let odd = RemoteBuffer { addr: 0x1004, ..R };
+        assert!(rc(
             &SendOp::FetchAdd {
                 remote: odd,
                 add: 1
             },
             8
+        )
+        .is_err());
+    }
+
+    /// Which operations each transport accepts: RC all, UC SEND and WRITE, UD only an
+    /// addressed SEND.
+    #[test]
+    fn validation_per_qp_type() {
+        let all = [
+            SendOp::Send,
+            SendOp::SendWithImm(1),
+            SendOp::Write(R),
+            SendOp::WriteWithImm(R, 1),
+            SendOp::Read(R),
+            SendOp::CompareSwap {
+                remote: R,
+                compare: 0,
+                swap: 1,
+            },
+            SendOp::FetchAdd { remote: R, add: 1 },
+        ];
+        let msg = |r: Result<()>| match r {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("want InvalidArgument, got {other:?}"),
+        };
+        for op in &all {
+            assert!(validate(op, 8, IBV_QPT_RC, false).is_ok(), "RC {op:?}");
+            let uc_ok = matches!(
+                op,
+                SendOp::Send | SendOp::SendWithImm(_) | SendOp::Write(_) | SendOp::WriteWithImm(..)
+            );
+            let uc = validate(op, 8, IBV_QPT_UC, false);
+            assert_eq!(uc.is_ok(), uc_ok, "UC {op:?}");
+            if !uc_ok {
+                let m = msg(uc);
+                assert!(m.contains(op.name()) && m.contains("RC"), "{m}");
+            }
+            let send = matches!(op, SendOp::Send | SendOp::SendWithImm(_));
+            assert_eq!(validate(op, 8, IBV_QPT_UD, true).is_ok(), send, "UD {op:?}");
+            // Without an address handle nothing is valid on UD (a null `wr.ud.ah` crashes
+            // the provider), and the error says what to use instead.
+            let m = msg(validate(op, 8, IBV_QPT_UD, false));
+            assert!(m.contains("UD"), "{m}");
+            if send {
+                assert!(m.contains("send_to"), "{m}");
+            }
+        }
+        assert!(validate(
+            &SendOp::Send,
+            8,
+            ffi::ibv_qp_type::IBV_QPT_RAW_PACKET,
+            false
         )
         .is_err());
     }
@@ -178,7 +342,14 @@ mod tests {
             length: 0,
             lkey: 2,
         };
-        let wr = build_wr(&SendOp::SendWithImm(0x01020304), 9, &mut sge, true, None);
+        let wr = build_wr(
+            &SendOp::SendWithImm(0x01020304),
+            9,
+            &mut sge,
+            sge.length,
+            true,
+            None,
+        );
         assert_eq!(wr.wr_id, 9);
         assert_eq!(wr.num_sge, 0);
         assert_eq!(wr.opcode, ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM);
@@ -188,11 +359,62 @@ mod tests {
         assert_ne!(wr.send_flags & ffi::ibv_send_flags::IBV_SEND_INLINE.0, 0);
         let signaled = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         assert_ne!(wr.send_flags & signaled, 0);
-        let wr = build_wr(&SendOp::Send, UNSIGNALED_WR_ID, &mut sge, true, None);
+        let wr = build_wr(
+            &SendOp::Send,
+            UNSIGNALED_WR_ID,
+            &mut sge,
+            sge.length,
+            true,
+            None,
+        );
         assert_eq!(
             wr.send_flags & signaled,
             0,
             "the unsignaled id asks for no completion"
         );
+    }
+
+    /// The chain visits every request once, in order, each with its own SGE, and ends.
+    #[test]
+    fn chain_links_in_order() {
+        let n = 5u32;
+        let mut sges: Vec<ffi::ibv_sge> = (0..n)
+            .map(|i| ffi::ibv_sge {
+                addr: u64::from(i) * 0x100,
+                length: i + 1,
+                lkey: i,
+            })
+            .collect();
+        let mut wrs: Vec<ffi::ibv_send_wr> = sges
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                build_wr(
+                    &SendOp::Send,
+                    i as u64,
+                    std::ptr::null_mut(),
+                    s.length,
+                    false,
+                    None,
+                )
+            })
+            .collect();
+        let mut p = link_chain(&mut wrs, &mut sges);
+        let mut seen = 0u32;
+        while !p.is_null() {
+            // SAFETY: `p` walks the chain `link_chain` built over `wrs`/`sges`, which are
+            // untouched (and alive) meanwhile.
+            let (wr_id, sge) = unsafe { ((*p).wr_id, *(*p).sg_list) };
+            assert_eq!(wr_id, u64::from(seen));
+            assert_eq!(
+                (sge.addr, sge.length, sge.lkey),
+                (u64::from(seen) * 0x100, seen + 1, seen)
+            );
+            // SAFETY: as above.
+            p = unsafe { (*p).next };
+            seen += 1;
+        }
+        assert_eq!(seen, n);
+        assert!(link_chain(&mut [], &mut []).is_null());
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{bounded, pattern, rig};
-use tokio_rdma_verbs::{Access, AlignedBuf, Error, LocalBuffer, WcOpcode, WcStatus};
+use tokio_rdma_verbs::{Access, AlignedBuf, Error, LocalBuffer, WcOpcode};
 
 /// A region peers may write cannot be registered as one that derefs to `&[u8]`/`&mut [u8]`:
 /// a peer's RDMA WRITE or atomic would race with those references.
@@ -184,8 +184,8 @@ async fn memory_atomics_target_a_remote_region() {
     assert_eq!(words.read_u64_at(8).unwrap(), 8);
 }
 
-/// A region registered without LOCAL_WRITE says so, which the READ / receive / atomic paths
-/// use to refuse it at the call. Posted anyway, the NIC refuses to write into it.
+/// A region registered without LOCAL_WRITE says so, and the READ / receive / atomic paths
+/// refuse it at the call (instead of an error completion that moves the QP to ERR).
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn memory_read_target_without_local_write_is_refused() {
@@ -199,11 +199,18 @@ async fn memory_read_target_without_local_write_is_refused() {
     let (res, dst) = bounded("read", 30, a.read(dst, src.remote(..).unwrap())).await;
     match res {
         Err(Error::InvalidArgument(msg)) => assert!(msg.contains("LOCAL_WRITE"), "{msg}"),
-        Err(e) if e.completion_status().is_some() => {
-            eprintln!("refused by the NIC, not yet at the call: {e}");
-            assert_eq!(e.completion_status(), Some(WcStatus::LocProtErr));
-        }
-        other => panic!("expected a refusal, got {other:?}"),
+        other => panic!("expected a refusal at the call, got {other:?}"),
     }
     assert!(dst.iter().all(|&x| x == 0));
+    // The same for a receive and an atomic result buffer.
+    let (res, dst) = bounded("recv", 30, a.recv(dst)).await;
+    assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
+    let word = src.remote(..8).unwrap();
+    let (res, _) = bounded(
+        "fetch_add",
+        30,
+        a.fetch_add(dst.slice(..8).unwrap(), word, 1),
+    )
+    .await;
+    assert!(matches!(res, Err(Error::InvalidArgument(_))), "{res:?}");
 }

@@ -48,8 +48,6 @@ unsafe impl LocalBufferMut for () {}
 /// Refuses a buffer the NIC may not write into: the receive, RDMA READ and atomic paths call
 /// this before posting, so the mistake is an error at the call, not a protection-error
 /// completion (which would also move the QP to the error state).
-// Called by the posting paths in qp and recv.
-#[allow(dead_code)]
 pub(crate) fn check_writable<L: LocalBufferMut>(buf: &L) -> Result<()> {
     if buf.local_write() {
         return Ok(());

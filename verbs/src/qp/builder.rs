@@ -119,14 +119,24 @@ impl QueuePairBuilder {
         })?;
         // SAFETY: `qp` is valid; `qp_num` is a plain field.
         let qp_num = unsafe { (*qp.as_ptr()).qp_num };
+        // The granted depths. ibv_create_qp(3) says it writes them back into `attr.cap`, but
+        // not every provider does (rxe leaves the request: asked 100, granted 127), so ask
+        // the QP. Should the query fail, what was asked is still a lower bound of the grant.
+        let mut cap = query_cap(qp.as_ptr(), qp_num).unwrap_or_else(|e| {
+            tracing::warn!(%e, "using the capabilities ibv_create_qp returned");
+            attr.cap
+        });
+        if self.srq.is_some() {
+            cap.max_recv_wr = 0;
+        }
         Ok(QueuePair::from_inner(QpInner {
             qp,
             qp_num,
             qp_type: self.qp_type,
-            max_inline: attr.cap.max_inline_data,
-            max_send_wr: attr.cap.max_send_wr,
-            max_recv_wr: attr.cap.max_recv_wr,
-            signal_every: (attr.cap.max_send_wr / 2).max(1),
+            max_inline: cap.max_inline_data,
+            max_send_wr: cap.max_send_wr,
+            max_recv_wr: cap.max_recv_wr,
+            signal_every: (cap.max_send_wr / 2).max(1),
             unsignaled: AtomicU32::new(0),
             send_slots: self.send_cq.inner.dispatcher.clone(),
             send_cq: self.send_cq.inner,
@@ -135,5 +145,62 @@ impl QueuePairBuilder {
             pd: self.pd.inner,
             life: Default::default(),
         }))
+    }
+}
+
+/// The capabilities `qp` has now, as `ibv_query_qp` reports them.
+fn query_cap(qp: *mut ffi::ibv_qp, qp_num: u32) -> Result<ffi::ibv_qp_cap> {
+    // SAFETY: both are plain C data; all-zero is valid.
+    let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the caller passes a live QP; `attr` and `init` are valid out-parameters.
+    let rc = unsafe {
+        ffi::ibv_query_qp(
+            qp,
+            &mut attr,
+            ffi::ibv_qp_attr_mask::IBV_QP_CAP.0 as i32,
+            &mut init,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::from_ret(
+            "ibv_query_qp",
+            rc,
+            format!("capabilities of qp {qp_num:#x}"),
+        ));
+    }
+    Ok(attr.cap)
+}
+
+impl QpInner {
+    /// Whether the send CQ can absorb the error and flush completions of this QP's unsignaled
+    /// sends (see [`QueuePair::send_inline_unsignaled`], "CQ headroom"): the entries the
+    /// device granted beyond the dispatcher's slots must cover the whole send queue.
+    pub(super) fn check_unsignaled_headroom(&self) -> Result<()> {
+        // SAFETY: the CQ is live (this QP holds an Arc to it); `cqe` is a plain field that
+        // only ibv_create_cq and ibv_resize_cq write, and this crate never resizes a CQ.
+        let granted = unsafe { (*self.send_cq.as_ptr()).cqe };
+        let slots = self.send_cq.dispatcher.capacity();
+        let headroom = usize::try_from(granted).unwrap_or(0).saturating_sub(slots);
+        if headroom < self.max_send_wr as usize {
+            return Err(Error::InvalidArgument(format!(
+                "unsignaled sends on qp {:#x} need {} CQ entries of headroom for their flush \
+                 completions (its max_send_wr), but its send CQ has {granted} entries for \
+                 {slots} completion slots: use a larger CQ or a smaller send queue",
+                self.qp_num, self.max_send_wr
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl QueuePair {
+    /// Test hook: the send and receive queue depths as `ibv_query_qp` reports them now (what
+    /// [`QueuePair::max_send_wr`] and [`QueuePair::max_recv_wr`] must match).
+    #[doc(hidden)]
+    pub fn query_depths(&self) -> Result<(u32, u32)> {
+        let cap = query_cap(self.inner.as_ptr(), self.inner.qp_num)?;
+        Ok((cap.max_send_wr, cap.max_recv_wr))
     }
 }

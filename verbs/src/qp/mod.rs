@@ -52,6 +52,7 @@ pub(crate) struct QpInner {
     qp_type: QpType,
     max_inline: u32,
     max_send_wr: u32,
+    /// Receive-queue depth as granted (0 with an SRQ).
     max_recv_wr: u32,
     /// Unsignaled sends are retired by a signaled one at least this often (half the send
     /// queue), so they never fill the send queue.
@@ -137,7 +138,8 @@ impl QueuePair {
         self.inner.max_send_wr
     }
 
-    /// Receive-queue depth, as granted by the device (0 with an SRQ).
+    /// Receive-queue depth, as granted by the device (at least what the builder asked for;
+    /// 0 for a QP that receives through a shared receive queue).
     pub fn max_recv_wr(&self) -> u32 {
         self.inner.max_recv_wr
     }

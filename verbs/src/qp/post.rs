@@ -4,14 +4,15 @@
 use std::sync::atomic::Ordering;
 
 use rdma_sys as ffi;
+use tokio_rdma_core::WcOpcode;
 
 use super::{QpType, QueuePair};
 use crate::ah::AddressHandle;
 use crate::cq::{Parked, UNSIGNALED_WR_ID};
 use crate::error::{Error, Result};
-use crate::mr::{LocalBuffer, LocalBufferMut, RemoteBuffer};
+use crate::mr::{check_writable, LocalBuffer, LocalBufferMut, RemoteBuffer};
 use crate::ops::OpFuture;
-use crate::wr::{build_wr, validate, SendOp, SendRequest};
+use crate::wr::{build_wr, link_chain, validate, SendOp, SendRequest};
 
 impl QueuePair {
     /// SEND of the whole local buffer.
@@ -41,6 +42,9 @@ impl QueuePair {
 
     /// RDMA READ of `remote` into the local buffer (the local length is read).
     pub fn read<L: LocalBufferMut>(&self, buf: L, remote: RemoteBuffer) -> OpFuture<L> {
+        if let Err(e) = check_writable(&buf) {
+            return OpFuture::failed(e, buf);
+        }
         self.post_one(SendOp::Read(remote), buf)
     }
 
@@ -52,6 +56,9 @@ impl QueuePair {
         compare: u64,
         swap: u64,
     ) -> OpFuture<L> {
+        if let Err(e) = check_writable(&buf) {
+            return OpFuture::failed(e, buf);
+        }
         self.post_one(
             SendOp::CompareSwap {
                 remote,
@@ -69,21 +76,17 @@ impl QueuePair {
         remote: RemoteBuffer,
         add: u64,
     ) -> OpFuture<L> {
+        if let Err(e) = check_writable(&buf) {
+            return OpFuture::failed(e, buf);
+        }
         self.post_one(SendOp::FetchAdd { remote, add }, buf)
     }
 
     /// SEND with the data inlined in the work request (copied at post time; no memory region
     /// needed). At most the QP's `max_inline_data` bytes.
     pub fn send_inline(&self, data: &[u8]) -> OpFuture<()> {
-        if data.len() > self.inner.max_inline as usize {
-            return OpFuture::failed(
-                Error::InvalidArgument(format!(
-                    "{} bytes exceed max_inline_data {}",
-                    data.len(),
-                    self.inner.max_inline
-                )),
-                (),
-            );
+        if let Err(e) = self.check_inline(data) {
+            return OpFuture::failed(e, ());
         }
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let cq = &self.inner.send_cq;
@@ -95,7 +98,7 @@ impl QueuePair {
         // `data` is borrowed for the whole call.
         let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
         match r {
-            Ok(()) => OpFuture::posted(op, (), cq.clone(), self.pin()),
+            Ok(()) => OpFuture::posted(op, (), cq.clone(), self.pin(), WcOpcode::Send),
             Err(e) => {
                 op.cancel_unposted();
                 OpFuture::failed(e, ())
@@ -117,14 +120,25 @@ impl QueuePair {
     /// the error state, later operations on it and its posted receives complete with errors,
     /// and the failed unsignaled request's own completion is counted in
     /// [`CqStats::unsignaled_errors`](crate::CqStats::unsignaled_errors) of the send CQ.
+    ///
+    /// # CQ headroom
+    ///
+    /// An unsignaled send takes no completion slot, yet it still takes a CQ entry when it
+    /// fails or is flushed, and when the QP enters the error state all its outstanding
+    /// unsignaled sends (up to [`max_send_wr`](Self::max_send_wr)) flush at once. The CQ's
+    /// completion slots ([`CompletionQueue::capacity`](crate::CompletionQueue::capacity)) are
+    /// already spoken for by signaled operations and receives, so those flushes must fit in
+    /// the entries the device granted beyond them, or the CQ overruns (it then reports a CQ
+    /// error and stops completing anything). Hence this call is refused with
+    /// [`Error::InvalidArgument`] (nothing posted) unless the send CQ has at least
+    /// `max_send_wr` entries of such headroom: `ibv_cq.cqe - capacity() >= max_send_wr()`. A
+    /// device grants at least the entries asked for, often more (rxe and mlx5 round up to
+    /// 2^k − 1: `create_cq(256)` gives 511 entries, 255 of headroom), so a small send queue on
+    /// a CQ of that size qualifies. Several QPs sending unsignaled through one CQ each need
+    /// their own `max_send_wr` of headroom; keep their sum within it (checked per QP only).
     pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
-        if data.len() > self.inner.max_inline as usize {
-            return Err(Error::InvalidArgument(format!(
-                "{} bytes exceed max_inline_data {}",
-                data.len(),
-                self.inner.max_inline
-            )));
-        }
+        self.check_inline(data)?;
+        self.inner.check_unsignaled_headroom()?;
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.inner.signal_every {
@@ -154,6 +168,21 @@ impl QueuePair {
         }
     }
 
+    /// An inline SEND of `data` is possible on this QP: not UD (which needs `send_to`) and
+    /// within `max_inline_data`.
+    fn check_inline(&self, data: &[u8]) -> Result<()> {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        validate(&SendOp::Send, len, self.inner.qp_type.raw(), false)?;
+        if data.len() > self.inner.max_inline as usize {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes exceed max_inline_data {}",
+                data.len(),
+                self.inner.max_inline
+            )));
+        }
+        Ok(())
+    }
+
     /// UD: SEND (optionally with immediate data) to the QP behind `ah`. The AH comes back
     /// with the buffer once the send completed.
     pub fn send_to<L: LocalBuffer>(
@@ -169,6 +198,9 @@ impl QueuePair {
         if self.inner.qp_type != QpType::Ud {
             return OpFuture::failed(Error::InvalidArgument("send_to needs a UD QP".into()), res);
         }
+        if let Err(e) = validate(&op, sge.1, self.inner.qp_type.raw(), true) {
+            return OpFuture::failed(e, res);
+        }
         let cq = &self.inner.send_cq;
         let o = match self.inner.send_slots.reserve_tagged(self.inner.tag()) {
             Ok(o) => o,
@@ -177,7 +209,7 @@ impl QueuePair {
         // SAFETY: the buffer and the AH are owned by the returned future until completion.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), sge, false, Some(&res.1)) };
         match r {
-            Ok(()) => OpFuture::posted(o, res, cq.clone(), self.pin()),
+            Ok(()) => OpFuture::posted(o, res, cq.clone(), self.pin(), op.wc_opcode()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, res)
@@ -186,7 +218,7 @@ impl QueuePair {
     }
 
     pub(super) fn post_one<L: LocalBuffer>(&self, op: SendOp, buf: L) -> OpFuture<L> {
-        if let Err(e) = validate(&op, buf.sge().1) {
+        if let Err(e) = validate(&op, buf.sge().1, self.inner.qp_type.raw(), false) {
             return OpFuture::failed(e, buf);
         }
         let cq = &self.inner.send_cq;
@@ -198,7 +230,7 @@ impl QueuePair {
         // slot when dropped) until the completion arrives.
         let r = unsafe { self.post_raw(&op, o.wr_id().into_raw(), buf.sge(), false, None) };
         match r {
-            Ok(()) => OpFuture::posted(o, buf, cq.clone(), self.pin()),
+            Ok(()) => OpFuture::posted(o, buf, cq.clone(), self.pin(), op.wc_opcode()),
             Err(e) => {
                 o.cancel_unposted();
                 OpFuture::failed(e, buf)
@@ -224,7 +256,7 @@ impl QueuePair {
             length: sge.1,
             lkey: sge.2,
         };
-        let mut wr = build_wr(op, wr_id, &mut sge, inline, ah);
+        let mut wr = build_wr(op, wr_id, &mut sge, sge.length, inline, ah);
         let mut bad = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr`/`sge` are valid for the call (the provider copies
         // them); the caller guarantees the data's lifetime.
@@ -252,7 +284,7 @@ impl QueuePair {
         let mut kinds = Vec::with_capacity(n);
         for r in reqs {
             let sge = r.local.sge();
-            let checked = validate(&r.op, sge.1).and_then(|()| {
+            let checked = validate(&r.op, sge.1, self.inner.qp_type.raw(), false).and_then(|()| {
                 self.inner
                     .send_slots
                     .reserve_tagged(self.inner.tag())
@@ -280,44 +312,56 @@ impl QueuePair {
                 Err(e) => out.push(OpFuture::failed(e, r.local)),
             }
         }
-        let mut wrs: Vec<ffi::ibv_send_wr> = Vec::with_capacity(ops.len());
-        for (i, kind) in kinds.iter().enumerate() {
-            let sge: *mut ffi::ibv_sge = &mut sges[i];
-            // SAFETY: `sges` is not resized after this point, so the pointer stays valid.
-            wrs.push(build_wr(
-                kind,
-                ops[i].wr_id().into_raw(),
-                unsafe { &mut *sge },
-                false,
-                None,
-            ));
-        }
-        for i in 1..wrs.len() {
-            let next: *mut ffi::ibv_send_wr = &mut wrs[i];
-            wrs[i - 1].next = next;
-        }
-        let mut posted = wrs.len();
+        // Encode first, link after both Vecs are final (`link_chain`).
+        let mut wrs: Vec<ffi::ibv_send_wr> = kinds
+            .iter()
+            .zip(&ops)
+            .zip(&sges)
+            .map(|((kind, o), sge)| {
+                build_wr(
+                    kind,
+                    o.wr_id().into_raw(),
+                    std::ptr::null_mut(),
+                    sge.length,
+                    false,
+                    None,
+                )
+            })
+            .collect();
+        let n_wrs = wrs.len();
+        // From here on `wrs` and `sges` are touched only through the chain until the post
+        // returned (see `link_chain`).
+        let head_wr = link_chain(&mut wrs, &mut sges);
+        let mut posted = n_wrs;
         let mut err = None;
-        if !wrs.is_empty() {
+        if n_wrs > 0 {
             let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
-            // SAFETY: the chain and its SGEs are valid for the call; every buffer is moved into
-            // its future, which keeps it until completion.
-            let rc = unsafe { ffi::ibv_post_send(self.inner.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+            // SAFETY: the QP is live; `head_wr` heads a chain of `n_wrs` requests and their
+            // SGEs, all in `wrs`/`sges`, which are neither moved, resized nor reborrowed until
+            // the call returned (`link_chain`'s contract); every buffer an SGE names is moved
+            // into its future below, which keeps it until the completion.
+            let rc = unsafe { ffi::ibv_post_send(self.inner.as_ptr(), head_wr, &mut bad) };
             if rc != 0 {
-                let base = wrs.as_ptr() as usize;
+                let base = head_wr as usize;
                 let size = std::mem::size_of::<ffi::ibv_send_wr>();
                 posted = if bad.is_null() {
                     0
                 } else {
-                    ((bad as usize).saturating_sub(base) / size).min(wrs.len())
+                    ((bad as usize).saturating_sub(base) / size).min(n_wrs)
                 };
                 err = Some((rc, self.inner.qp_num));
             }
         }
         let mut head = Vec::with_capacity(n);
-        for (i, (o, b)) in ops.into_iter().zip(bufs).enumerate() {
+        for (i, ((o, b), kind)) in ops.into_iter().zip(bufs).zip(&kinds).enumerate() {
             if i < posted {
-                head.push(OpFuture::posted(o, b, cq.clone(), self.pin()));
+                head.push(OpFuture::posted(
+                    o,
+                    b,
+                    cq.clone(),
+                    self.pin(),
+                    kind.wc_opcode(),
+                ));
             } else {
                 o.cancel_unposted();
                 let (rc, qpn) = err.expect("error recorded when not all were posted");

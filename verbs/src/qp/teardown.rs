@@ -21,7 +21,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdma_sys as ffi;
-use tokio_rdma_core::{QpTeardown, TeardownAction, WcStatus};
+use tokio_rdma_core::{QpTeardown, TeardownAction, WcOpcode, WcStatus};
 
 use super::{QpHandle, QpInner, QpType, QueuePair};
 use crate::cq::{CqInner, PendingTeardown};
@@ -263,7 +263,7 @@ impl QueuePair {
             Err(e) => return OpFuture::failed(e.into(), ()),
         };
         match qp.post_recv_ungated(op.wr_id().into_raw(), (0, 0, 0)) {
-            Ok(()) => OpFuture::posted(op, (), cq.clone(), Some(qp.clone())),
+            Ok(()) => OpFuture::posted(op, (), cq.clone(), Some(qp.clone()), WcOpcode::Recv),
             Err(e) => {
                 op.cancel_unposted();
                 OpFuture::failed(e, ())

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdma_sys as ffi;
-use tokio_rdma_core::inbox;
+use tokio_rdma_core::{inbox, WcOpcode};
 
 use crate::cq::CqInner;
 use crate::error::{Error, Result};
@@ -74,7 +74,13 @@ pub(crate) fn recv<L: LocalBufferMut>(target: &RecvTarget, buf: L) -> OpFuture<L
             Err(e) => return OpFuture::failed(e, buf),
         };
     match target.post_recv(op.wr_id().into_raw(), buf.sge()) {
-        Ok(()) => OpFuture::posted(op, buf, cq.clone(), target.clone().work_pin()),
+        Ok(()) => OpFuture::posted(
+            op,
+            buf,
+            cq.clone(),
+            target.clone().work_pin(),
+            WcOpcode::Recv,
+        ),
         Err(e) => {
             op.cancel_unposted();
             OpFuture::failed(e, buf)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tokio_rdma_core::{Completion, Delivery, InboxReceiver};
+use tokio_rdma_core::{Completion, Delivery, InboxReceiver, WcOpcode};
 
 use super::pool::RecvPool;
 use crate::cq::{CqInner, Parked};
@@ -81,7 +81,7 @@ impl Stream for RecvStream {
                     let Ok(chunk_pool) = chunk_pool.downcast::<RecvPool>() else {
                         continue;
                     };
-                    return Poll::Ready(Some(match check(d.completion) {
+                    return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
                         Ok(c) => Ok(RecvMessage {
                             pool: chunk_pool,
                             index,
