@@ -23,7 +23,7 @@ fn ud_qp(r: &Rig) -> QueuePair {
 }
 
 fn region(r: &Rig, len: usize) -> MemoryRegion<Vec<u8>> {
-    r.pd.register(vec![0x5a; len], Access::ALL)
+    r.pd.register(vec![0x5a; len], Access::LOCAL_WRITE | Access::REMOTE_READ)
         .expect("register")
 }
 
