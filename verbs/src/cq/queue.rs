@@ -173,20 +173,22 @@ impl CqInner {
         {
             return Ok(None);
         }
-        let mut after = None;
+        // Made in place (its arrays are uninitialised: only their lengths are written) and
+        // never moved: it is a few kilobytes.
+        let mut after = Aftermath::new();
         let r = self.poll_locked(self.config.poll_batch.min(MAX_BATCH), &mut after);
         self.draining.store(false, Ordering::Release);
         // Consumer code (dropping parked buffers, waking tasks) runs only now, with the flag
         // released: a drop may even release the last reference to a QP or to this CQ.
-        if let Some(mut after) = after {
+        if !after.is_empty() {
             after.finish();
         }
         r.map(Some)
     }
 
     /// Polls one batch while holding the draining flag; what routing left to do (drops and
-    /// wake-ups) goes into `after`, created only when something was polled.
-    fn poll_locked(&self, batch: usize, after: &mut Option<Aftermath<Parked>>) -> Result<usize> {
+    /// wake-ups) goes into `after`.
+    fn poll_locked(&self, batch: usize, after: &mut Aftermath<Parked>) -> Result<usize> {
         let mut wc: [MaybeUninit<ffi::ibv_wc>; MAX_BATCH] =
             [const { MaybeUninit::uninit() }; MAX_BATCH];
         // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; we hold the
@@ -222,7 +224,6 @@ impl CqInner {
         // SAFETY: the loop above initialised `out[..m]` (m <= n <= MAX_BATCH), and
         // `MaybeUninit<Completion>` has the layout of `Completion`.
         let out = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<Completion>(), m) };
-        let after = after.insert(Aftermath::new());
         self.dispatcher.handle_completions_deferred(out, after);
         Ok(n)
     }

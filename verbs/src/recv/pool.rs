@@ -126,7 +126,10 @@ impl RecvPool {
 
     /// Retries the orphaned chunks; the last error if some are still not posted.
     pub(super) fn retry_orphans(self: &Arc<Self>) -> Result<()> {
-        if !self.has_orphans.swap(false, Ordering::AcqRel) {
+        // A load first: this runs on every poll of the stream.
+        if !self.has_orphans.load(Ordering::Acquire)
+            || !self.has_orphans.swap(false, Ordering::AcqRel)
+        {
             return Ok(());
         }
         let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
@@ -146,6 +149,11 @@ impl RecvPool {
             self.has_orphans.store(true, Ordering::Release);
         }
         last
+    }
+
+    /// Closed with nothing posted: no delivery can come any more.
+    pub(super) fn is_spent(&self) -> bool {
+        self.closed.load(Ordering::Acquire) && self.posted.load(Ordering::Acquire) == 0
     }
 
     pub(super) fn chunk_bytes(&self, index: u32, len: usize) -> &[u8] {

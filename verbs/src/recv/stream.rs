@@ -69,43 +69,41 @@ impl Stream for RecvStream {
             }
         }
         let mut budget = this.cq.inline_budget();
+        // Inline polls take deliveries without registering the waker; it is registered (and
+        // the inbox re-checked) only when about to return `Pending`.
         loop {
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(d)) => {
-                    let Parked::Recv(chunk_pool, index) = d.resources else {
-                        // A notice from a failed repost: re-check from the top.
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    };
-                    pool.posted.fetch_sub(1, Ordering::AcqRel);
-                    let Ok(chunk_pool) = chunk_pool.downcast::<RecvPool>() else {
-                        continue;
-                    };
-                    return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
-                        Ok(c) => Ok(RecvMessage {
-                            pool: chunk_pool,
-                            index,
-                            completion: c,
-                        }),
-                        Err(e) => {
-                            pool.closed.store(true, Ordering::Release);
-                            Err(e)
-                        }
-                    }));
+            let next = match this.rx.try_recv() {
+                Some(d) => Some(d),
+                None if !pool.is_spent() && this.cq.poll_inline(&mut budget) => continue,
+                None => match this.rx.poll_recv(cx) {
+                    Poll::Ready(d) => d,
+                    Poll::Pending if pool.is_spent() => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            let Some(d) = next else {
+                return Poll::Ready(None);
+            };
+            let Parked::Recv(chunk_pool, index) = d.resources else {
+                // A notice from a failed repost: re-check from the top.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            pool.posted.fetch_sub(1, Ordering::AcqRel);
+            let Ok(chunk_pool) = chunk_pool.downcast::<RecvPool>() else {
+                continue;
+            };
+            return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
+                Ok(c) => Ok(RecvMessage {
+                    pool: chunk_pool,
+                    index,
+                    completion: c,
+                }),
+                Err(e) => {
+                    pool.closed.store(true, Ordering::Release);
+                    Err(e)
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    if pool.closed.load(Ordering::Acquire)
-                        && pool.posted.load(Ordering::Acquire) == 0
-                    {
-                        return Poll::Ready(None);
-                    }
-                    // Inline polls within the channel's budget; the waker is registered.
-                    if !this.cq.poll_inline(&mut budget) {
-                        return Poll::Pending;
-                    }
-                }
-            }
+            }));
         }
     }
 }
