@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use rdma_sys as ffi;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::Notify;
+use tokio::runtime::Handle;
 
 use super::config::DriverConfig;
 use super::queue::CqInner;
@@ -25,10 +25,9 @@ pub(crate) struct ChannelInner {
     /// cold paths read it: per event the driver finds the CQ through its `cq_context`.
     cqs: Mutex<Vec<Weak<CqInner>>>,
     pub(super) config: DriverConfig,
-    /// Set when the fd failed (or a failure was injected): the driver polls on a timer.
+    /// Set when the fd failed (or a failure was injected, noticed at the driver's next
+    /// wake-up): the driver polls on a timer.
     pub(super) faulted: AtomicBool,
-    /// Wakes a parked driver to notice `faulted`.
-    pub(super) fault: Notify,
     /// Teardowns waiting for flushes (QPs dropped with work in flight).
     pub(super) reaper: Arc<Reaper>,
     /// CQs added and removed, for the driver's policy.
@@ -52,7 +51,7 @@ impl Drop for ChannelInner {
 
 impl ChannelInner {
     /// Creates the channel, makes its fd non-blocking and registers it with tokio.
-    pub(super) fn new(ctx: &Context, config: DriverConfig) -> Result<Self> {
+    pub(super) fn new(ctx: &Context, config: DriverConfig, runtime: Handle) -> Result<Self> {
         // SAFETY: the context is open and outlives the channel (Arc held).
         let ch = unsafe { ffi::ibv_create_comp_channel(ctx.as_ptr()) };
         let ch = NonNull::new(ch)
@@ -65,8 +64,7 @@ impl ChannelInner {
             cqs: Mutex::new(Vec::new()),
             config,
             faulted: AtomicBool::new(false),
-            fault: Notify::new(),
-            reaper: Arc::new(Reaper::new()),
+            reaper: Arc::new(Reaper::new(runtime)),
             registry: Arc::default(),
             ctx: ctx.inner.clone(),
         };

@@ -12,7 +12,6 @@ use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome
 
 use super::channel::ChannelInner;
 use super::queue::CqInner;
-use super::reaper::{Reaper, REAP_PERIOD};
 use super::registry::Registry;
 use crate::sys::Fd;
 
@@ -142,7 +141,6 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         }),
         held: Vec::new(),
     };
-    let mut yields: u32 = 0;
     loop {
         match ex.policy.next_step() {
             DriverStep::Poll(key) => ex.poll(key),
@@ -165,10 +163,6 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;
                 }
-                yields = yields.wrapping_add(1);
-                if chan.reaper.is_pending() && yields % REAP_ROUNDS == 0 {
-                    chan.reaper.tick();
-                }
                 // Picking up events costs no system call when the reactor already saw the fd
                 // readable (an armed CQ got a completion), unlike an `ibv_get_cq_event` that
                 // finds nothing.
@@ -177,34 +171,16 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 }
             }
             DriverStep::Park => {
-                tokio::select! {
-                    r = fd.readable() => match r {
-                        Ok(_) => ex.policy.on_readable(),
-                        Err(e) => {
-                            return fallback(&chan, &format!("waiting on the fd: {e}")).await;
-                        }
-                    },
-                    () = chan.fault.notified() => {
-                        return fallback(&chan, "fault injected").await;
-                    }
-                    () = reap_wait(&chan.reaper) => chan.reaper.tick(),
+                if let Err(e) = fd.readable().await {
+                    return fallback(&chan, &format!("waiting on the fd: {e}")).await;
                 }
+                if chan.faulted.load(Ordering::Acquire) {
+                    return fallback(&chan, "fault injected").await;
+                }
+                ex.policy.on_readable();
                 ex.sync_registry();
             }
         }
-    }
-}
-
-/// While spinning, pending teardowns are ticked every this many yields (a tick reads the
-/// clock: not on every round).
-const REAP_ROUNDS: u32 = 256;
-
-/// Resolves after a reap period when teardowns are pending, else when one is scheduled.
-async fn reap_wait(reaper: &Reaper) {
-    if reaper.is_pending() {
-        tokio::time::sleep(REAP_PERIOD).await;
-    } else {
-        reaper.notify.notified().await;
     }
 }
 
@@ -230,8 +206,5 @@ async fn fallback(chan: &ChannelInner, why: &str) {
             .iter()
             .any(|cq| matches!(cq.poll_once(), Ok(Some(n)) if n > 0))
         {}
-        if chan.reaper.is_pending() {
-            chan.reaper.tick();
-        }
     }
 }

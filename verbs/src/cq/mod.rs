@@ -85,7 +85,7 @@ impl CompletionChannel {
             ack_batch: config.ack_batch.max(1),
             ..config
         };
-        let inner = Arc::new(ChannelInner::new(ctx, config)?);
+        let inner = Arc::new(ChannelInner::new(ctx, config, rt.clone())?);
         let driver = rt.spawn(driver::drive(inner.clone())).abort_handle();
         Ok(Self {
             owner: Arc::new(ChannelOwner { inner, driver }),
@@ -110,13 +110,12 @@ impl CompletionChannel {
         Ok(CompletionQueue { inner })
     }
 
-    /// Test hook: behave as if the channel's fd had failed (the driver falls back to polling
-    /// every CQ of the channel on a timer; nothing is released early).
+    /// Test hook: behave as if the channel's fd had failed, from the driver's next wake-up on
+    /// (it falls back to polling every CQ of the channel on a timer; nothing is released
+    /// early).
     #[doc(hidden)]
     pub fn inject_fault(&self) {
-        let chan = &self.owner.inner;
-        chan.faulted.store(true, Ordering::Release);
-        chan.fault.notify_one();
+        self.owner.inner.faulted.store(true, Ordering::Release);
     }
 }
 
