@@ -278,3 +278,48 @@ async fn misuse_unsignaled_sends_without_cq_headroom_are_refused() {
     assert_eq!(res.expect("received").byte_len, 4);
     assert_eq!(&rx[..4], b"fits");
 }
+
+/// QPs sending unsignaled through one CQ share its headroom: each claims its send-queue
+/// depth on its first unsignaled send, the one that finds too little left is refused, and a
+/// destroyed QP gives its claim back.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_unsignaled_senders_share_the_cq_headroom() {
+    let r = rig(64);
+    let cq = r.cq(256);
+    let pair = || {
+        let x = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
+            .max_send_wr(48)
+            .build()
+            .expect("qp x");
+        let y = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+            .build()
+            .expect("qp y");
+        common::connect(&r.opts, &x, &y);
+        // A receive for the one send each makes (no RNR wait).
+        drop(y.recv(r.pd.register(vec![0u8; 8], Access::LOCAL_WRITE).unwrap()));
+        (x, y)
+    };
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let (x, y) = pair();
+        match x.send_inline_unsignaled(b"hi") {
+            Ok(()) => accepted.push((x, y)),
+            Err(Error::InvalidArgument(m)) => {
+                assert!(m.contains("headroom"), "{m}");
+                break (x, y);
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        assert!(accepted.len() < 64, "the headroom is finite");
+    };
+    assert!(!accepted.is_empty(), "a 256-slot CQ has room for one 48-deep send queue");
+    // Destroying one claimant frees its share for the refused one.
+    drop(accepted.remove(0));
+    bounded("claim after a destroy", 30, async {
+        while refused.0.send_inline_unsignaled(b"hi").is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use rdma_sys as ffi;
@@ -54,6 +54,9 @@ pub(crate) struct CqInner {
     pub(super) events: AtomicU64,
     pub(super) polls: AtomicU64,
     pub(super) unsignaled_errors: AtomicU64,
+    /// CQ entries beyond the dispatcher's slots claimed by QPs sending unsignaled (each
+    /// claims its send-queue depth: what its flushes can take at once).
+    headroom_claimed: AtomicUsize,
     pub(super) config: DriverConfig,
     /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
     context_ref: *const CqInner,
@@ -105,6 +108,7 @@ impl CqInner {
             events: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             unsignaled_errors: AtomicU64::new(0),
+            headroom_claimed: AtomicUsize::new(0),
             config,
             context_ref: weak.clone().into_raw(),
             reaper,
@@ -236,6 +240,31 @@ impl CqInner {
             return Err(Error::from_ret("ibv_req_notify_cq", rc, "arming a CQ"));
         }
         Ok(())
+    }
+
+    /// CQ entries the device granted beyond the dispatcher's slots.
+    pub(crate) fn headroom(&self) -> usize {
+        // SAFETY: the CQ is live; `cqe` is a plain field that only ibv_create_cq and
+        // ibv_resize_cq write, and this crate never resizes a CQ.
+        let granted = unsafe { (*self.as_ptr()).cqe };
+        usize::try_from(granted)
+            .unwrap_or(0)
+            .saturating_sub(self.dispatcher.capacity())
+    }
+
+    /// Claims `n` entries of headroom; `false` (nothing claimed) if they are not free.
+    pub(crate) fn claim_headroom(&self, n: usize) -> bool {
+        let room = self.headroom();
+        self.headroom_claimed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c + n <= room).then_some(c + n)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`claim_headroom`](Self::claim_headroom) took.
+    pub(crate) fn release_headroom(&self, n: usize) {
+        self.headroom_claimed.fetch_sub(n, Ordering::AcqRel);
     }
 
     /// Counts one event read for this CQ (not acked yet).

@@ -47,10 +47,7 @@ impl Reaper {
 
     /// Hands a teardown over; starts the ticking task if it is not running.
     pub(crate) fn schedule(self: &Arc<Self>, t: Box<dyn PendingTeardown>) {
-        self.list
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(t);
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(t);
         if !self.running.swap(true, Ordering::AcqRel) {
             let me = self.clone();
             self.runtime.spawn(async move { me.run().await });
@@ -67,7 +64,11 @@ impl Reaper {
                 self.running.store(false, Ordering::Release);
                 // A teardown scheduled between the tick and the store saw `running` set and
                 // spawned nothing: take it over, unless another task already did.
-                let empty = self.list.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+                let empty = self
+                    .list
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
                 if empty || self.running.swap(true, Ordering::AcqRel) {
                     return;
                 }

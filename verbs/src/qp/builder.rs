@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rdma_sys as ffi;
 
@@ -144,6 +144,7 @@ impl QueuePairBuilder {
             srq: self.srq.map(|s| s.inner),
             pd: self.pd.inner,
             life: Default::default(),
+            headroom_claimed: AtomicBool::new(false),
         }))
     }
 }
@@ -175,21 +176,28 @@ fn query_cap(qp: *mut ffi::ibv_qp, qp_num: u32) -> Result<ffi::ibv_qp_cap> {
 
 impl QpInner {
     /// Whether the send CQ can absorb the error and flush completions of this QP's unsignaled
-    /// sends (see [`QueuePair::send_inline_unsignaled`], "CQ headroom"): the entries the
-    /// device granted beyond the dispatcher's slots must cover the whole send queue.
+    /// sends (see [`QueuePair::send_inline_unsignaled`], "CQ headroom"): on its first
+    /// unsignaled send the QP claims its send-queue depth of the entries the device granted
+    /// beyond the CQ's completion slots, shared by every QP on that CQ (given back when the
+    /// QP is destroyed). One load once claimed.
     pub(super) fn check_unsignaled_headroom(&self) -> Result<()> {
-        // SAFETY: the CQ is live (this QP holds an Arc to it); `cqe` is a plain field that
-        // only ibv_create_cq and ibv_resize_cq write, and this crate never resizes a CQ.
-        let granted = unsafe { (*self.send_cq.as_ptr()).cqe };
-        let slots = self.send_cq.dispatcher.capacity();
-        let headroom = usize::try_from(granted).unwrap_or(0).saturating_sub(slots);
-        if headroom < self.max_send_wr as usize {
+        if self.headroom_claimed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let n = self.max_send_wr as usize;
+        if !self.send_cq.claim_headroom(n) {
             return Err(Error::InvalidArgument(format!(
-                "unsignaled sends on qp {:#x} need {} CQ entries of headroom for their flush \
-                 completions (its max_send_wr), but its send CQ has {granted} entries for \
-                 {slots} completion slots: use a larger CQ or a smaller send queue",
-                self.qp_num, self.max_send_wr
+                "unsignaled sends on qp {:#x} need {n} CQ entries of headroom for their flush \
+                 completions (its max_send_wr), but its send CQ has {} entries beyond its \
+                 completion slots not claimed by other QPs sending unsignaled: use a larger CQ \
+                 or a smaller send queue",
+                self.qp_num,
+                self.send_cq.headroom()
             )));
+        }
+        if self.headroom_claimed.swap(true, Ordering::AcqRel) {
+            // Another thread claimed for this QP at the same time: one claim is enough.
+            self.send_cq.release_headroom(n);
         }
         Ok(())
     }

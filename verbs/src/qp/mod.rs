@@ -12,7 +12,7 @@ mod transition;
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 
 use rdma_sys as ffi;
@@ -67,6 +67,8 @@ pub(crate) struct QpInner {
     pub(crate) recv_cq: Arc<CqInner>,
     srq: Option<Arc<SrqInner>>,
     pd: Arc<PdInner>,
+    /// Whether this QP claimed send-CQ headroom for unsignaled sends (given back on destroy).
+    headroom_claimed: AtomicBool,
     /// Teardown state: the receive gate and whether the QP was destroyed (see `teardown`).
     life: teardown::Life,
 }

@@ -134,8 +134,9 @@ impl QueuePair {
     /// `max_send_wr` entries of such headroom: `ibv_cq.cqe - capacity() >= max_send_wr()`. A
     /// device grants at least the entries asked for, often more (rxe and mlx5 round up to
     /// 2^k − 1: `create_cq(256)` gives 511 entries, 255 of headroom), so a small send queue on
-    /// a CQ of that size qualifies. Several QPs sending unsignaled through one CQ each need
-    /// their own `max_send_wr` of headroom; keep their sum within it (checked per QP only).
+    /// a CQ of that size qualifies. Several QPs sending unsignaled through one CQ share that
+    /// headroom: each claims its `max_send_wr` of it on its first unsignaled send (and gives
+    /// it back when destroyed), and a QP that finds too little left is refused.
     pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
         self.check_inline(data)?;
         self.inner.check_unsignaled_headroom()?;

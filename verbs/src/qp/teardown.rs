@@ -86,6 +86,10 @@ impl QpInner {
         let rc = unsafe { ffi::ibv_destroy_qp(self.as_ptr()) };
         if rc != 0 {
             tracing::warn!(rc, qp = self.qp_num, "ibv_destroy_qp failed");
+            return;
+        }
+        if self.headroom_claimed.swap(false, Ordering::AcqRel) {
+            self.send_cq.release_headroom(self.max_send_wr as usize);
         }
     }
 
