@@ -7,61 +7,75 @@
 //! # Architecture
 //!
 //! ```text
-//!  ibv_post_send/recv ◄── QueuePair::{send, write, read, ...} ──► OpFuture (owns the buffer)
-//!        │                       reserve a slot in the CQ's Dispatcher ┘        ▲ woken
-//!        ▼                                                                      │
-//!   NIC / rxe ──► CQ ──► comp-channel fd ──► driver task (one per channel) ──► Dispatcher
-//!                  ▲                               poll-arm-poll, spin           (core)
+//!  ibv_post_send/recv ◄── QueuePair::{send, write, read, ...} ──► OpFuture (owns the buffer,
+//!        │                 reserve a tagged slot in the CQ's Dispatcher ┘  pins the QP) ▲ woken
+//!        ▼                                                                              │
+//!   NIC / rxe ──► CQ ──► comp-channel fd ──► driver task: executes core's DriverPolicy ─► Dispatcher
+//!                  ▲      (cq_context → CQ)    (poll-arm-poll, spin, batched acks, park)   (core)
 //!                  └──── inline poll by an OpFuture / RecvStream (try-lock, never blocks)
 //! ```
 //!
+//! Modules, each importing only the ones before it: `error`, `sys` (fd helpers), `device`,
+//! `mr`, `cq` (`config`, `wc`, `reaper`, `registry`, `queue`, `channel`, `driver`), `ops`,
+//! `info`, `ah`, `wr` (work-request validation and encoding, host-tested), `recv` (`pool`,
+//! `stream`, behind a small `PostRecv` trait that QPs and SRQs implement), `srq`, `qp`
+//! (`builder`, `transition`, `post`, `receive`, `teardown`), `event`.
+//!
 //! * **Dispatch.** Each [`CompletionQueue`] owns a `tokio_rdma_core::Dispatcher` with one slot
-//!   per CQ entry. Posting reserves a slot (its `WrId` is the work request's `wr_id`; never a
-//!   pointer), posts, and returns an [`OpFuture`] that owns the buffer. Completions are
-//!   converted to plain `Completion`s and routed by `wr_id`.
+//!   per CQ entry. Posting reserves a slot tagged with the QP number (its `WrId` is the work
+//!   request's `wr_id`; never a pointer), posts, and returns an [`OpFuture`] that owns the
+//!   buffer. Completions are converted to plain `Completion`s and routed by `wr_id`; what
+//!   routing leaves to do (dropping parked buffers, waking tasks) runs only after the poller
+//!   released the CQ (`Aftermath`).
 //! * **Driver.** A [`CompletionChannel`] spawns one driver task that owns the channel's
 //!   `AsyncFd` (the only waiter on that fd, so tokio's single-waker-per-direction rule cannot
-//!   strand a wake-up). It drains `ibv_get_cq_event` to `EAGAIN` (readiness is cleared only
-//!   then, via `try_io`), counts events per CQ and acks them in batches, and then polls the
-//!   signalled CQs in batches of up to 64. When a CQ runs dry it keeps polling for
-//!   [`DriverConfig::spin_iterations`] rounds (each a cooperative `yield_now`, bounded by count,
-//!   never by clock), then **arms** it with `ibv_req_notify_cq` and **polls again**; only a CQ
+//!   strand a wake-up) and executes the steps of core's sans-IO `DriverPolicy`: it drains
+//!   `ibv_get_cq_event` to `EAGAIN` (readiness is cleared only then, via `try_io`; the CQ is
+//!   found through its `cq_context`, no lookup), acks events in batches, polls the signalled
+//!   CQs in batches of up to 64, keeps polling a dry CQ for [`DriverConfig::spin_iterations`]
+//!   rounds (bounded by count, never by clock), then **arms** it and **polls again**; only a CQ
 //!   still empty after that is parked. So idle CQs cost nothing, busy ones are never re-armed
-//!   per completion, and no completion can slip between the last poll and the arm.
-//! * **Inline polling.** An operation future that is polled while pending first registers its
-//!   waker with the dispatcher and then tries to poll the CQ itself, guarded by a per-CQ
-//!   atomic `draining` flag (skipped, never waited for, when the driver or another future holds
-//!   it). That cuts a task hop off the latency without making futures responsible for wake-ups.
-//!   [`DriverConfig::inline_polls`] sets how many such polls a future (or [`RecvStream`]) makes
-//!   before it returns `Pending` (default 32, the driver's own polls between yields): a
-//!   latency-critical task that owns its thread can set thousands and busy-poll inline like a
-//!   raw verbs loop, still bounded by count.
+//!   per completion, and no completion can slip between the last poll and the arm. Should the
+//!   channel fd fail, the driver polls its CQs on a timer instead: nothing is released early.
+//! * **Inline polling.** An operation future or receive stream that is not ready polls the CQ
+//!   itself, guarded by a per-CQ atomic `draining` flag (skipped, never waited for, when the
+//!   driver or another future holds it), and registers its waker only when it is about to
+//!   return `Pending`. [`DriverConfig::inline_polls`] sets how many such polls it makes
+//!   (default 32, the driver's own polls between yields): a latency-critical task that owns
+//!   its thread can set thousands and busy-poll inline like a raw verbs loop.
 //! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`] posts an inline SEND
 //!   without a completion (as perftest does); every `max_send_wr / 2`-th one is signaled to
 //!   retire the others. Its `wr_id` can name no slot, and the error or flush completion such a
-//!   send can still produce is counted in [`CqStats::unsignaled_errors`], never dispatched.
-//! * **Slot handles.** Each QP reserves through its own handle onto its send CQ's dispatcher,
-//!   so QPs driven from different threads recycle their own slots (sharded free list).
+//!   send can still produce is counted in [`CqStats::unsignaled_errors`], never dispatched;
+//!   QPs sending unsignaled claim CQ headroom for those flushes.
 //! * **Cancel safety.** Dropping an [`OpFuture`] before its completion parks the buffer (and
-//!   everything the work request references, e.g. an AH) in the dispatcher slot via
-//!   `Operation::abandon`; it is dropped when the completion or flush error arrives, or when
-//!   the CQ is destroyed, which happens only after every QP using it is destroyed.
-//! * **Teardown.** [`QueuePair::close`] posts a zero-length receive marker, moves the QP to
-//!   ERR, posts a send marker and waits for both: queues complete in order, so every earlier
-//!   work request has been flushed and every parked buffer released before the QP is destroyed.
-//!   A QP's `Drop` (without `close`) moves it to ERR and destroys it; what is still parked for
-//!   it is released when its flush arrives or, at the latest, when the CQ is destroyed. A CQ's `Drop` unregisters it from its channel, acks its outstanding events,
-//!   fails whatever is still in its dispatcher (releasing parked buffers), and destroys it.
-//!   The channel's driver stops when the channel and all its CQs are gone.
+//!   everything the work request references: an AH, the QP pin) in the dispatcher slot; it is
+//!   dropped when the completion or flush error arrives, never earlier.
+//! * **Teardown.** In-flight work pins its QP (providers discard the completions of a
+//!   destroyed QP). When the last [`QueuePair`] handle goes, the QP's receive gate closes (no
+//!   receive is posted into a QP headed for ERR), and a QP with work in flight moves to ERR and
+//!   is destroyed once that work is flushed, or after a bound destroyed first and its tagged
+//!   slots failed (core's `QpTeardown` machine, ticked on a timer). [`QueuePair::close`] does
+//!   the same gracefully and waits: a receive marker before ERR, a send marker after it (UD,
+//!   or a full send queue: the QP's slots are watched until none is left). An SRQ fails its
+//!   receives when destroyed. A CQ's `Drop` acks the events it read, fails whatever its
+//!   dispatcher still holds and destroys it; the channel's driver stops when the channel and
+//!   all its CQs are gone.
+//! * **Memory.** [`ProtectionDomain::register`] gives a region the program reads and writes
+//!   through references; a region peers may write (REMOTE_WRITE / REMOTE_ATOMIC) comes from
+//!   [`ProtectionDomain::register_remote`] and is read and written by copy. Receive, READ and
+//!   atomic targets without LOCAL_WRITE are refused at the call.
 //! * **Receives.** [`QueuePair::recv`] posts one buffer; [`QueuePair::recv_stream`] and
-//!   [`SharedReceiveQueue::recv_stream`] post a registered pool whose completions are routed
-//!   (`Dispatcher::reserve_into`) into an inbox that the [`RecvStream`] drains; a
-//!   [`RecvMessage`] reposts its buffer when dropped.
+//!   [`SharedReceiveQueue::recv_stream`] post a registered pool (all slots reserved, the
+//!   depth checked, before anything is posted) whose completions are routed into an inbox
+//!   that the [`RecvStream`] drains; a [`RecvMessage`] reposts its buffer when dropped (a
+//!   buffer that cannot be reposted is retried, and reported if nothing else is posted).
 //!
 //! * **Limits.** The driver task lives on the runtime that created the channel: objects used
 //!   after that runtime shut down only progress through inline polling. Soft-RoCE (rxe) raises
 //!   no QP async event for remote access errors (the failed completion reports them) and does
-//!   not flush receives posted to a QP already in ERR (hence the marker order in `close`).
+//!   not flush receives posted to a QP already in ERR (hence the marker order in `close` and
+//!   the receive gate).
 //!   The QP-affiliated async event it does raise is `SqDrained`, after
 //!   [`QueuePair::drain_send_queue`].
 //!
