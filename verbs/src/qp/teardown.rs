@@ -95,18 +95,18 @@ impl QpInner {
 
     /// Fails every slot still tagged with this QP on its CQs (after `destroy`).
     fn fail_remaining(&self) -> usize {
-        let mut n = self
-            .send_cq
-            .dispatcher
-            .fail_tagged(self.tag(), WcStatus::WrFlushErr);
-        if !Arc::ptr_eq(&self.send_cq, &self.recv_cq) {
-            n += self
-                .recv_cq
-                .dispatcher
-                .fail_tagged(self.tag(), WcStatus::WrFlushErr);
-        }
-        n
+        fail_tagged(&self.send_cq, &self.recv_cq, self.tag())
     }
+}
+
+/// Fails the slots tagged `tag` on a QP's send and receive CQs, with a flush error; how many.
+/// Only once the QP is destroyed: the NIC then touches none of their buffers.
+fn fail_tagged(send_cq: &Arc<CqInner>, recv_cq: &Arc<CqInner>, tag: u32) -> usize {
+    let mut n = send_cq.dispatcher.fail_tagged(tag, WcStatus::WrFlushErr);
+    if !Arc::ptr_eq(send_cq, recv_cq) {
+        n += recv_cq.dispatcher.fail_tagged(tag, WcStatus::WrFlushErr);
+    }
+    n
 }
 
 impl Drop for QpInner {
@@ -177,16 +177,7 @@ impl QpReap {
                     }
                 }
                 TeardownAction::FailRemaining { .. } => {
-                    let mut n = self
-                        .send_cq
-                        .dispatcher
-                        .fail_tagged(self.tag, WcStatus::WrFlushErr);
-                    if !Arc::ptr_eq(&self.send_cq, &self.recv_cq) {
-                        n += self
-                            .recv_cq
-                            .dispatcher
-                            .fail_tagged(self.tag, WcStatus::WrFlushErr);
-                    }
+                    let n = fail_tagged(&self.send_cq, &self.recv_cq, self.tag);
                     tracing::warn!(
                         qp = self.tag,
                         failed = n,
