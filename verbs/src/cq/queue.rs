@@ -2,6 +2,7 @@
 //! arming and event acknowledgement.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -37,6 +38,11 @@ pub(crate) enum Parked {
     /// A receive-pool chunk (the pool, type-erased so the CQ does not name the receive
     /// module, and the chunk's index), routed to its stream's inbox.
     Recv(Arc<dyn Any + Send + Sync>, u32),
+}
+
+thread_local! {
+    /// Per thread: what a poll's routing left to do, run once the CQ's flag is released.
+    static AFTERMATH: RefCell<Aftermath<Parked>> = RefCell::new(Aftermath::new());
 }
 
 pub(crate) struct CqInner {
@@ -177,16 +183,25 @@ impl CqInner {
         {
             return Ok(None);
         }
-        // Made in place (its arrays are uninitialised: only their lengths are written) and
-        // never moved: it is a few kilobytes.
-        let mut after = Aftermath::new();
-        let r = self.poll_locked(self.config.poll_batch.min(MAX_BATCH), &mut after);
-        self.draining.store(false, Ordering::Release);
-        // Consumer code (dropping parked buffers, waking tasks) runs only now, with the flag
-        // released: a drop may even release the last reference to a QP or to this CQ.
-        if !after.is_empty() {
-            after.finish();
-        }
+        // Consumer code (dropping parked buffers, waking tasks) runs only after the flag is
+        // released: a drop may even release the last reference to a QP or to this CQ. The
+        // thread's own `Aftermath` collects it (a few kilobytes: not made per poll); a poll
+        // that consumer code starts while it is being finished uses a fresh one.
+        let batch = self.config.poll_batch.min(MAX_BATCH);
+        let run = |after: &mut Aftermath<Parked>| {
+            let r = self.poll_locked(batch, after);
+            self.draining.store(false, Ordering::Release);
+            if !after.is_empty() {
+                after.finish();
+            }
+            r
+        };
+        let r = AFTERMATH
+            .try_with(|cell| cell.try_borrow_mut().ok().map(|mut after| run(&mut after)))
+            .ok()
+            .flatten();
+        // Re-entered from consumer code, or the thread is exiting: a fresh one.
+        let r = r.unwrap_or_else(|| run(&mut Aftermath::new()));
         r.map(Some)
     }
 
