@@ -313,7 +313,10 @@ async fn misuse_unsignaled_senders_share_the_cq_headroom() {
         }
         assert!(accepted.len() < 64, "the headroom is finite");
     };
-    assert!(!accepted.is_empty(), "a 256-slot CQ has room for one 48-deep send queue");
+    assert!(
+        !accepted.is_empty(),
+        "a 256-slot CQ has room for one 48-deep send queue"
+    );
     // Destroying one claimant frees its share for the refused one.
     drop(accepted.remove(0));
     bounded("claim after a destroy", 30, async {
