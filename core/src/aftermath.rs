@@ -151,7 +151,7 @@ pub(crate) trait Effects<R: Send + 'static> {
         &mut self,
         table: &SlotTable<R, Route<R>>,
         id: WrId,
-        c: Completion,
+        c: &Completion,
     ) -> CompleteOutcome<R, Route<R>>;
     /// Resources of a reclaimed slot or of a failed delivery, to drop.
     fn drop_resources(&mut self, resources: R);
@@ -170,7 +170,7 @@ impl<R: Send + 'static> Effects<R> for InPlace<R> {
         &mut self,
         table: &SlotTable<R, Route<R>>,
         id: WrId,
-        c: Completion,
+        c: &Completion,
     ) -> CompleteOutcome<R, Route<R>> {
         table.complete(id.index(), id.generation(), c)
     }
@@ -207,7 +207,7 @@ impl<R: Send + 'static> Effects<R> for Aftermath<R> {
         &mut self,
         table: &SlotTable<R, Route<R>>,
         id: WrId,
-        c: Completion,
+        c: &Completion,
     ) -> CompleteOutcome<R, Route<R>> {
         let (outcome, waker) = table.complete_deferred(id.index(), id.generation(), c);
         if let Some(waker) = waker {

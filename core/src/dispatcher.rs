@@ -237,8 +237,10 @@ impl<R: Send + 'static> Dispatcher<R> {
         Some(resources)
     }
 
+    /// Routes one completion. Taken by reference all the way down: it is copied once, from
+    /// the caller's batch into its slot (or into the delivery).
     #[inline]
-    fn route(&self, c: Completion, tally: &mut Tally, effects: &mut impl Effects<R>) -> Routed {
+    fn route(&self, c: &Completion, tally: &mut Tally, effects: &mut impl Effects<R>) -> Routed {
         let id = WrId::from_raw(c.wr_id);
         let routed = match effects.complete(&self.shared().table, id, c) {
             CompleteOutcome::Stored => Routed::Woken,
@@ -250,7 +252,7 @@ impl<R: Send + 'static> Dispatcher<R> {
             }
             CompleteOutcome::Routed(sender, resources) => {
                 let delivery = Delivery {
-                    completion: c,
+                    completion: *c,
                     resources,
                 };
                 let routed = match sender.try_send_deferred(delivery) {
@@ -276,7 +278,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     /// out of range, stale, never posted or duplicated are counted and ignored.
     pub fn handle_completion(&self, c: Completion) -> Routed {
         let mut tally = Tally::default();
-        let r = self.route(c, &mut tally, &mut InPlace(None));
+        let r = self.route(&c, &mut tally, &mut InPlace(None));
         self.shared().counters.add(self.handle.home, &tally);
         r
     }
@@ -293,7 +295,7 @@ impl<R: Send + 'static> Dispatcher<R> {
         // Consecutive deliveries into the same inbox wake its receiver once.
         let mut effects = InPlace(None);
         for c in batch {
-            let _ = self.route(*c, &mut tally, &mut effects);
+            let _ = self.route(c, &mut tally, &mut effects);
         }
         drop(effects);
         self.shared().counters.add(self.handle.home, &tally);
@@ -320,7 +322,7 @@ impl<R: Send + 'static> Dispatcher<R> {
     ) -> usize {
         let mut tally = Tally::default();
         for c in batch {
-            let _ = self.route(*c, &mut tally, after);
+            let _ = self.route(c, &mut tally, after);
         }
         self.shared().counters.add(self.handle.home, &tally);
         tally.routed_live()
@@ -396,7 +398,7 @@ impl<R: Send + 'static> Dispatcher<R> {
                 ..Completion::zeroed()
             };
             if matches!(
-                self.route(c, &mut tally, effects),
+                self.route(&c, &mut tally, effects),
                 Routed::Woken | Routed::Delivered | Routed::Reclaimed
             ) {
                 failed += 1;

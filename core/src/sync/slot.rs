@@ -288,7 +288,7 @@ impl<R, S> Slot<R, S> {
 
     /// Feeds the completion for `generation` to this slot, waking the owner's task in place.
     /// Never panics.
-    pub(super) fn complete(&self, generation: u32, c: Completion) -> CompleteOutcome<R, S> {
+    pub(super) fn complete(&self, generation: u32, c: &Completion) -> CompleteOutcome<R, S> {
         self.complete_with(generation, c, false).0
     }
 
@@ -303,7 +303,7 @@ impl<R, S> Slot<R, S> {
     pub(super) fn complete_deferred(
         &self,
         generation: u32,
-        c: Completion,
+        c: &Completion,
     ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         self.complete_with(generation, c, true)
     }
@@ -312,7 +312,7 @@ impl<R, S> Slot<R, S> {
     fn complete_with(
         &self,
         generation: u32,
-        c: Completion,
+        c: &Completion,
         defer: bool,
     ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         let mut cur = self.state.load(Acquire);
@@ -361,12 +361,12 @@ impl<R, S> Slot<R, S> {
         &self,
         g: u32,
         mut cur: u64,
-        c: Completion,
+        c: &Completion,
         defer: bool,
     ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         // SAFETY: we moved POSTED -> COMPLETING, which gives the completer the completion cell
         // until COMPLETED is published; the owner reads it only after seeing COMPLETED.
-        self.completion.with_mut(|p| unsafe { *p = c });
+        self.completion.with_mut(|p| unsafe { *p = *c });
         loop {
             let next = if cur & DROPPED != 0 {
                 pack(g, CLAIMED)

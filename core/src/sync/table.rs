@@ -115,7 +115,7 @@ impl<R, S> SlotTable<R, S> {
         &self,
         index: u32,
         generation: u32,
-        c: Completion,
+        c: &Completion,
     ) -> CompleteOutcome<R, S> {
         let Some(slot) = self.slots.get(index as usize) else {
             return CompleteOutcome::Unknown;
@@ -132,7 +132,7 @@ impl<R, S> SlotTable<R, S> {
         &self,
         index: u32,
         generation: u32,
-        c: Completion,
+        c: &Completion,
     ) -> (CompleteOutcome<R, S>, Option<Waker>) {
         let Some(slot) = self.slots.get(index as usize) else {
             return (CompleteOutcome::Unknown, None);
@@ -229,12 +229,12 @@ mod tests {
         assert_eq!((a.index(), r.0), (1, 0));
         // The poller (any handle) completes both; the owner takes its completion.
         assert!(matches!(
-            t.complete(r.0, r.1, Completion::zeroed()),
+            t.complete(r.0, r.1, &Completion::zeroed()),
             CompleteOutcome::Routed(7, 8)
         ));
         let (index, generation) = (a.index(), a.wr_id().generation());
         assert!(matches!(
-            t.complete(index, generation, Completion::zeroed()),
+            t.complete(index, generation, &Completion::zeroed()),
             CompleteOutcome::Stored
         ));
         assert!(t.try_take(a).is_ok());
