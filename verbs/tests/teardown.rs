@@ -270,3 +270,54 @@ async fn failed_channel_keeps_delivering_without_freeing_buffers() {
     .await;
     until("slots released", 30, || cq.in_flight() == 0).await;
 }
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn failed_reposts_never_crowd_out_deliveries() {
+    let r = rig(256);
+    let cq = r.cq(4);
+    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
+        .build()
+        .unwrap();
+    common::connect(&r.opts, &a, &b);
+    let send = |text: &'static [u8]| {
+        let tx = r.pd.register(text.to_vec(), Access::LOCAL_WRITE).unwrap();
+        a.send(tx)
+    };
+    let mut rx = b.recv_stream(2, 64).unwrap();
+    for m in [b"one" as &[u8], b"two"] {
+        bounded("send", 30, send(m)).await.0.unwrap();
+    }
+    let first = bounded("recv", 30, rx.next()).await.unwrap().unwrap();
+    let second = bounded("recv", 30, rx.next()).await.unwrap().unwrap();
+    // Every slot of b's CQ taken by one-shot receives: both reposts fail.
+    let hogs: Vec<_> = (0..4)
+        .map(|_| b.recv(r.pd.register(vec![0u8; 8], Access::LOCAL_WRITE).unwrap()))
+        .collect();
+    drop(first);
+    drop(second);
+    // Four messages complete the one-shot receives and free their slots.
+    for _ in 0..4 {
+        bounded("send", 30, send(b"hog")).await.0.unwrap();
+    }
+    for h in hogs {
+        bounded("hog", 30, h).await.0.unwrap();
+    }
+    // The stream reposts its two buffers on its next poll; both next messages reach it.
+    let next = tokio::time::timeout(Duration::from_millis(100), rx.next()).await;
+    assert!(next.is_err(), "nothing to deliver yet: {next:?}");
+    assert_eq!(rx.posted(), 2, "both orphaned buffers reposted");
+    for m in [b"three" as &[u8], b"four"] {
+        bounded("send", 30, send(m)).await.0.unwrap();
+    }
+    for want in [b"three" as &[u8], b"four"] {
+        let got = bounded("recv after reposts", 30, rx.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], want);
+    }
+}

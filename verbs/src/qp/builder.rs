@@ -132,6 +132,7 @@ impl QueuePairBuilder {
         Ok(QueuePair::from_inner(QpInner {
             qp,
             qp_num,
+            tag: QpInner::next_tag(),
             qp_type: self.qp_type,
             max_inline: cap.max_inline_data,
             max_send_wr: cap.max_send_wr,

@@ -49,6 +49,9 @@ impl QpType {
 pub(crate) struct QpInner {
     qp: NonNull<ffi::ibv_qp>,
     qp_num: u32,
+    /// Tags this QP's dispatcher slots: unique within the process (QP numbers are reused
+    /// as soon as a QP is destroyed; a tag never is, short of 2^31 QPs).
+    tag: u32,
     qp_type: QpType,
     max_inline: u32,
     max_send_wr: u32,
@@ -80,10 +83,16 @@ impl QpInner {
         self.qp.as_ptr()
     }
 
-    /// The tag of this QP's dispatcher slots (its QP number), by which the work still in
-    /// flight when it is destroyed is failed.
+    /// The tag of this QP's dispatcher slots, by which the work still in flight when it is
+    /// destroyed is failed.
     pub(crate) fn tag(&self) -> u32 {
-        self.qp_num
+        self.tag
+    }
+
+    /// A fresh slot tag (top bit clear: SRQ tags have it set).
+    pub(crate) fn next_tag() -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & !(1 << 31)
     }
 }
 

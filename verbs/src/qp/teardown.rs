@@ -40,6 +40,8 @@ const GATE_CLOSED: u32 = 1 << 31;
 pub(crate) struct Life {
     /// `ibv_destroy_qp` ran (early, by the bound, or in `Drop`).
     destroyed: AtomicBool,
+    /// ... and succeeded.
+    destroy_ok: AtomicBool,
     /// Receive gate: [`GATE_CLOSED`] once the QP is headed for ERR, low bits = receive posts
     /// in progress (closing waits for them, so none lands after the receive marker).
     recv_gate: AtomicU32,
@@ -64,7 +66,7 @@ impl Life {
 
     /// Closes the receive gate and waits for the posts in progress (a few microseconds at
     /// most: a post is one provider call). Whether this call closed it.
-    fn close_recv(&self) -> bool {
+    pub(super) fn close_recv(&self) -> bool {
         let prev = self.recv_gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
         while self.recv_gate.load(Ordering::Acquire) & !GATE_CLOSED != 0 {
             std::hint::spin_loop();
@@ -74,10 +76,17 @@ impl Life {
 }
 
 impl QpInner {
-    /// Destroys the QP now (idempotent). Only after this may its remaining slots be failed.
-    fn destroy(&self) {
+    /// Destroys the QP now (idempotent); whether it is destroyed. Only then may its remaining
+    /// slots be failed: if `ibv_destroy_qp` fails the NIC may still use their buffers, which
+    /// are then leaked rather than freed.
+    fn destroy(&self) -> bool {
         if self.life.destroyed.swap(true, Ordering::AcqRel) {
-            return;
+            return self.life.destroy_ok.load(Ordering::Acquire);
+        }
+        if self.srq.is_some() {
+            // Receives through an SRQ pin nothing: dispatch what this QP already has on the
+            // receive CQ before the provider may discard it with the QP.
+            while matches!(self.recv_cq.poll_once(), Ok(Some(n)) if n > 0) {}
         }
         // SAFETY: the QP is live (destroyed once, guarded by the flag above). No user handle
         // is left to post on it (the teardown runs after the last one), receive pools are shut
@@ -85,12 +94,18 @@ impl QpInner {
         // never its pointer.
         let rc = unsafe { ffi::ibv_destroy_qp(self.as_ptr()) };
         if rc != 0 {
-            tracing::warn!(rc, qp = self.qp_num, "ibv_destroy_qp failed");
-            return;
+            tracing::warn!(
+                rc,
+                qp = self.qp_num,
+                "ibv_destroy_qp failed: its work is leaked"
+            );
+            return false;
         }
+        self.life.destroy_ok.store(true, Ordering::Release);
         if self.headroom_claimed.swap(false, Ordering::AcqRel) {
             self.send_cq.release_headroom(self.max_send_wr as usize);
         }
+        true
     }
 
     /// Fails every slot still tagged with this QP on its CQs (after `destroy`).
@@ -112,7 +127,9 @@ fn fail_tagged(send_cq: &Arc<CqInner>, recv_cq: &Arc<CqInner>, tag: u32) -> usiz
 impl Drop for QpInner {
     fn drop(&mut self) {
         // The last pin is gone: every work request completed or was flushed.
-        self.destroy();
+        if !self.destroy() {
+            return;
+        }
         // Nothing should be left; a provider that keeps a slot (a receive it never flushed)
         // gets it failed now that the NIC can no longer touch its buffer.
         let left = self.fail_remaining();
@@ -140,6 +157,7 @@ impl Drop for QpHandle {
             recv_cq: qp.recv_cq.clone(),
             tag: qp.tag(),
             machine,
+            destroyed: false,
         };
         if !reap.run(Some(qp)) {
             reaper.schedule(Box::new(reap));
@@ -155,6 +173,8 @@ struct QpReap {
     recv_cq: Arc<CqInner>,
     tag: u32,
     machine: QpTeardown,
+    /// Whether the `Destroy` action succeeded (failing the remaining slots needs it).
+    destroyed: bool,
 }
 
 impl QpReap {
@@ -173,9 +193,11 @@ impl QpReap {
                 TeardownAction::PostMarkers => {}
                 TeardownAction::Destroy => {
                     if let Some(qp) = qp {
-                        qp.destroy();
+                        self.destroyed = qp.destroy();
                     }
                 }
+                // The QP could not be destroyed: the NIC may still use the buffers.
+                TeardownAction::FailRemaining { .. } if !self.destroyed => {}
                 TeardownAction::FailRemaining { .. } => {
                     let n = fail_tagged(&self.send_cq, &self.recv_cq, self.tag);
                     tracing::warn!(
@@ -244,7 +266,12 @@ impl QueuePair {
             wait_untagged(&qp.send_cq, qp.tag()).await;
         }
         if let Some(recv) = recv {
-            let _ = recv.await;
+            // The marker may sit in a QP that went to ERR by itself just before (a transport
+            // error): some providers never flush that, so the wait is bounded too.
+            let bound = Duration::from_millis(TEARDOWN_BOUND_MS);
+            if tokio::time::timeout(bound, recv).await.is_err() {
+                tracing::warn!(qp = qp.qp_num, "close: the receive marker was not flushed");
+            }
         }
         Ok(())
     }

@@ -143,7 +143,11 @@ impl QueuePair {
 
     /// Moves the QP to the error state: every outstanding work request completes with a
     /// flush error (their futures resolve with [`Error::Completion`]).
+    ///
+    /// Receives are refused from now on ([`Error::Closed`]): a receive posted into a QP in
+    /// the error state is never flushed by some providers (rxe), so it would never complete.
     pub fn set_error(&self) -> Result<()> {
+        self.inner.life.close_recv();
         self.inner.to_error()
     }
 }

@@ -109,7 +109,8 @@ pub(crate) fn stream(
             target.depth()
         )));
     }
-    let (tx, rx) = inbox(count as usize);
+    // One place per chunk, plus one for the repost-failure notice (at most one is queued).
+    let (tx, rx) = inbox(count as usize + 1);
     let cq = target.recv_cq();
     let pool = RecvPool::new(target, pd, count, size, tx)?;
     // Reserve every slot before posting any receive: a CQ without enough free slots then

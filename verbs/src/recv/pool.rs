@@ -28,6 +28,9 @@ pub(crate) struct RecvPool {
     /// Chunks whose repost failed (e.g. every CQ slot was in use): the stream retries them.
     orphans: Mutex<Vec<u32>>,
     pub(super) has_orphans: AtomicBool,
+    /// A repost-failure notice is queued in the inbox (at most one: the inbox has room for
+    /// one beyond its chunks).
+    pub(super) notice_queued: AtomicBool,
 }
 
 impl RecvPool {
@@ -56,6 +59,7 @@ impl RecvPool {
             posted: AtomicUsize::new(0),
             orphans: Mutex::new(Vec::new()),
             has_orphans: AtomicBool::new(false),
+            notice_queued: AtomicBool::new(false),
         }))
     }
 
@@ -116,12 +120,17 @@ impl RecvPool {
                 .push(index);
             self.has_orphans.store(true, Ordering::Release);
         }
-        // A notice that carries no chunk: the stream skips it and re-checks its state.
-        let notice = Delivery {
-            completion: Completion::zeroed(),
-            resources: Parked::None,
-        };
-        let _ = self.tx.try_send(notice);
+        // A notice that carries no chunk: the stream skips it and re-checks its state. One
+        // queued is enough, and more could take the places deliveries need.
+        if !self.notice_queued.swap(true, Ordering::AcqRel) {
+            let notice = Delivery {
+                completion: Completion::zeroed(),
+                resources: Parked::None,
+            };
+            if self.tx.try_send(notice).is_err() {
+                self.notice_queued.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Retries the orphaned chunks; the last error if some are still not posted.

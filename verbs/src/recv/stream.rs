@@ -86,6 +86,7 @@ impl Stream for RecvStream {
             };
             let Parked::Recv(chunk_pool, index) = d.resources else {
                 // A notice from a failed repost: re-check from the top.
+                pool.notice_queued.store(false, Ordering::Release);
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             };
