@@ -11,7 +11,8 @@ use std::time::Duration;
 use common::{bounded, pattern, rig};
 use futures::StreamExt;
 use tokio_rdma_verbs::{
-    Access, CompletionChannel, DriverConfig, Error, QpType, QueuePairBuilder, RegisterBuffer,
+    Access, CompletionChannel, CompletionQueue, DriverConfig, Error, QpType, QueuePair,
+    QueuePairBuilder, RegisterBuffer,
 };
 
 /// A buffer that records its drop (with its id), to check each is dropped exactly once.
@@ -43,6 +44,20 @@ fn counted(len: usize, id: usize, log: &Arc<Mutex<Vec<usize>>>) -> Counted {
         id,
         log: log.clone(),
     }
+}
+
+/// A connected RC pair whose receiver `b` completes on a CQ of only 4 slots (so a few
+/// one-shot receives can take every slot a receive pool needs to repost).
+fn receiver_on_small_cq(r: &common::Rig) -> (CompletionQueue, QueuePair, QueuePair) {
+    let cq = r.cq(4);
+    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
+        .build()
+        .unwrap();
+    common::connect(&r.opts, &a, &b);
+    (cq, a, b)
 }
 
 /// Waits until `cond` holds, polling every 10 ms, for at most `secs`.
@@ -200,14 +215,7 @@ async fn failed_recv_stream_posts_nothing() {
 #[ignore = "needs an RDMA device"]
 async fn unrepostable_buffer_ends_the_stream_with_an_error() {
     let r = rig(256);
-    let cq = r.cq(4);
-    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
-        .build()
-        .unwrap();
-    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
-        .build()
-        .unwrap();
-    common::connect(&r.opts, &a, &b);
+    let (cq, a, b) = receiver_on_small_cq(&r);
     let mut rx = b.recv_stream(1, 64).unwrap();
     let tx = r.pd.register(b"x".to_vec(), Access::LOCAL_WRITE).unwrap();
     let (res, _) = bounded("send", 30, a.send(tx)).await;
@@ -275,14 +283,7 @@ async fn failed_channel_keeps_delivering_without_freeing_buffers() {
 #[ignore = "needs an RDMA device"]
 async fn failed_reposts_never_crowd_out_deliveries() {
     let r = rig(256);
-    let cq = r.cq(4);
-    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
-        .build()
-        .unwrap();
-    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &cq)
-        .build()
-        .unwrap();
-    common::connect(&r.opts, &a, &b);
+    let (cq, a, b) = receiver_on_small_cq(&r);
     let send = |text: &'static [u8]| {
         let tx = r.pd.register(text.to_vec(), Access::LOCAL_WRITE).unwrap();
         a.send(tx)
