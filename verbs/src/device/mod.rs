@@ -91,12 +91,19 @@ pub(crate) struct ContextInner {
     pub(crate) events_taken: AtomicBool,
     /// Default GID index per port, computed once (a GID-table scan is ~3 syscalls per entry).
     default_gid: Mutex<Vec<(u8, u32)>>,
+    /// `None`: we opened the context and close it. `Some`: another library (librdmacm)
+    /// opened it; this owner keeps it open and is dropped after every child object.
+    borrowed_from: Option<crate::qp::KeepAlive>,
 }
 
 ibverbs_thread_safe!(ContextInner);
 
 impl Drop for ContextInner {
     fn drop(&mut self) {
+        if self.borrowed_from.is_some() {
+            // Not ours to close: the owner (dropped with the fields, after this) releases it.
+            return;
+        }
         // SAFETY: every child object holds an `Arc<ContextInner>`, so all of them are destroyed
         // by now; the context is closed exactly once.
         let rc = unsafe { ffi::ibv_close_device(self.ctx.as_ptr()) };
@@ -147,8 +154,51 @@ impl Context {
                 name: dev_name,
                 events_taken: AtomicBool::new(false),
                 default_gid: Mutex::new(Vec::new()),
+                borrowed_from: None,
             }),
         })
+    }
+
+    /// Wraps a context another library opened, without opening the device again: librdmacm
+    /// gives each `rdma_cm_id` its own library-wide `ibv_context` (`id->verbs`), and a QP
+    /// connected through the id must be created on a PD of that context. The context is never
+    /// closed here; `owner` is kept until every PD, CQ, channel and QP built on it is gone, then
+    /// dropped.
+    ///
+    /// # Safety
+    /// `ctx` must be a valid `ibv_context` that stays open for as long as `owner` lives (for
+    /// librdmacm: an `rdma_cm_id` bound to the device, whose reference keeps the device's
+    /// context open even after the device is removed). Nothing else may read the context's
+    /// async-event fd while [`Context::async_events`] is in use.
+    pub unsafe fn from_raw_borrowed(
+        ctx: NonNull<ffi::ibv_context>,
+        owner: crate::qp::KeepAlive,
+    ) -> Self {
+        // SAFETY: `ctx` is valid (the caller's contract); `device` is set by libibverbs for
+        // every context; the name is a NUL-terminated string inside the device, copied out.
+        let name = unsafe {
+            let p = ffi::ibv_get_device_name((*ctx.as_ptr()).device);
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        Self {
+            inner: Arc::new(ContextInner {
+                ctx,
+                name,
+                events_taken: AtomicBool::new(false),
+                default_gid: Mutex::new(Vec::new()),
+                borrowed_from: Some(owner),
+            }),
+        }
+    }
+
+    /// The raw context, for a connection manager that must match it against an
+    /// `rdma_cm_id`'s device (`id->verbs`). Valid while this `Context` (or a clone) lives.
+    pub fn as_raw(&self) -> NonNull<ffi::ibv_context> {
+        self.inner.ctx
     }
 
     /// Opens the device named by `TOKIO_RDMA_DEVICE` if set, else the first device.

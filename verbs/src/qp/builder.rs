@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rdma_sys as ffi;
 
-use super::{QpInner, QpType, QueuePair};
+use super::{KeepAlive, QpInner, QpType, QueuePair};
 use crate::cq::CompletionQueue;
 use crate::error::{Error, Result};
 use crate::mr::ProtectionDomain;
@@ -20,6 +20,7 @@ pub struct QueuePairBuilder {
     recv_cq: CompletionQueue,
     srq: Option<SharedReceiveQueue>,
     cap: ffi::ibv_qp_cap,
+    keep_alive: Option<KeepAlive>,
 }
 
 fn fmt_cap(c: &ffi::ibv_qp_cap) -> String {
@@ -56,6 +57,7 @@ impl QueuePairBuilder {
                 max_recv_sge: 1,
                 max_inline_data: 64,
             },
+            keep_alive: None,
         }
     }
     /// A separate receive CQ.
@@ -84,6 +86,14 @@ impl QueuePairBuilder {
             inner: srq.inner.cq.clone(),
         };
         self.srq = Some(srq.clone());
+        self
+    }
+
+    /// Keeps `owner` alive until the QP is destroyed (it is dropped right after
+    /// `ibv_destroy_qp`). A connection manager passes its `rdma_cm_id` here, so the id is
+    /// destroyed after the QP connected through it, in rdma-core's order.
+    pub fn keep_alive(mut self, owner: KeepAlive) -> Self {
+        self.keep_alive = Some(owner);
         self
     }
 
@@ -146,6 +156,7 @@ impl QueuePairBuilder {
             pd: self.pd.inner,
             life: Default::default(),
             headroom_claimed: AtomicBool::new(false),
+            _keep_alive: self.keep_alive,
         }))
     }
 }

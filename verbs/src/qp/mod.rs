@@ -74,7 +74,14 @@ pub(crate) struct QpInner {
     headroom_claimed: AtomicBool,
     /// Teardown state: the receive gate and whether the QP was destroyed (see `teardown`).
     life: teardown::Life,
+    /// What must outlive the QP (e.g. the connection manager id it is connected through):
+    /// dropped after `ibv_destroy_qp`, with the rest of the fields.
+    _keep_alive: Option<KeepAlive>,
 }
+
+/// An owner that must outlive a verbs object built on it (see
+/// [`QueuePairBuilder::keep_alive`], [`Context::from_raw_borrowed`]).
+pub type KeepAlive = Box<dyn std::any::Any + Send + Sync>;
 
 ibverbs_thread_safe!(QpInner);
 

@@ -141,6 +141,38 @@ impl QueuePair {
         self.inner.modify(&mut a, mask.0, "SQD")
     }
 
+    /// Applies attributes computed elsewhere, such as by librdmacm's `rdma_init_qp_attr`:
+    /// `ibv_modify_qp(qp, attr, mask)`. This is how a connection manager moves a QP it did not
+    /// create through `rdma_create_qp` to INIT, RTR and RTS.
+    ///
+    /// Refused with [`Error::InvalidArgument`]: a move to RESET (the device would drop the
+    /// outstanding work requests without completing them, so their futures would never
+    /// resolve; drop the QP instead) and a move to ERR (use [`Self::set_error`], which also
+    /// closes the receive gate).
+    pub fn modify_with(
+        &self,
+        attr: &mut ffi::ibv_qp_attr,
+        mask: ffi::ibv_qp_attr_mask,
+    ) -> Result<()> {
+        use ffi::ibv_qp_state as S;
+        if mask.0 & ffi::ibv_qp_attr_mask::IBV_QP_STATE.0 != 0 {
+            let what = match attr.qp_state {
+                S::IBV_QPS_RESET => Some("RESET"),
+                S::IBV_QPS_ERR => Some("ERR"),
+                _ => None,
+            };
+            if let Some(state) = what {
+                return Err(Error::InvalidArgument(format!(
+                    "modify_with cannot move qp {:#x} to {state}: drop the QP, or call set_error",
+                    self.inner.qp_num
+                )));
+            }
+        }
+        let state = attr.qp_state;
+        self.inner
+            .modify(attr, mask.0, &format!("state {state} (given attributes)"))
+    }
+
     /// Moves the QP to the error state: every outstanding work request completes with a
     /// flush error (their futures resolve with [`Error::Completion`]).
     ///
