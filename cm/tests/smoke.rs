@@ -18,7 +18,19 @@ fn addr(port: u16) -> SocketAddr {
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn smoke_handshake_message_and_disconnect() {
-    let listener = Listener::bind(addr(7501)).await.expect("bind");
+    handshake_message_and_disconnect(addr(7501)).await;
+}
+
+/// The VM gives dummy0 2001:db8::1 as well (xtask/vm/init.sh).
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn smoke_ipv6_handshake_message_and_disconnect() {
+    let ip = std::env::var("TOKIO_RDMA_IP6").unwrap_or_else(|_| "2001:db8::1".into());
+    handshake_message_and_disconnect(SocketAddr::new(ip.parse().unwrap(), 7503)).await;
+}
+
+async fn handshake_message_and_disconnect(at: SocketAddr) {
+    let listener = Listener::bind(at).await.expect("bind");
     let server = tokio::spawn(async move {
         let req = timeout(T, listener.accept())
             .await
@@ -63,7 +75,7 @@ async fn smoke_handshake_message_and_disconnect() {
         private_data: b"hello".to_vec(),
         ..Default::default()
     };
-    let mut conn = timeout(T, connect(addr(7501), opts))
+    let mut conn = timeout(T, connect(at, opts))
         .await
         .expect("connect timed out")
         .expect("connect");
