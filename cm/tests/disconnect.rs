@@ -1,7 +1,7 @@
 //! Orderly ends of a connection: `disconnect` from either side (both see Disconnected, pending
 //! receives flush with an error, later sends fail) and a connection dropped without
 //! `disconnect` (its peer is disconnected too). Needs an RDMA device (`cargo xtask test` runs
-//! these in the soft-RoCE VM). Ports 7500-7599.
+//! these in the soft-RoCE VM). Ports 7600-7699 (smoke.rs has 7501-7503).
 
 mod common;
 
@@ -104,7 +104,7 @@ async fn disconnect_and_check(mut active: Connection, mut passive: Connection, w
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn client_disconnect_both_sides_see_it_and_receives_flush() {
-    let listener = listen(7501).await;
+    let listener = listen(7601).await;
     let (client, server) = pair(&listener).await;
     disconnect_and_check(client, server, ["client", "server"]).await;
     let (c, s) = pair(&listener).await;
@@ -114,7 +114,7 @@ async fn client_disconnect_both_sides_see_it_and_receives_flush() {
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn server_disconnect_both_sides_see_it_and_receives_flush() {
-    let listener = listen(7502).await;
+    let listener = listen(7602).await;
     let (client, server) = pair(&listener).await;
     disconnect_and_check(server, client, ["server", "client"]).await;
     let (c, s) = pair(&listener).await;
@@ -124,7 +124,7 @@ async fn server_disconnect_both_sides_see_it_and_receives_flush() {
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
 async fn dropping_a_connection_disconnects_its_peer() {
-    let listener = listen(7503).await;
+    let listener = listen(7603).await;
     for dropped_side in ["client", "server"] {
         let (client, server) = pair(&listener).await;
         exchange(&client, &server, b"before the drop").await;

@@ -30,7 +30,7 @@ async fn fds_settle(cond: impl Fn(usize) -> bool) -> usize {
 /// One cycle: connect, exchange nothing, end it (by `disconnect` on even cycles, by dropping
 /// on odd ones) and drop both ends.
 async fn cycle(listener: &Listener, i: usize) {
-    let (client, server) = pair(listener).await;
+    let (mut client, server) = pair(listener).await;
     if i % 2 == 0 {
         let r = bounded("disconnect", 10, client.disconnect()).await;
         ok(&format!("cycle {i}: disconnect"), r);
@@ -137,7 +137,7 @@ async fn two_hundred_fifty_six_simultaneous_connections() {
         .enumerate()
         .map(|(i, c)| ok(&format!("connect {i}"), c))
         .collect();
-    let mut servers: HashMap<SocketAddr, Connection> = servers
+    let mut servers: HashMap<Option<SocketAddr>, Connection> = servers
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
@@ -160,7 +160,7 @@ async fn two_hundred_fifty_six_simultaneous_connections() {
         .map(|c| {
             let s = servers
                 .remove(&c.local_addr())
-                .unwrap_or_else(|| panic!("no server side for {}", c.local_addr()));
+                .unwrap_or_else(|| panic!("no server side for {:?}", c.local_addr()));
             (c, s)
         })
         .collect();
