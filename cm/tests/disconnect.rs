@@ -146,3 +146,29 @@ async fn dropping_a_connection_disconnects_its_peer() {
         assert_stream_flushed(who, stream).await;
     }
 }
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn disconnect_after_the_peer_disconnected_returns_at_once() {
+    let listener = listen(7604).await;
+    let (mut client, mut server) = pair(&listener).await;
+    let answer = async {
+        wait_event(&mut server, ConnectionEvent::Disconnected, 10, "server").await;
+        assert!(!server.is_connected());
+        // The connection is already gone: this only answers the peer (DREP) and returns;
+        // nothing is left to wait for.
+        let start = std::time::Instant::now();
+        let r = bounded("server disconnect", 10, server.disconnect()).await;
+        (r, start.elapsed())
+    };
+    let (c, (s, took)) = bounded("disconnect from both sides", 20, async {
+        tokio::join!(client.disconnect(), answer)
+    })
+    .await;
+    ok("client disconnect", c);
+    ok("server disconnect after the client's", s);
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "disconnect after the peer's took {took:?}"
+    );
+}

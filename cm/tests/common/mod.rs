@@ -147,11 +147,10 @@ pub fn threads() -> u64 {
     status_field("Threads")
 }
 
-/// A non-temporary IPv6 address of dummy0 with its interface index (scope id for a
-/// link-local one), from /proc/net/if_inet6; a global one is preferred.
-pub fn dummy0_ipv6() -> Option<SocketAddrV6> {
+/// An IPv6 address of dummy0 from /proc/net/if_inet6: a link-local one (with dummy0's
+/// interface index as its scope id) or a global one.
+pub fn dummy0_ipv6(link_local: bool) -> Option<SocketAddrV6> {
     let table = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
-    let mut found: Vec<(SocketAddrV6, bool)> = Vec::new();
     for line in table.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 6 || f[5] != "dummy0" || f[0].len() != 32 {
@@ -162,14 +161,16 @@ pub fn dummy0_ipv6() -> Option<SocketAddrV6> {
             *o = u8::from_str_radix(&f[0][2 * i..2 * i + 2], 16).ok()?;
         }
         let ifindex = u32::from_str_radix(f[1], 16).ok()?;
+        // Scope 0x20 is link, 0x00 global.
         let scope = u8::from_str_radix(f[3], 16).ok()?;
         let ip = std::net::Ipv6Addr::from(octets);
-        let link_local = scope == 0x20;
-        let scope_id = if link_local { ifindex } else { 0 };
-        found.push((SocketAddrV6::new(ip, 0, 0, scope_id), link_local));
+        match (link_local, scope) {
+            (true, 0x20) => return Some(SocketAddrV6::new(ip, 0, 0, ifindex)),
+            (false, 0x00) => return Some(SocketAddrV6::new(ip, 0, 0, 0)),
+            _ => {}
+        }
     }
-    found.sort_by_key(|(_, ll)| *ll);
-    found.into_iter().next().map(|(a, _)| a)
+    None
 }
 
 /// Unwraps a cm result with the test's words.
