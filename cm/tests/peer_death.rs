@@ -218,9 +218,14 @@ async fn survive(mut conn: Connection, peer: &mut Peer, who: &str) {
     drop(conn);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "needs an RDMA device"]
-async fn killed_client_server_survives_and_accepts_the_next() {
+fn killed_client_server_survives_and_accepts_the_next() {
+    // A runtime of its own, so a blocked worker fails the test instead of hanging the binary.
+    common::run_bounded("client killed", 180, client_killed);
+}
+
+async fn client_killed() {
     let listener = listen(7301).await;
     let mut peer = Peer::spawn("client", listener.local_addr());
     let req = ok(
@@ -250,9 +255,14 @@ async fn killed_client_server_survives_and_accepts_the_next() {
     exchange(&c, &s, b"next client").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "needs an RDMA device"]
-async fn killed_server_client_survives_and_reconnects() {
+fn killed_server_client_survives_and_reconnects() {
+    // A runtime of its own, so a blocked worker fails the test instead of hanging the binary.
+    common::run_bounded("server killed", 180, server_killed);
+}
+
+async fn server_killed() {
     let at = addr(7302);
     let mut peer = Peer::spawn("server", at);
     peer.expect_line("PEER LISTENING").await;

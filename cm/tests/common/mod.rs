@@ -32,6 +32,46 @@ pub async fn bounded<F: Future>(what: &str, secs: u64, f: F) -> F::Output {
     }
 }
 
+/// Runs `work` on a fresh multi-thread runtime (2 workers) in a thread of its own and fails
+/// instead of hanging the test binary when the work does not finish in `secs`, or the
+/// runtime's shutdown afterwards does not finish in 30 s (a worker blocked in a system call
+/// cannot be bounded by `tokio::time::timeout`). A panic of the work is the test's panic.
+pub fn run_bounded<F, Fut>(what: &str, secs: u64, work: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let (tx, rx) = channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let outcome = catch_unwind(AssertUnwindSafe(|| rt.block_on(work())));
+        let _ = tx.send("work ended");
+        drop(rt);
+        let _ = tx.send("runtime shut down");
+        if let Err(panic) = outcome {
+            resume_unwind(panic);
+        }
+    });
+    for (stage, bound) in [("the work", secs), ("the runtime's shutdown after it", 30)] {
+        match rx.recv_timeout(Duration::from_secs(bound)) {
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{what}: {stage} did not finish in {bound}s (thread left hanging)")
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if let Err(panic) = thread.join() {
+        resume_unwind(panic);
+    }
+}
+
 /// Binds a listener on `192.0.2.1:port`.
 pub async fn listen(port: u16) -> Listener {
     bounded("Listener::bind", 10, Listener::bind(addr(port)))
