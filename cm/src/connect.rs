@@ -6,15 +6,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdma_sys as ffi;
-use tokio_rdma_core::{ActiveOpen, ConnectAction, ConnectFailure};
+use tokio_rdma_core::{ActiveOpen, ConnectAction};
 
 use crate::addr::RawAddr;
-use crate::connection::{next_raw, Connection, ConnectionEvents, Parts};
+use crate::connection::{Connection, Parts};
 use crate::device::Device;
 use crate::driver::{current_channel, CONNECTION_QUEUE};
 use crate::error::{Error, Result, Step};
 use crate::id::Id;
 use crate::options::{check_private_data, conn_param, ConnectOptions, MAX_CONNECT_PRIVATE_DATA};
+use crate::stream::{failure, next_raw, ConnectionEvents};
 
 /// Connects to a listener at `addr`: resolves the address and the route, creates the QP
 /// and CQ on the device the route leads to, and runs the CM handshake, each step bounded by
@@ -178,26 +179,6 @@ impl StepCell {
     }
     fn set(&self, step: Step) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step;
-    }
-}
-
-/// The error of a failed connection attempt.
-pub(crate) fn failure(f: ConnectFailure, addr: SocketAddr, private_data: Vec<u8>) -> Error {
-    match f {
-        ConnectFailure::Unreachable { step, status } => Error::Unreachable { step, addr, status },
-        ConnectFailure::Refused { reason } => Error::Refused { addr, reason },
-        ConnectFailure::Rejected { reason } => Error::Rejected {
-            addr,
-            reason,
-            private_data,
-        },
-        ConnectFailure::DeviceRemoved => Error::DeviceRemoved,
-        ConnectFailure::Unexpected { kind, status } => Error::Os {
-            call: "rdma_get_cm_event",
-            errno: status.saturating_abs(),
-            context: format!("unexpected {kind} (status {status}) while connecting to {addr}"),
-        },
-        _ => Error::Closed(format!("connecting to {addr}: {f:?}")),
     }
 }
 

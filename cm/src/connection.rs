@@ -1,24 +1,21 @@
 //! An established connection: its QP, CQ and event stream, and its teardown.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
-use tokio_rdma_core::{ConnectionEvent, InboxReceiver};
+use tokio_rdma_core::ConnectionEvent;
 use tokio_rdma_verbs::{
     CompletionQueue, Context, ProtectionDomain, QpType, QueuePair, QueuePairBuilder,
 };
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::id::{Id, IdEvent};
+use crate::id::Id;
 use crate::options::{ConnParams, QpOptions};
+use crate::stream::ConnectionEvents;
 
 /// How long [`Connection::disconnect`] waits for the DISCONNECTED event (the CM's DREQ
 /// timeout is shorter on RoCE and InfiniBand).
@@ -45,107 +42,6 @@ impl Parts {
         crate::transition::to_init(&id, &qp)?;
         id.set_qp(qp.downgrade());
         Ok(Self { qp, cq, device, id })
-    }
-}
-
-/// An event copied out of its `rdma_cm_event` (already acknowledged).
-pub(crate) struct RawEvent {
-    pub(crate) kind: tokio_rdma_core::CmEventKind,
-    pub(crate) status: i32,
-    pub(crate) private_data: Vec<u8>,
-    pub(crate) params: ConnParams,
-}
-
-/// Waits for the next raw event; `Closed` if the queue ended.
-pub(crate) async fn next_raw(events: &mut ConnectionEvents) -> Result<RawEvent> {
-    poll_fn(|cx| events.poll_raw(cx))
-        .await
-        .ok_or_else(|| Error::Closed("the connection's event queue".into()))
-}
-
-/// The events of one connection (DISCONNECTED, TIMEWAIT_EXIT, ADDR_CHANGE, DEVICE_REMOVAL,
-/// ESTABLISHED for an early-accepted one), as a [`Stream`]. Ends after TIMEWAIT_EXIT or
-/// DEVICE_REMOVAL, the last events an id reports.
-pub struct ConnectionEvents {
-    rx: InboxReceiver<IdEvent>,
-    /// Events taken out while waiting for one in particular, yielded first.
-    pending: VecDeque<ConnectionEvent>,
-    done: bool,
-}
-
-impl ConnectionEvents {
-    pub(crate) fn new(rx: InboxReceiver<IdEvent>) -> Self {
-        Self {
-            rx,
-            pending: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    /// The next raw event, copied out and acknowledged before it is returned.
-    pub(crate) fn poll_raw(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<RawEvent>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(mut e)) => {
-                let out = RawEvent {
-                    kind: e.event.kind,
-                    status: e.event.status,
-                    private_data: std::mem::take(&mut e.event.private_data),
-                    params: e.event.params,
-                };
-                drop(e);
-                Poll::Ready(Some(out))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<ConnectionEvent>> {
-        if let Some(e) = self.pending.pop_front() {
-            return Poll::Ready(Some(e));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let Some(raw) = std::task::ready!(self.poll_raw(cx)) else {
-            self.done = true;
-            return Poll::Ready(None);
-        };
-        let event = ConnectionEvent::from_event(raw.kind, raw.status);
-        self.done = event.is_last();
-        Poll::Ready(Some(event))
-    }
-
-    pub(crate) fn push_front(&mut self, events: impl IntoIterator<Item = ConnectionEvent>) {
-        for e in events {
-            self.pending.push_back(e);
-        }
-    }
-}
-
-impl Stream for ConnectionEvents {
-    type Item = ConnectionEvent;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_event(cx)
-    }
-}
-
-impl Drop for ConnectionEvents {
-    fn drop(&mut self) {
-        // Acknowledge what is queued now (the id's destroy waits for it); later events find
-        // the inbox closed and are acknowledged by the driver.
-        self.rx.close();
-        while self.rx.try_recv().is_some() {}
-    }
-}
-
-impl fmt::Debug for ConnectionEvents {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionEvents")
-            .field("pending", &self.pending)
-            .field("done", &self.done)
-            .finish()
     }
 }
 
@@ -259,7 +155,7 @@ impl Connection {
     /// [`AcceptOptions::wait_established`]: crate::AcceptOptions::wait_established
     pub async fn established(&mut self, timeout: Duration) -> Result<()> {
         let addr = self.peer.unwrap_or_else(crate::unspecified);
-        crate::listener::wait_established(&mut self.events, addr, timeout).await?;
+        crate::stream::wait_established(&mut self.events, addr, timeout).await?;
         self.id.route().set_connected(true);
         Ok(())
     }

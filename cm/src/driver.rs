@@ -89,14 +89,16 @@ fn route(channel: &Arc<EventChannel>, event: CmEvent) {
         tracing::debug!(kind = %event.kind, "CM event for a device anchor");
         return;
     };
-    if matches!(
+    let qp = matches!(
         event.kind,
         CmEventKind::Disconnected | CmEventKind::DeviceRemoval
-    ) {
-        route.disconnected();
-    }
+    )
+    .then(|| route.disconnected())
+    .flatten();
     route.send(IdEvent {
         event,
         new_id: None,
     });
+    // Only now, with the event out of our hands (queued or acknowledged).
+    drop(qp);
 }

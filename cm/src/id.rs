@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use rdma_sys as ffi;
 use tokio_rdma_core::{inbox, InboxReceiver, InboxSender};
-use tokio_rdma_verbs::WeakQueuePair;
+use tokio_rdma_verbs::{QueuePair, WeakQueuePair};
 
 use crate::addr::{self, RawAddr};
 use crate::channel::EventChannel;
@@ -58,14 +58,19 @@ impl Route {
         }
     }
 
-    /// The driver's reaction to a disconnect: the QP (if any) moves to ERR.
-    pub(crate) fn disconnected(&self) {
+    /// The driver's reaction to a disconnect: the QP (if any) moves to ERR. The handle it
+    /// took is returned, to be dropped only after the event has left the driver: if it is
+    /// the last one, dropping it may destroy the id, whose `rdma_destroy_id` waits for that
+    /// event's acknowledgement (the hang of destroying an id while holding its DISCONNECTED
+    /// event on the same thread).
+    #[must_use = "drop the QP handle only after the event is routed"]
+    pub(crate) fn disconnected(&self) -> Option<QueuePair> {
         self.connected.store(false, Ordering::Release);
-        if let Some(qp) = self.qp.get().and_then(WeakQueuePair::upgrade) {
-            if let Err(e) = qp.set_error() {
-                tracing::debug!(%e, "moving a disconnected QP to ERR");
-            }
+        let qp = self.qp.get().and_then(WeakQueuePair::upgrade)?;
+        if let Err(e) = qp.set_error() {
+            tracing::debug!(%e, "moving a disconnected QP to ERR");
         }
+        Some(qp)
     }
 
     pub(crate) fn set_connected(&self, on: bool) {

@@ -76,18 +76,20 @@ mod event;
 mod id;
 mod listener;
 mod options;
+mod stream;
 mod transition;
 
 pub use tokio_rdma_verbs as verbs;
 
 pub use connect::connect;
-pub use connection::{Connection, ConnectionEvents};
+pub use connection::Connection;
 pub use error::{Error, Result, Step};
 pub use listener::{IncomingRequest, Listener};
 pub use options::{
     AcceptOptions, ConnParams, ConnectOptions, ListenOptions, QpOptions, MAX_ACCEPT_PRIVATE_DATA,
     MAX_CONNECT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA,
 };
+pub use stream::ConnectionEvents;
 pub use tokio_rdma_core::{CmEventKind, ConnectionEvent};
 
 /// The unspecified IPv4 address (for an id whose peer address is unknown).

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rdma_sys as ffi;
 
-use super::{KeepAlive, QpInner, QpType, QueuePair};
+use super::{QpInner, QpType, QueuePair};
 use crate::cq::CompletionQueue;
+use crate::device::KeepAlive;
 use crate::error::{Error, Result};
 use crate::mr::ProtectionDomain;
 use crate::srq::SharedReceiveQueue;

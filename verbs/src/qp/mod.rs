@@ -19,7 +19,7 @@ use rdma_sys as ffi;
 use tokio_rdma_core::Dispatcher;
 
 use crate::cq::{CqInner, Parked};
-use crate::device::Context;
+use crate::device::{Context, KeepAlive};
 use crate::mr::{PdInner, ProtectionDomain};
 use crate::ops::WorkPin;
 use crate::srq::SrqInner;
@@ -78,10 +78,6 @@ pub(crate) struct QpInner {
     /// dropped after `ibv_destroy_qp`, with the rest of the fields.
     _keep_alive: Option<KeepAlive>,
 }
-
-/// An owner that must outlive a verbs object built on it (see
-/// [`QueuePairBuilder::keep_alive`], [`Context::from_raw_borrowed`]).
-pub type KeepAlive = Box<dyn std::any::Any + Send + Sync>;
 
 ibverbs_thread_safe!(QpInner);
 
