@@ -67,7 +67,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         &mut events,
         &mut open,
         addr,
-        opts.resolve_addr_timeout,
+        margin(opts.resolve_addr_timeout),
         step,
         ConnectAction::ResolveRoute,
     )
@@ -86,7 +86,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         &mut events,
         &mut open,
         addr,
-        opts.resolve_route_timeout,
+        margin(opts.resolve_route_timeout),
         step,
         ConnectAction::Connect,
     )
@@ -130,15 +130,26 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         addr,
         after: opts.connect_timeout,
     })??;
-    crate::transition::to_rtr(&id, &parts.qp, responder)?;
-    crate::transition::to_rts(&id, &parts.qp, initiator)?;
-    // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is a
-    // verbs QP, moved to RTS above): this sends the RTU.
-    if unsafe { ffi::rdma_establish(id.as_ptr()) } != 0 {
-        return Err(Error::last_os("rdma_establish", format!("to {addr}")));
+    // The depths the kernel negotiated from the peer's response (never our offer, which the
+    // peer may have lowered), as librdmacm does for its own QPs.
+    let ready = crate::transition::to_rtr(&id, &parts.qp, None)
+        .and_then(|()| crate::transition::to_rts(&id, &parts.qp, None))
+        .and_then(|()| {
+            // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is
+            // a verbs QP, moved to RTS above): this sends the RTU.
+            if unsafe { ffi::rdma_establish(id.as_ptr()) } != 0 {
+                return Err(Error::last_os("rdma_establish", format!("to {addr}")));
+            }
+            Ok(())
+        });
+    if let Err(e) = ready {
+        // What librdmacm does when its own QP cannot follow: QP to ERR, reject the reply.
+        let _ = parts.qp.set_error();
+        id.reject(&[]);
+        return Err(e);
     }
     open.established();
-    id.route().set_connected(true);
+    id.route().set_up();
     Ok(Connection::new(parts, events, private_data, params))
 }
 
@@ -196,6 +207,12 @@ fn refused_at_once(call: &'static str, step: Step, addr: SocketAddr) -> Error {
         },
         _ => e,
     }
+}
+
+/// How long to wait for a resolution librdmacm was given `d` for: a little longer, so its own
+/// error event (ADDR_ERROR / ROUTE_ERROR: unreachable) wins over our timeout.
+fn margin(d: Duration) -> Duration {
+    d + Duration::from_millis(500)
 }
 
 fn millis(d: Duration) -> i32 {

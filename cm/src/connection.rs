@@ -156,7 +156,7 @@ impl Connection {
     pub async fn established(&mut self, timeout: Duration) -> Result<()> {
         let addr = self.peer.unwrap_or_else(crate::unspecified);
         crate::stream::wait_established(&mut self.events, addr, timeout).await?;
-        self.id.route().set_connected(true);
+        self.id.route().set_up();
         Ok(())
     }
 
@@ -165,8 +165,7 @@ impl Connection {
     /// stays in the event stream.
     pub async fn disconnect(&mut self) -> Result<()> {
         let was_connected = self.id.route().is_connected();
-        let sent = self.id.disconnect();
-        self.qp.set_error()?;
+        let sent = self.shutdown();
         if !sent && !was_connected {
             return Ok(());
         }
@@ -189,11 +188,37 @@ impl Connection {
         match outcome {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::TimedOut {
-                step: crate::Step::Connect,
+                step: crate::Step::Disconnect,
                 addr: self.peer.unwrap_or_else(crate::unspecified),
                 after: DISCONNECT_WAIT,
             }),
         }
+    }
+}
+
+impl Connection {
+    /// librdmacm's order for its own QPs (`ucma_shutdown`, then the DREQ): on InfiniBand and
+    /// RoCE the QP goes to ERR before the DREQ, so nothing posted later reaches the wire; on
+    /// iWARP the send queue drains (SQD) first, for a graceful close, and the QP goes to ERR
+    /// after. Whether the DREQ (or DREP) was sent.
+    fn shutdown(&self) -> bool {
+        let flush = |qp: &QueuePair| {
+            if let Err(e) = qp.set_error() {
+                tracing::debug!(%e, "moving a disconnecting QP to ERR");
+            }
+        };
+        if self.device.iwarp {
+            if let Err(e) = self.qp.drain_send_queue() {
+                tracing::debug!(%e, "draining a disconnecting iWARP QP");
+            }
+        } else {
+            flush(&self.qp);
+        }
+        let sent = self.id.disconnect();
+        if self.device.iwarp {
+            flush(&self.qp);
+        }
+        sent
     }
 }
 
@@ -207,10 +232,7 @@ impl std::ops::Deref for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // Also after the peer's DREQ: our DREP answers it (it fails harmlessly otherwise).
-        self.id.disconnect();
-        if let Err(e) = self.qp.set_error() {
-            tracing::debug!(%e, "moving a dropped connection's QP to ERR");
-        }
+        self.shutdown();
     }
 }
 

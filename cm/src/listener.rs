@@ -169,13 +169,16 @@ impl IncomingRequest {
                 .responder_resources
                 .unwrap_or(self.params.responder_resources)
                 .min(device.max_responder);
+            // Never more than the requester can answer (its responder resources, which the
+            // request carries as our initiator depth).
             let initiator = opts
                 .initiator_depth
                 .unwrap_or(self.params.initiator_depth)
+                .min(self.params.initiator_depth)
                 .min(device.max_initiator);
             let parts = Parts::build(id.clone(), device, &opts.qp)?;
-            crate::transition::to_rtr(&id, &parts.qp, responder)?;
-            crate::transition::to_rts(&id, &parts.qp, initiator)?;
+            crate::transition::to_rtr(&id, &parts.qp, Some(responder))?;
+            crate::transition::to_rts(&id, &parts.qp, Some(initiator))?;
             Ok::<_, Error>((parts, responder, initiator))
         })();
         let (parts, responder, initiator) = match prepared {
@@ -203,7 +206,6 @@ impl IncomingRequest {
             id.reject(&[]);
             return Err(e);
         }
-        id.route().set_connected(true);
         if opts.wait_established {
             wait_established(&mut events, peer, opts.timeout).await?;
         }

@@ -13,19 +13,11 @@ use futures_core::Stream;
 use tokio_rdma_core::{ConnectAction, ConnectFailure, ConnectionEvent, InboxReceiver, PassiveOpen};
 
 use crate::error::{Error, Result};
+use crate::event::EventData;
 use crate::id::IdEvent;
-use crate::options::ConnParams;
-
-/// An event copied out of its `rdma_cm_event` (already acknowledged).
-pub(crate) struct RawEvent {
-    pub(crate) kind: tokio_rdma_core::CmEventKind,
-    pub(crate) status: i32,
-    pub(crate) private_data: Vec<u8>,
-    pub(crate) params: ConnParams,
-}
 
 /// Waits for the next raw event; `Closed` if the queue ended.
-pub(crate) async fn next_raw(events: &mut ConnectionEvents) -> Result<RawEvent> {
+pub(crate) async fn next_raw(events: &mut ConnectionEvents) -> Result<EventData> {
     poll_fn(|cx| events.poll_raw(cx))
         .await
         .ok_or_else(|| Error::Closed("the connection's event queue".into()))
@@ -50,18 +42,15 @@ impl ConnectionEvents {
         }
     }
 
-    /// The next raw event, copied out and acknowledged before it is returned.
-    pub(crate) fn poll_raw(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<RawEvent>> {
+    /// The next event's content.
+    pub(crate) fn poll_raw(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<EventData>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(mut e)) => {
-                let out = RawEvent {
-                    kind: e.event.kind,
-                    status: e.event.status,
+                let data = EventData {
                     private_data: std::mem::take(&mut e.event.private_data),
-                    params: e.event.params,
+                    ..e.event.clone()
                 };
-                drop(e);
-                Poll::Ready(Some(out))
+                Poll::Ready(Some(data))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
