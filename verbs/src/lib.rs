@@ -164,7 +164,7 @@ pub use mr::{
     ProtectionDomain, RegisterBuffer, RemoteBuffer, Sharing, Slice,
 };
 pub use ops::{BufResult, OpFuture};
-pub use qp::{KeepAlive, QpType, QueuePair, QueuePairBuilder};
+pub use qp::{KeepAlive, QpType, QueuePair, QueuePairBuilder, WeakQueuePair};
 pub use recv::{RecvMessage, RecvStream, GRH_LEN};
 pub use srq::SharedReceiveQueue;
 pub use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};

@@ -125,6 +125,17 @@ impl std::ops::Deref for QpHandle {
     }
 }
 
+/// A [`QueuePair`] handle that does not keep it alive ([`QueuePair::downgrade`]).
+#[derive(Clone, Debug, Default)]
+pub struct WeakQueuePair(std::sync::Weak<QpHandle>);
+
+impl WeakQueuePair {
+    /// The QP, if a [`QueuePair`] handle still exists.
+    pub fn upgrade(&self) -> Option<QueuePair> {
+        self.0.upgrade().map(|inner| QueuePair { inner })
+    }
+}
+
 impl fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueuePair")
@@ -149,6 +160,13 @@ impl QueuePair {
     /// What a work request posted on this QP keeps alive until it completes or is flushed.
     pub(crate) fn pin(&self) -> WorkPin {
         Some(self.qp().clone())
+    }
+
+    /// A handle that does not keep the QP alive (for whoever must reach the QP while it
+    /// exists, such as a connection manager moving it to the error state on a disconnect,
+    /// without owning it).
+    pub fn downgrade(&self) -> WeakQueuePair {
+        WeakQueuePair(Arc::downgrade(&self.inner))
     }
 
     /// Send-queue depth, as granted by the device (at least what the builder asked for).
