@@ -55,6 +55,15 @@ pub enum Error {
     /// The peer disconnected in the middle of a ping.
     #[error("the peer disconnected {0}")]
     Disconnected(&'static str),
+    /// A connection-manager step failed (address resolution, connect, accept, listen).
+    #[error("{what}: {source}")]
+    Cm {
+        /// The step.
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: tokio_rdma_cm::Error,
+    },
     /// A verbs operation failed (a wrong rkey or address shows up here as a failed RDMA
     /// READ or WRITE).
     #[error("{what} failed: {source}")]
@@ -71,6 +80,13 @@ impl Error {
     /// Wraps a verbs error with the operation it came from.
     pub fn verbs(what: &'static str) -> impl FnOnce(verbs::Error) -> Error {
         move |source| Error::Verbs { what, source }
+    }
+}
+
+impl Error {
+    /// Wraps a connection-manager error with the step it came from.
+    pub fn cm(what: &'static str) -> impl FnOnce(tokio_rdma_cm::Error) -> Error {
+        move |source| Error::Cm { what, source }
     }
 }
 

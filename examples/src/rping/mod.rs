@@ -7,7 +7,9 @@
 //! protocol lives in sans-IO state machines ([`session`]) that judge every message; the data
 //! is rping's ([`pattern`]), so `-V` passes against rdma-core's rping in both directions.
 //!
-//! Modules, each using only those before it: `error`, `wire`, `pattern`, `args`, `session`.
+//! Modules, each using only those before it: `error`, `wire`, `pattern`, `args`, `session`,
+//! then the async shells over tokio-rdma-cm: `conn` (helpers both sides use), [`server`],
+//! [`client`].
 
 mod error;
 
@@ -18,5 +20,11 @@ pub mod pattern;
 pub mod args;
 
 pub mod session;
+
+mod conn;
+
+pub mod server;
+
+pub mod client;
 
 pub use error::{Error, Result};
