@@ -5,9 +5,8 @@ use tokio_rdma_cm::{connect, ConnectOptions, Connection};
 use tokio_rdma_verbs::Access;
 
 use super::args::{resolve, Config};
-use super::conn::{next_message, send_message, Side, RECV_DEPTH, RECV_SIZE};
+use super::conn::{next_message, print_line, send_message, Side, RECV_DEPTH, RECV_SIZE};
 use super::error::{Error, Result};
-use super::server::print_line;
 use super::session::{ClientSession, ClientStep};
 
 /// Connects as `cfg` says and pings; returns the pings done.

@@ -2,12 +2,14 @@
 //! disconnect), send a message, run an RDMA operation unless the connection goes away.
 
 use std::future::Future;
+use std::io::Write as _;
 
 use futures_util::StreamExt;
 use tokio_rdma_cm::{Connection, ConnectionEvent};
 use tokio_rdma_verbs::{self as verbs, RecvMessage, RecvStream, WcStatus};
 
 use super::error::{Error, Result};
+use super::pattern::c_str;
 use super::wire::INFO_LEN;
 
 /// Receive buffers kept posted (rping posts one; two leave room for a peer sending early).
@@ -99,4 +101,15 @@ pub(super) fn is_flush(e: &verbs::Error) -> bool {
             ..
         } | verbs::Error::Closed(_)
     )
+}
+
+/// `printf("%s%s\n", label, data)`: the bytes up to the first NUL, unconverted, in one write.
+pub(super) fn print_line(label: &[u8], data: &[u8]) {
+    let mut line = Vec::with_capacity(label.len() + data.len() + 1);
+    line.extend_from_slice(label);
+    line.extend_from_slice(c_str(data));
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    // stdout gone (a closed pipe) is no reason to stop serving.
+    let _ = out.write_all(&line).and_then(|()| out.flush());
 }

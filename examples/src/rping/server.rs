@@ -3,15 +3,14 @@
 //! connection in its own task, one after another and at the same time; a connection that
 //! fails is reported and closed, the others go on.
 
-use std::io::Write as _;
-
 use tokio_rdma_cm::{AcceptOptions, Connection, IncomingRequest, Listener};
 use tokio_rdma_verbs::Access;
 
 use super::args::{resolve, Config, Role};
-use super::conn::{next_message, send_message, until_closed, Side, RECV_DEPTH, RECV_SIZE};
+use super::conn::{
+    next_message, print_line, send_message, until_closed, Side, RECV_DEPTH, RECV_SIZE,
+};
 use super::error::{Error, Result};
-use super::pattern::c_str;
 use super::session::{ServerSession, ServerStep};
 use super::wire::RdmaInfo;
 
@@ -56,6 +55,9 @@ pub async fn accept_and_serve(req: IncomingRequest, cfg: &Config) -> Result<u64>
             req.peer_addr()
         );
     }
+    // Our receives are posted once the connection is established; a client that SENDs before
+    // that is told "receiver not ready" and retries (rping's clients ask for endless RNR
+    // retries, and so does ours).
     let opts = AcceptOptions {
         rnr_retry_count: 7,
         ..AcceptOptions::default()
@@ -164,15 +166,4 @@ pub async fn serve(conn: &mut Connection, cfg: &Config) -> Result<u64> {
             }
         }
     }
-}
-
-/// `printf("%s%s\n", label, data)`: the bytes up to the first NUL, unconverted, in one write.
-pub(super) fn print_line(label: &[u8], data: &[u8]) {
-    let mut line = Vec::with_capacity(label.len() + data.len() + 1);
-    line.extend_from_slice(label);
-    line.extend_from_slice(c_str(data));
-    line.push(b'\n');
-    let mut out = std::io::stdout().lock();
-    // stdout gone (a closed pipe) is no reason to stop serving.
-    let _ = out.write_all(&line).and_then(|()| out.flush());
 }
