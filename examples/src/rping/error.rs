@@ -2,8 +2,6 @@
 
 use tokio_rdma_verbs as verbs;
 
-use super::wire::INFO_LEN;
-
 /// Why an rping connection (or the whole run) ended badly.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +10,9 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The peer sent a message that is not one `struct rping_rdma_info`.
-    #[error("received bogus data, size {len} (an rping message is {INFO_LEN} bytes)")]
+    #[error(
+        "received bogus data, size {len} (an rping message, struct rping_rdma_info, is 16 bytes)"
+    )]
     BogusMessage {
         /// Bytes received.
         len: usize,
