@@ -21,6 +21,8 @@
 //!     └── stale / unknown / duplicate ──► counted in DispatchStats, ignored      (Stream)
 //!
 //!  cm / async-event fds ──► impl EventSource ──► EventStream (Stream, fused)
+//!  cm event (kind, status) ──► ActiveOpen / PassiveOpen ──► ConnectAction (next librdmacm call)
+//!                          └─► ConnectionEvent (what an established connection reports)
 //!
 //!  SlotTable: Box<[Slot]> fixed at Dispatcher::new + free list sharded per handle
 //!             (Treiber stacks, tagged heads; a handle pops from its home shard, frees into
@@ -111,6 +113,7 @@
 
 mod aftermath;
 mod callback;
+mod cm;
 mod completion;
 mod dispatcher;
 mod driver;
@@ -125,6 +128,10 @@ mod wr_id;
 
 pub use aftermath::Aftermath;
 pub use callback::{CallbackDispatcher, ConsumerId};
+pub use cm::{
+    ActiveOpen, CmEventKind, ConnectAction, ConnectFailure, ConnectStep, ConnectionEvent,
+    PassiveOpen, REJECT_CONSUMER_DEFINED,
+};
 pub use completion::{Completion, WcFlags, WcOpcode, WcStatus};
 pub use dispatcher::{Dispatcher, Operation};
 pub use driver::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};

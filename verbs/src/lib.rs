@@ -153,8 +153,8 @@ mod wr;
 pub use ah::AddressHandle;
 pub use cq::{CompletionChannel, CompletionQueue, CqStats, DriverConfig};
 pub use device::{
-    choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, LinkLayer,
-    Mtu, PortAttr, PortState,
+    choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, KeepAlive,
+    LinkLayer, Mtu, PortAttr, PortState,
 };
 pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEventSource, AsyncEvents};
@@ -164,7 +164,7 @@ pub use mr::{
     ProtectionDomain, RegisterBuffer, RemoteBuffer, Sharing, Slice,
 };
 pub use ops::{BufResult, OpFuture};
-pub use qp::{KeepAlive, QpType, QueuePair, QueuePairBuilder};
+pub use qp::{QpType, QueuePair, QueuePairBuilder, WeakQueuePair};
 pub use recv::{RecvMessage, RecvStream, GRH_LEN};
 pub use srq::SharedReceiveQueue;
 pub use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};

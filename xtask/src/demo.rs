@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the project's main job on the default device.
 //!
-//! rdma-core's `rping` loopback as a smoke step, then a 2-byte RC ping-pong, several rounds,
+//! rdma-core's `rping` loopback as a smoke step, then tokio-rdma's `rping` example against
+//! rdma-core's both ways (our server with its client, its server with our client, `-V`), then a 2-byte RC ping-pong, several rounds,
 //! each round running side by side on the same device: perftest's `ib_send_lat` busy-polling
 //! and waiting on the completion channel (`-e`), and tokio-rdma's `pingpong` (an awaiting
 //! task) in four settings: the default (the awaiting future polls the CQ up to 32 times
@@ -89,7 +90,8 @@ const VARIANTS: [Variant; 6] = [
 /// `cargo xtask demo`.
 pub fn run(args: &DemoArgs) -> Result<i32> {
     let target = Target::detect();
-    let pingpong = build_pingpong()?;
+    let pingpong = build_example("pingpong")?;
+    let rping = build_example("rping")?;
     let ip = target.local_ip();
     let dev = match &target {
         Target::Host(dev) => dev.clone(),
@@ -97,6 +99,9 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
     };
     eprintln!("xtask: demo on {}", target.describe());
     let (iters, size) = (args.iters, args.size);
+    let rping_steps = rping
+        .map(|bin| rping_steps(&process::shell_quote(&bin), &ip))
+        .unwrap_or_default();
     let mut script = format!(
         r#"set -e
 # A client started before its server listens fails at once: retry it for a while.
@@ -105,7 +110,7 @@ echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
 retry rping -c -a {ip} -C 3 -v
 wait $srv
-# pair KEY COMMAND...: COMMAND as server, then as client of {ip}; prints "@@ KEY" and the
+{rping_steps}# pair KEY COMMAND...: COMMAND as server, then as client of {ip}; prints "@@ KEY" and the
 # client's latency table.
 pair() {{
   key=$1; shift
@@ -227,10 +232,26 @@ fn print_summary(output: &[String], size: u32) {
     }
 }
 
-/// Builds the `pingpong` example (release) and returns its path, once it exists.
-fn build_pingpong() -> Result<Option<String>> {
+/// The shell steps running tokio-rdma's `rping` (`bin`) against rdma-core's both ways, with
+/// validation; each server is started first and the client retried until it listens.
+fn rping_steps(bin: &str, ip: &str) -> String {
+    format!(
+        r#"echo "== tokio-rdma rping server, rdma-core rping client"
+{bin} -s -a {ip} -C 3 >/dev/null & srv=$!
+retry rping -c -a {ip} -C 3 -v -V
+wait $srv
+echo "== rdma-core rping server, tokio-rdma rping client"
+rping -s -a {ip} -C 3 >/dev/null & srv=$!
+retry {bin} -c -a {ip} -C 3 -v -V
+wait $srv
+"#
+    )
+}
+
+/// Builds an example binary (release) and returns its path, once its source exists.
+fn build_example(name: &str) -> Result<Option<String>> {
     let root = crate::project_root();
-    if !root.join("examples/src/bin/pingpong.rs").is_file() {
+    if !root.join(format!("examples/src/bin/{name}.rs")).is_file() {
         return Ok(None);
     }
     process::run(
@@ -242,19 +263,52 @@ fn build_pingpong() -> Result<Option<String>> {
                 "-p",
                 "tokio-rdma-examples",
                 "--bin",
-                "pingpong",
+                name,
             ]),
     )?;
+    let target = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR"));
     Ok(Some(
-        root.join("target/release/pingpong")
+        target
+            .join("release")
+            .join(name)
             .to_string_lossy()
             .into_owned(),
     ))
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the project root) when
+/// set, else `target` in the root.
+fn target_dir(root: &std::path::Path, env: Option<std::ffi::OsString>) -> std::path::PathBuf {
+    match env {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{median, paired_ratio, runs};
+    use super::{median, paired_ratio, rping_steps, runs, target_dir};
+    use std::path::Path;
+
+    #[test]
+    fn built_binaries_are_found_in_cargo_target_dir() {
+        let root = Path::new("/p");
+        assert_eq!(target_dir(root, None), Path::new("/p/target"));
+        assert_eq!(target_dir(root, Some("".into())), Path::new("/p/target"));
+        assert_eq!(
+            target_dir(root, Some("/work/t".into())),
+            Path::new("/work/t")
+        );
+        assert_eq!(target_dir(root, Some("t2".into())), Path::new("/p/t2"));
+    }
+
+    #[test]
+    fn rping_runs_both_ways_with_validation() {
+        let s = rping_steps("/bin/ours", "192.0.2.1");
+        assert!(s.contains("/bin/ours -s -a 192.0.2.1 -C 3 >/dev/null & srv=$!\nretry rping -c -a 192.0.2.1 -C 3 -v -V\n"));
+        assert!(s.contains("rping -s -a 192.0.2.1 -C 3 >/dev/null & srv=$!\nretry /bin/ours -c -a 192.0.2.1 -C 3 -v -V\n"));
+        assert_eq!(s.matches("wait $srv").count(), 2);
+    }
 
     #[test]
     fn reads_marked_rows_of_both_programs() {

@@ -1,6 +1,6 @@
 //! Booting the soft-RoCE VM (qemu, TCG) and running a command inside it.
 //!
-//! One host: `rxe0` on `dummy0` (192.0.2.1/24); rxe loops local traffic back. Two hosts: two
+//! One host: `rxe0` on `dummy0` (192.0.2.1/24, 2001:db8::1/64); rxe loops local traffic back. Two hosts: two
 //! VMs joined by a qemu socket network (virtio-net), 192.0.2.1 and 192.0.2.2, `rxe0` on `eth0`.
 //! The command runs in the project directory (shared read-write at the same path) in a chroot
 //! of the host's root file system (shared read-only). Its exit status comes back through the

@@ -40,6 +40,10 @@ ip link set lo up
 ip link show "$netdev" >/dev/null 2>&1 || ip link add "$netdev" type dummy || fail "create $netdev"
 ip addr add "$ip/24" dev "$netdev" || fail "address $ip on $netdev"
 ip link set "$netdev" up
+# IPv6 too (2001:db8::/32 is the documentation prefix; `nodad` makes it usable at once), so
+# rxe gets an IPv6 GID and connection tests can use both families.
+ip6="2001:db8::${ip##*.}"
+chroot $R /bin/ip -6 addr add "$ip6/64" dev "$netdev" nodad || echo "xtask: no IPv6 address on $netdev"
 hostname "rdma-$ip"
 chroot $R /usr/bin/rdma link add rxe0 type rxe netdev "$netdev" || fail "rdma link add rxe0"
 

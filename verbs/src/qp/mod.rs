@@ -19,7 +19,7 @@ use rdma_sys as ffi;
 use tokio_rdma_core::Dispatcher;
 
 use crate::cq::{CqInner, Parked};
-use crate::device::Context;
+use crate::device::{Context, KeepAlive};
 use crate::mr::{PdInner, ProtectionDomain};
 use crate::ops::WorkPin;
 use crate::srq::SrqInner;
@@ -79,10 +79,6 @@ pub(crate) struct QpInner {
     _keep_alive: Option<KeepAlive>,
 }
 
-/// An owner that must outlive a verbs object built on it (see
-/// [`QueuePairBuilder::keep_alive`], [`Context::from_raw_borrowed`]).
-pub type KeepAlive = Box<dyn std::any::Any + Send + Sync>;
-
 ibverbs_thread_safe!(QpInner);
 
 impl QpInner {
@@ -125,6 +121,17 @@ impl std::ops::Deref for QpHandle {
     }
 }
 
+/// A [`QueuePair`] handle that does not keep it alive ([`QueuePair::downgrade`]).
+#[derive(Clone, Debug, Default)]
+pub struct WeakQueuePair(std::sync::Weak<QpHandle>);
+
+impl WeakQueuePair {
+    /// The QP, if a [`QueuePair`] handle still exists.
+    pub fn upgrade(&self) -> Option<QueuePair> {
+        self.0.upgrade().map(|inner| QueuePair { inner })
+    }
+}
+
 impl fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueuePair")
@@ -149,6 +156,13 @@ impl QueuePair {
     /// What a work request posted on this QP keeps alive until it completes or is flushed.
     pub(crate) fn pin(&self) -> WorkPin {
         Some(self.qp().clone())
+    }
+
+    /// A handle that does not keep the QP alive (for whoever must reach the QP while it
+    /// exists, such as a connection manager moving it to the error state on a disconnect,
+    /// without owning it).
+    pub fn downgrade(&self) -> WeakQueuePair {
+        WeakQueuePair(Arc::downgrade(&self.inner))
     }
 
     /// Send-queue depth, as granted by the device (at least what the builder asked for).

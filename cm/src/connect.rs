@@ -1,0 +1,220 @@
+//! The active side: resolve the address, resolve the route, connect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdma_sys as ffi;
+use tokio_rdma_core::{ActiveOpen, ConnectAction};
+
+use crate::addr::RawAddr;
+use crate::connection::{Connection, Parts};
+use crate::device::Device;
+use crate::driver::{current_channel, CONNECTION_QUEUE};
+use crate::error::{Error, Result, Step};
+use crate::id::Id;
+use crate::options::{check_private_data, conn_param, ConnectOptions, MAX_CONNECT_PRIVATE_DATA};
+use crate::stream::{failure, next_raw, ConnectionEvents};
+
+/// Connects to a listener at `addr`: resolves the address and the route, creates the QP
+/// and CQ on the device the route leads to, and runs the CM handshake, each step bounded by
+/// its timeout in `opts` and the whole by `opts.timeout`.
+///
+/// Errors tell the cases apart: [`Error::Unreachable`] (no route, nobody answers),
+/// [`Error::Refused`] (nobody listens on that port), [`Error::Rejected`] (the peer
+/// application said no, with its private data), [`Error::TimedOut`] (with the step).
+pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Connection> {
+    check_private_data(&opts.private_data, MAX_CONNECT_PRIVATE_DATA, "connect")?;
+    let step = StepCell(Mutex::new(Step::ResolveAddr));
+    match tokio::time::timeout(opts.timeout, attempt(addr, &opts, &step)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::TimedOut {
+            step: step.get(),
+            addr,
+            after: opts.timeout,
+        }),
+    }
+}
+
+async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Result<Connection> {
+    let channel = current_channel()?;
+    let (id, rx) = Id::create(&channel, CONNECTION_QUEUE)?;
+    let mut events = ConnectionEvents::new(rx);
+    let mut open = ActiveOpen::new();
+
+    let mut dst = RawAddr::new(addr);
+    let mut src = opts.src_addr.map(RawAddr::new);
+    let src_ptr = src.as_mut().map_or(std::ptr::null_mut(), RawAddr::as_ptr);
+    // SAFETY: the id is live; both addresses are valid sockaddrs for the call (librdmacm
+    // copies them).
+    let rc = unsafe {
+        ffi::rdma_resolve_addr(
+            id.as_ptr(),
+            src_ptr,
+            dst.as_ptr(),
+            millis(opts.resolve_addr_timeout),
+        )
+    };
+    if rc != 0 {
+        return Err(refused_at_once(
+            "rdma_resolve_addr",
+            Step::ResolveAddr,
+            addr,
+        ));
+    }
+    expect(
+        &mut events,
+        &mut open,
+        addr,
+        margin(opts.resolve_addr_timeout),
+        step,
+        ConnectAction::ResolveRoute,
+    )
+    .await?;
+
+    step.set(Step::ResolveRoute);
+    // SAFETY: the id is live and its address resolved.
+    if unsafe { ffi::rdma_resolve_route(id.as_ptr(), millis(opts.resolve_route_timeout)) } != 0 {
+        return Err(refused_at_once(
+            "rdma_resolve_route",
+            Step::ResolveRoute,
+            addr,
+        ));
+    }
+    expect(
+        &mut events,
+        &mut open,
+        addr,
+        margin(opts.resolve_route_timeout),
+        step,
+        ConnectAction::Connect,
+    )
+    .await?;
+
+    step.set(Step::Connect);
+    let id = Arc::new(id);
+    let device = Device::for_id(&id, &channel)?;
+    let initiator = opts.initiator_depth.min(device.max_initiator);
+    let responder = opts.responder_resources.min(device.max_responder);
+    let parts = Parts::build(id.clone(), device, &opts.qp)?;
+    let sent = {
+        let mut param = conn_param(
+            &opts.private_data,
+            initiator,
+            responder,
+            opts.retry_count,
+            opts.rnr_retry_count,
+            parts.qp.qp_num(),
+        );
+        // SAFETY: the id is live with its route resolved; `param` points into
+        // `opts.private_data`, alive for the call (librdmacm copies it).
+        unsafe { ffi::rdma_connect(id.as_ptr(), &mut param) == 0 }
+    };
+    if !sent {
+        return Err(Error::last_os("rdma_connect", format!("to {addr}")));
+    }
+    let (private_data, params) = tokio::time::timeout(opts.connect_timeout, async {
+        loop {
+            let e = next_raw(&mut events).await?;
+            match open.handle(e.kind, e.status) {
+                ConnectAction::Establish => return Ok((e.private_data, e.params)),
+                ConnectAction::Fail(f) => return Err(failure(f, addr, e.private_data)),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::TimedOut {
+        step: Step::Connect,
+        addr,
+        after: opts.connect_timeout,
+    })??;
+    // The depths the kernel negotiated from the peer's response (never our offer, which the
+    // peer may have lowered), as librdmacm does for its own QPs.
+    let ready = crate::transition::to_rtr(&id, &parts.qp, None)
+        .and_then(|()| crate::transition::to_rts(&id, &parts.qp, None))
+        .and_then(|()| {
+            // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is
+            // a verbs QP, moved to RTS above): this sends the RTU.
+            if unsafe { ffi::rdma_establish(id.as_ptr()) } != 0 {
+                return Err(Error::last_os("rdma_establish", format!("to {addr}")));
+            }
+            Ok(())
+        });
+    if let Err(e) = ready {
+        // What librdmacm does when its own QP cannot follow: QP to ERR, reject the reply.
+        let _ = parts.qp.set_error();
+        id.reject(&[]);
+        return Err(e);
+    }
+    open.established();
+    id.route().set_up();
+    Ok(Connection::new(parts, events, private_data, params))
+}
+
+/// Waits for the event that completes the current step.
+async fn expect(
+    events: &mut ConnectionEvents,
+    open: &mut ActiveOpen,
+    addr: SocketAddr,
+    timeout: Duration,
+    step: &StepCell,
+    want: ConnectAction,
+) -> Result<()> {
+    let wait = async {
+        loop {
+            let e = next_raw(events).await?;
+            match open.handle(e.kind, e.status) {
+                a if a == want => return Ok(()),
+                ConnectAction::Fail(f) => return Err(failure(f, addr, e.private_data)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| Error::TimedOut {
+            step: step.get(),
+            addr,
+            after: timeout,
+        })?
+}
+
+/// The step in progress, read when the whole attempt times out.
+struct StepCell(Mutex<Step>);
+
+impl StepCell {
+    fn get(&self) -> Step {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn set(&self, step: Step) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+}
+
+/// A resolution call that failed at once: no route or no device is unreachable; anything
+/// else is reported as the call's error.
+fn refused_at_once(call: &'static str, step: Step, addr: SocketAddr) -> Error {
+    let e = Error::last_os(call, format!("to {addr}"));
+    match e.errno() {
+        Some(
+            errno @ (libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL | libc::ENODEV),
+        ) => Error::Unreachable {
+            step,
+            addr,
+            status: -errno,
+        },
+        _ => e,
+    }
+}
+
+/// How long to wait for a resolution librdmacm was given `d` for: a little longer, so its own
+/// error event (ADDR_ERROR / ROUTE_ERROR: unreachable) wins over our timeout.
+fn margin(d: Duration) -> Duration {
+    d + Duration::from_millis(500)
+}
+
+fn millis(d: Duration) -> i32 {
+    d.as_millis().clamp(1, i32::MAX as u128) as i32
+}
