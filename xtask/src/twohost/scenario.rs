@@ -113,16 +113,15 @@ impl RpingCase {
         server.extend(common("-s"));
         let mut client = vec![program(self.client)?];
         client.extend(common("-c"));
-        // rdma-core's rping prints one `ping data` line per ping with -v (`server ping data`
-        // on the server): the count proves the exchange ran to the end.
-        let pings = |r: Rping| (r == Rping::RdmaCore).then_some(self.count);
+        // Both rpings print one `ping data` line per ping with -v (`server ping data` on the
+        // server): the count proves the exchange ran to the end.
         Ok(Scenario {
             name: self.name(),
             server_host: self.server_host,
             server,
             client,
-            server_pings: pings(self.server),
-            client_pings: pings(self.client),
+            server_pings: Some(self.count),
+            client_pings: Some(self.count),
         })
     }
 }
