@@ -4,7 +4,8 @@
 //!   (Debian's stock kernel + a busybox initramfs) into `target/xtask/vm`.
 //! - `vm [--hosts 2] -- CMD...`: boots the VM (or two joined by a socket network) with a ready
 //!   `rxe0` device and runs CMD in the project directory, exiting with its status.
-//! - `test`: host tests, loom and AddressSanitizer runs, then every device test in the VM.
+//! - `test`: host tests, loom and AddressSanitizer runs, every device test in the VM, then
+//!   client/server scenarios across two VMs.
 //! - `demo`: the project's main job on the default device (the VM unless a real one exists).
 
 mod demo;
@@ -13,6 +14,7 @@ mod image;
 mod process;
 mod setup;
 mod test;
+mod twohost;
 mod vm;
 
 use anyhow::Result;

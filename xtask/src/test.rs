@@ -5,11 +5,13 @@
 //! 2. loom models of core (`--cfg loom`, release) and core's tests under AddressSanitizer.
 //! 3. Device tests: every test binary with ignored tests runs them (`--ignored`) on the device:
 //!    inside the soft-RoCE VM unless the machine has a real one.
+//! 4. The two-host stage: client/server scenarios across two VMs (see [`crate::twohost`]).
 //!
 //! It ends with one line `tests: N passed, N failed, N skipped` over all of it.
 
 use crate::device::Target;
 use crate::process::{self, cargo, shell_quote};
+use crate::twohost;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,10 +30,13 @@ pub struct TestArgs {
     /// Skip the device tests.
     #[arg(long)]
     pub no_device: bool,
+    /// Skip the two-host stage (client/server scenarios across two VMs).
+    #[arg(long)]
+    pub no_two_hosts: bool,
     /// Time limit of the VM run, in seconds.
     #[arg(long, default_value_t = 2400)]
     pub timeout: u64,
-    /// Only device tests whose name contains this.
+    /// Only device tests and two-host scenarios whose name contains this.
     pub filter: Option<String>,
 }
 
@@ -150,20 +155,6 @@ pub fn run(args: &TestArgs) -> Result<i32> {
     }
 
     let mut device_tests = 0;
-    if !args.no_device && matches!(Target::detect(), Target::Vm) && args.filter.is_none() {
-        // The two-host harness (two VMs on a socket network) works end to end.
-        let ok = two_host_smoke()?;
-        println!(
-            "test xtask::two_host_rping ... {}",
-            if ok { "ok" } else { "FAILED" }
-        );
-        if ok {
-            total.passed += 1;
-        } else {
-            total.failed += 1;
-            failures.push("two-host VM smoke test".into());
-        }
-    }
     if !args.no_device {
         let (code, t, n) = device_tests_run(args)?;
         device_tests = t.passed + t.failed;
@@ -181,6 +172,26 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         skipped_suites.push("device tests (--no-device)".into());
     }
 
+    if args.no_device || args.no_two_hosts {
+        // Counted as skipped, like device tests under --no-device.
+        let n = twohost::selected(args.filter.as_deref()).len();
+        total.ignored += n as u64;
+        let why = if args.no_two_hosts {
+            "--no-two-hosts"
+        } else {
+            "--no-device"
+        };
+        skipped_suites.push(format!("two-host stage: {n} scenarios ({why})"));
+    } else {
+        let c = twohost::run(args.filter.as_deref())?;
+        total.passed += c.passed;
+        total.failed += c.failed;
+        total.ignored += c.skipped;
+        if c.failed > 0 {
+            failures.push(format!("{} two-host scenarios", c.failed));
+        }
+    }
+
     eprintln!();
     for s in &skipped_suites {
         eprintln!("xtask: SKIPPED: {s}");
@@ -194,28 +205,6 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         total.passed, total.failed, total.ignored
     );
     Ok(if failures.is_empty() { 0 } else { 1 })
-}
-
-/// Boots two VMs (192.0.2.1 and 192.0.2.2) and runs rdma-core's rping between them.
-fn two_host_smoke() -> Result<bool> {
-    eprintln!("xtask: two-host VM smoke test: rping 192.0.2.2 -> 192.0.2.1");
-    let server = "rping -s -a 192.0.2.1 -C 3 -v";
-    // The server's VM may boot later than ours: retry while nothing listens yet.
-    let client =
-        "for i in $(seq 30); do rping -c -a 192.0.2.1 -C 3 -v && exit 0; sleep 2; done; exit 1";
-    let outcome = crate::vm::run(&crate::vm::RunSpec {
-        cpus: 1,
-        mem: 1024,
-        timeout: Duration::from_secs(180),
-        scripts: vec![server.to_string(), client.to_string()],
-        verbose: false,
-    })?;
-    let pings = outcome
-        .output
-        .iter()
-        .filter(|l| l.starts_with("ping data"))
-        .count();
-    Ok(outcome.status == 0 && pings == 3)
 }
 
 /// A test binary with device tests.
