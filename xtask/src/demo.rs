@@ -89,6 +89,7 @@ const VARIANTS: [Variant; 6] = [
 
 /// `cargo xtask demo`.
 pub fn run(args: &DemoArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let target = Target::detect();
     let pingpong = build_example("pingpong")?;
     let rping = build_example("rping")?;

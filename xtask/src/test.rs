@@ -105,6 +105,7 @@ fn has_nightly() -> bool {
 
 /// `cargo xtask test`.
 pub fn run(args: &TestArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let mut total = Tally::default();
     let mut failures: Vec<String> = Vec::new();
     let mut skipped_suites: Vec<String> = Vec::new();

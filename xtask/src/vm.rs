@@ -80,6 +80,7 @@ pub fn shell_line(argv: &[String]) -> String {
 
 /// `cargo xtask vm`.
 pub fn run_cli(args: &VmArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let parts: Vec<&[String]> = args
         .command
         .split(|a| a == HOST_SEPARATOR)
