@@ -8,4 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod plot;
+pub mod progress;
+pub mod report;
 pub mod stats;

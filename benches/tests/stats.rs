@@ -197,10 +197,10 @@ fn bandwidth_rejects_empty_and_mismatched_runs() {
 fn peak_brute_force(post: &[u64], completion: &[u64], cq_mod: usize) -> u64 {
     let n = post.len();
     let mut best = u64::MAX;
-    for i in 0..n {
-        for j in i..n {
+    for (i, &p) in post.iter().enumerate() {
+        for (j, &c) in completion.iter().enumerate().skip(i) {
             if (j + 1) % cq_mod == 0 || j == n - 1 {
-                let window = completion[j].saturating_sub(post[i]) / (j - i + 1) as u64;
+                let window = c.saturating_sub(p) / (j - i + 1) as u64;
                 best = best.min(window);
             }
         }
