@@ -160,13 +160,16 @@ impl Connection {
         Ok(())
     }
 
-    /// Disconnects (`rdma_disconnect`), moves the QP to the error state (pending operations
-    /// complete with flush errors) and waits, at most 5 s, for the DISCONNECTED event, which
-    /// stays in the event stream.
+    /// Disconnects: moves the QP to the error state (pending operations complete with flush
+    /// errors), sends the DREQ (`rdma_disconnect`) and, if the connection was up, waits at most
+    /// 5 s for the DISCONNECTED event, which stays in the event stream. After the peer
+    /// disconnected first, it answers (DREP) and returns at once.
     pub async fn disconnect(&mut self) -> Result<()> {
         let was_connected = self.id.route().is_connected();
         let sent = self.shutdown();
-        if !sent && !was_connected {
+        if !(sent && was_connected) {
+            // Already down (the peer disconnected first: DISCONNECTED has arrived, and our
+            // DREP answered it) or never up: nothing to wait for.
             return Ok(());
         }
         let mut seen = Vec::new();
