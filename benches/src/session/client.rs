@@ -116,12 +116,16 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
                 flow,
                 session,
             };
-            let conn = connect_flow(addr, params).await?;
+            conns.push(connect_flow(addr, params).await?);
+        }
+        // The server answers the hellos once every flow is connected.
+        let mut flows = Vec::with_capacity(conns.len());
+        for conn in conns {
             let region = register_region(&conn, spec.mode, spec.size)?;
             let peer = hello(&conn, exposed(&region, spec.size)?).await?;
-            conns.push((conn, region, peer));
+            flows.push((conn, region, peer));
         }
-        anyhow::Ok(conns)
+        anyhow::Ok(flows)
     };
     let conns = rt.block_on(async {
         tokio::time::timeout(SETUP_TIMEOUT * u32::from(flows.min(8)), setup)

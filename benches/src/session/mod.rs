@@ -96,7 +96,7 @@ pub fn server_plan(p: &Params, stall: Duration) -> Plan {
         test: p.test,
         size: p.size as usize,
         warmup: 0,
-        iters: u64::MAX,
+        iters: 0,
         duration: None,
         stall,
     }
