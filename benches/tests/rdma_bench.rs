@@ -83,7 +83,13 @@ impl Drop for Proc {
 /// A server on `port` for `sessions` runs, once it is listening (bounded).
 fn server(port: u16, sessions: usize) -> Proc {
     let bind = addr(port).to_string();
-    let mut p = Proc::spawn(&["server", "--bind", &bind, "--sessions", &sessions.to_string()]);
+    let mut p = Proc::spawn(&[
+        "server",
+        "--bind",
+        &bind,
+        "--sessions",
+        &sessions.to_string(),
+    ]);
     let stderr = p.0.as_mut().and_then(|c| c.stderr.take()).expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
