@@ -388,3 +388,41 @@ fn rdma_bench_bad_peers_get_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no rdma-bench server"), "{err}");
 }
+
+/// Messages above the inline limit (sent from registered memory) in a raw and an async mode.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn rdma_bench_large_messages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let cases = [
+        ("busy-poll", "send_lat"),
+        ("callback", "write_lat"),
+        ("async", "send_lat"),
+        ("async", "write_lat"),
+        ("event", "read_bw"),
+        ("async-mt", "send_bw"),
+    ];
+    let srv = server(18611, cases.len());
+    let connect = addr(18611).to_string();
+    for (mode, test) in cases {
+        let out = tmp(&format!("large-{mode}-{test}.json"));
+        let client = Proc::spawn(&[
+            "client",
+            "--connect",
+            &connect,
+            "--mode",
+            mode,
+            "--test",
+            test,
+            "--size",
+            "65536",
+            "--iters",
+            "30",
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        ok(&client.finish(&format!("{mode} {test}"), 60), test);
+        check_run(&json(&out)[0], mode, test, 65536, 1, 30);
+    }
+    srv.finish("server", 30);
+}
