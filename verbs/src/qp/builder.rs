@@ -157,6 +157,8 @@ impl QueuePairBuilder {
             pd: self.pd.inner,
             life: Default::default(),
             headroom_claimed: AtomicBool::new(false),
+            raw_headroom: AtomicBool::new(false),
+            kept: Default::default(),
             _keep_alive: self.keep_alive,
         }))
     }
