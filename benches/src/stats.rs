@@ -84,7 +84,7 @@ impl Latency {
         let rtt_factor = if rtt_halved { 2.0 } else { 1.0 };
         let usec = |cycles: u64| clock.to_usec(cycles) / rtt_factor;
 
-        let median = if m % 2 == 0 {
+        let median = if m.is_multiple_of(2) {
             // perftest: (delta[n/2] + delta[n/2 - 1]) / 2 in integer cycles.
             ((u128::from(delta[m / 2]) + u128::from(delta[m / 2 - 1])) / 2) as u64
         } else {
@@ -223,7 +223,7 @@ pub fn peak_cycles_per_message(post: &[u64], completion: &[u64], cq_mod: usize) 
         return None;
     }
     let cq_mod = cq_mod.max(1);
-    let stamped = |j: usize| (j + 1) % cq_mod == 0 || j == n - 1;
+    let stamped = |j: usize| (j + 1).is_multiple_of(cq_mod) || j == n - 1;
     let some_window_at_most = |t: u64| {
         let s = i128::from(t) + 1;
         let mut best_start = i128::MIN;

@@ -131,7 +131,7 @@ fn poll_loop(
             }
         } else {
             idle += 1;
-            if idle % STALL_CHECK_POLLS == 0 {
+            if idle.is_multiple_of(STALL_CHECK_POLLS) {
                 dog.check(flows.iter().map(RawFlow::progress).sum())?;
             }
             std::hint::spin_loop();
@@ -209,7 +209,7 @@ fn callback_loop(
             continue;
         }
         idle += 1;
-        if idle % STALL_CHECK_POLLS == 0 {
+        if idle.is_multiple_of(STALL_CHECK_POLLS) {
             dog.check(dispatcher.stats().total())?;
         }
         std::hint::spin_loop();

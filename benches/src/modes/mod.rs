@@ -168,7 +168,7 @@ impl Deadline {
         match self.end {
             None => i >= iters,
             Some(end) => {
-                if !self.over && i % CLOCK_EVERY == 0 {
+                if !self.over && i.is_multiple_of(CLOCK_EVERY) {
                     self.over = std::time::Instant::now() >= end;
                 }
                 self.over
