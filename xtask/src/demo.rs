@@ -255,53 +255,12 @@ fn build_example(name: &str) -> Result<Option<String>> {
     if !root.join(format!("examples/src/bin/{name}.rs")).is_file() {
         return Ok(None);
     }
-    process::run(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "tokio-rdma-examples",
-                "--bin",
-                name,
-            ]),
-    )?;
-    let target = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR"));
-    Ok(Some(
-        target
-            .join("release")
-            .join(name)
-            .to_string_lossy()
-            .into_owned(),
-    ))
-}
-
-/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the project root) when
-/// set, else `target` in the root.
-fn target_dir(root: &std::path::Path, env: Option<std::ffi::OsString>) -> std::path::PathBuf {
-    match env {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
+    process::build_release("tokio-rdma-examples", name).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{median, paired_ratio, rping_steps, runs, target_dir};
-    use std::path::Path;
-
-    #[test]
-    fn built_binaries_are_found_in_cargo_target_dir() {
-        let root = Path::new("/p");
-        assert_eq!(target_dir(root, None), Path::new("/p/target"));
-        assert_eq!(target_dir(root, Some("".into())), Path::new("/p/target"));
-        assert_eq!(
-            target_dir(root, Some("/work/t".into())),
-            Path::new("/work/t")
-        );
-        assert_eq!(target_dir(root, Some("t2".into())), Path::new("/p/t2"));
-    }
+    use super::{median, paired_ratio, rping_steps, runs};
 
     #[test]
     fn rping_runs_both_ways_with_validation() {
