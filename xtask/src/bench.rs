@@ -342,6 +342,59 @@ mod tests {
         assert!(f.contains("retry ib_send_lat \"$@\" 192.0.2.1 >"));
     }
 
+    /// Runs `compare x 1` of [`script_functions`] with a fake `rdma-bench` (a shell script
+    /// whose `server` and `compare` behave as `server_body` and `compare_body` say) and
+    /// returns the script's output, ending with `failed=N`.
+    fn compare_with_fake(name: &str, server_body: &str, compare_body: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("xtask-fake-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("rdma-bench");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncase $1 in\n  server) {server_body} ;;\n  compare) {compare_body} ;;\nesac\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = script_functions(&fake.to_string_lossy(), "192.0.2.1", &dir)
+            + "compare x 1 --test send_lat\necho failed=$failed\n";
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn compare_failures_are_recorded_and_the_server_log_shown() {
+        let listens = "echo 'rdma-bench server: listening on x' >&2; sleep 0.2";
+        let ok = compare_with_fake("ok", listens, "echo \"table $*\"");
+        assert!(
+            ok.contains("@@ rdma-bench x\ntable compare --connect 192.0.2.1:1 "),
+            "{ok}"
+        );
+        assert!(ok.ends_with("failed=0\n"), "{ok}");
+        // The server dies before listening: no compare, its log shown.
+        let dead = compare_with_fake("dead", "echo 'no device' >&2; exit 1", "echo ran");
+        assert!(dead.contains("did not listen:\nno device\n"), "{dead}");
+        assert!(!dead.contains("ran"), "{dead}");
+        assert!(dead.ends_with("failed=1\n"), "{dead}");
+        // The compare fails: the server is stopped and its log shown.
+        let failed = compare_with_fake("failed", &format!("{listens}0"), "exit 1");
+        assert!(
+            failed.contains("compare x failed; its server's log:\n"),
+            "{failed}"
+        );
+        assert!(failed.ends_with("failed=1\n"), "{failed}");
+        // The server fails after the compare.
+        let srv = compare_with_fake("srv", &format!("{listens}; exit 2"), "true");
+        assert!(srv.contains("the rdma-bench server for x failed:"), "{srv}");
+        assert!(srv.ends_with("failed=1\n"), "{srv}");
+    }
+
     #[test]
     fn a_missing_or_broken_result_file_gives_no_runs() {
         let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
