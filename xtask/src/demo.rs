@@ -10,7 +10,9 @@
 //! driver parks at once and nothing spins, like `-e`). The summary gives each one's median
 //! one-way latency (the median over rounds of each run's median) and its ratio to
 //! busy-polling (the median over rounds of the ratio within each round), and to `-e` for
-//! event mode.
+//! event mode. Last, a short `rdma-bench compare` of the same ping-pong (`send_lat`) in every
+//! dispatch mode (busy-poll, event, callback, async, async-mt): its table, with ratios to
+//! busy-poll within the run, and the path of its latency CDF plot (`target/bench/`).
 
 use crate::device::Target;
 use crate::process;
@@ -93,21 +95,21 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
     let target = Target::detect();
     let pingpong = build_example("pingpong")?;
     let rping = build_example("rping")?;
+    let bench = process::build_release("tokio-rdma-bench", "rdma-bench")?;
+    let out = crate::bench::out_dir();
     let ip = target.local_ip();
-    let dev = match &target {
-        Target::Host(dev) => dev.clone(),
-        Target::Vm => "rxe0".to_string(),
-    };
+    let dev = crate::bench::device_name(&target);
     eprintln!("xtask: demo on {}", target.describe());
     let (iters, size) = (args.iters, args.size);
     let rping_steps = rping
         .map(|bin| rping_steps(&process::shell_quote(&bin), &ip))
         .unwrap_or_default();
-    let mut script = format!(
-        r#"set -e
-# A client started before its server listens fails at once: retry it for a while.
-retry() {{ for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1; "$@" && return 0; done; return 1; }}
-echo "== rdma-core rping loopback (smoke)"
+    // `retry` and `compare` come from the bench's script; `compare` runs with `|| true`
+    // (so without `set -e` inside) and records a failure in `failed`.
+    let mut script = String::from("set -e\n")
+        + &crate::bench::script_functions(&bench, &ip, &out)
+        + &format!(
+            r#"echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
 retry rping -c -a {ip} -C 3 -v
 wait $srv
@@ -121,7 +123,7 @@ pair() {{
   wait $srv
 }}
 "#
-    );
+        );
     let perftest = format!("ib_send_lat -d {dev} -x 1 -n {iters} -s {size}");
     let pingpong = pingpong.map(|bin| {
         let bin = process::shell_quote(&bin);
@@ -143,13 +145,40 @@ pair() {{
             }
         }
     }
+    script += &format!(
+        "echo \"== rdma-bench compare: {size}-byte send_lat, {iters} iterations, every dispatch mode\"\n\
+         compare {COMPARE} 18524 --test send_lat --size {size} --iters {iters} --warmup {} || true\n\
+         exit $failed\n",
+        iters / 10
+    );
     let outcome = target.run(&script, Duration::from_secs(args.timeout))?;
+    print_summary(&outcome.output, size);
+    if let Some(runs) = crate::bench::read_case(&out, COMPARE) {
+        println!();
+        print!(
+            "{}",
+            crate::bench::side_by_side(
+                &format!(
+                    "rdma-bench compare: {size}-byte send_lat, {iters} iterations; \
+                     ratios to busy-poll within the run"
+                ),
+                &[],
+                &runs
+            )
+        );
+        println!(
+            "  latency CDFs: {}",
+            out.join(format!("{COMPARE}.svg")).display()
+        );
+    }
     if outcome.status != 0 {
         bail!("the demo failed (exit status {})", outcome.status);
     }
-    print_summary(&outcome.output, size);
     Ok(0)
 }
+
+/// The name of the demo's `rdma-bench compare` files in `target/bench/`.
+const COMPARE: &str = "demo-send_lat";
 
 /// Per variant key, the `(t_typical, t_avg)` one-way latencies (µs) of each run, in order:
 /// the row after an `@@ KEY` marker (perftest's format, which `pingpong` prints too:
@@ -255,53 +284,12 @@ fn build_example(name: &str) -> Result<Option<String>> {
     if !root.join(format!("examples/src/bin/{name}.rs")).is_file() {
         return Ok(None);
     }
-    process::run(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "tokio-rdma-examples",
-                "--bin",
-                name,
-            ]),
-    )?;
-    let target = target_dir(&root, std::env::var_os("CARGO_TARGET_DIR"));
-    Ok(Some(
-        target
-            .join("release")
-            .join(name)
-            .to_string_lossy()
-            .into_owned(),
-    ))
-}
-
-/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the project root) when
-/// set, else `target` in the root.
-fn target_dir(root: &std::path::Path, env: Option<std::ffi::OsString>) -> std::path::PathBuf {
-    match env {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
+    process::build_release("tokio-rdma-examples", name).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{median, paired_ratio, rping_steps, runs, target_dir};
-    use std::path::Path;
-
-    #[test]
-    fn built_binaries_are_found_in_cargo_target_dir() {
-        let root = Path::new("/p");
-        assert_eq!(target_dir(root, None), Path::new("/p/target"));
-        assert_eq!(target_dir(root, Some("".into())), Path::new("/p/target"));
-        assert_eq!(
-            target_dir(root, Some("/work/t".into())),
-            Path::new("/work/t")
-        );
-        assert_eq!(target_dir(root, Some("t2".into())), Path::new("/p/t2"));
-    }
+    use super::{median, paired_ratio, rping_steps, runs};
 
     #[test]
     fn rping_runs_both_ways_with_validation() {

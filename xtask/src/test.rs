@@ -2,6 +2,8 @@
 //!
 //! 1. Host tests: `cargo test --workspace`. Device tests are `#[ignore = "needs an RDMA
 //!    device"]` (in this project `#[ignore]` is reserved for them), so here they show as ignored.
+//!    Then the criterion micro-benches in criterion's test mode (`cargo test --bench`: each
+//!    benchmark runs once, unmeasured), each counted as a test.
 //! 2. loom models of core (`--cfg loom`, release) and core's tests under AddressSanitizer.
 //! 3. Device tests: every test binary with ignored tests runs them (`--ignored`) on the device:
 //!    inside the soft-RoCE VM unless the machine has a real one.
@@ -72,6 +74,27 @@ impl Tally {
         }
     }
 
+    /// Counts the output of a criterion bench in test mode (`Testing ID`, then `Success`
+    /// once it ran) that exited with `code`: each success passed; a benchmark that started
+    /// without succeeding, or a non-zero exit with none pending (a build failure), failed.
+    pub fn criterion(lines: &[String], code: i32) -> Tally {
+        let mut t = Tally::default();
+        let mut pending = 0;
+        for line in lines {
+            if line.starts_with("Testing ") {
+                pending += 1;
+            } else if line.trim() == "Success" && pending > 0 {
+                pending -= 1;
+                t.passed += 1;
+            }
+        }
+        t.failed = pending;
+        if code != 0 && t.failed == 0 {
+            t.failed = 1;
+        }
+        t
+    }
+
     fn add(&mut self, other: Tally) {
         self.passed += other.passed;
         self.failed += other.failed;
@@ -81,20 +104,30 @@ impl Tally {
 
 /// Runs `cmd`, echoing its stdout and tallying libtest results.
 fn run_tallied(cmd: &mut Command) -> Result<(i32, Tally)> {
+    let (code, lines) = run_echoed(cmd)?;
+    let mut tally = Tally::default();
+    for line in &lines {
+        tally.add_line(line);
+    }
+    Ok((code, tally))
+}
+
+/// Runs `cmd`, echoing its stdout; returns its exit status and stdout lines.
+fn run_echoed(cmd: &mut Command) -> Result<(i32, Vec<String>)> {
     eprintln!("xtask: $ {}", process::describe(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", process::describe(cmd)))?;
-    let mut tally = Tally::default();
+    let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line.unwrap_or_default();
             println!("{line}");
-            tally.add_line(&line);
+            lines.push(line);
         }
     }
-    Ok((process::code_of(child.wait()?), tally))
+    Ok((process::code_of(child.wait()?), lines))
 }
 
 fn has_nightly() -> bool {
@@ -115,6 +148,14 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         total.add(t);
         if code != 0 {
             failures.push("host tests".into());
+        }
+        // Criterion's test mode: every benchmark once, unmeasured (a debug build, like the
+        // host tests', so it costs the bench binary's build and a second of running).
+        let (code, lines) =
+            run_echoed(cargo().args(["test", "-p", "tokio-rdma-bench", "--bench", "dispatch"]))?;
+        total.add(Tally::criterion(&lines, code));
+        if code != 0 {
+            failures.push("criterion benches (test mode)".into());
         }
         if !args.quick {
             let (code, t) = run_tallied(
@@ -319,6 +360,33 @@ mod tests {
                 ignored: 3
             }
         );
+    }
+
+    #[test]
+    fn criterion_test_mode_counts_each_benchmark() {
+        let lines = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let ok = lines(&[
+            "Testing dispatch/async_op/c1/1",
+            "Success",
+            "",
+            "Testing dispatch/async_op/c1/16",
+            "Success",
+        ]);
+        assert_eq!(
+            Tally::criterion(&ok, 0),
+            Tally {
+                passed: 2,
+                failed: 0,
+                ignored: 0
+            }
+        );
+        // A benchmark panicked: the one started without success failed.
+        let panicked = lines(&["Testing a", "Success", "Testing b"]);
+        assert_eq!(Tally::criterion(&panicked, 101).failed, 1);
+        assert_eq!(Tally::criterion(&panicked, 101).passed, 1);
+        // Nothing ran (the build failed): one failure.
+        assert_eq!(Tally::criterion(&[], 101).failed, 1);
+        assert_eq!(Tally::criterion(&[], 0), Tally::default());
     }
 
     #[test]

@@ -70,6 +70,13 @@ impl RunSpec {
     }
 }
 
+/// The CPUs this machine offers this process (1 when it cannot tell).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
 /// Joins argv into a shell command line.
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()
