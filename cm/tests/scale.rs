@@ -1,0 +1,198 @@
+//! Many connections: 1000 connect/disconnect cycles with the process's open fds and RSS flat,
+//! and 256 simultaneous connections (each carrying a message both ways) without a thread per
+//! connection. Needs an RDMA device (`cargo xtask test` runs these in the soft-RoCE VM).
+//! Ports 7400-7499.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{addr, bounded, exchange, ok, open_fds, pair, rss_kib, threads, wait_event};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use tokio_rdma_cm::{
+    connect, AcceptOptions, ConnectOptions, Connection, ConnectionEvent, ListenOptions, Listener,
+};
+
+/// Waits (up to 10 s) for `cond` over the current fd count, for teardown that finishes in the
+/// background; returns the last count.
+async fn fds_settle(cond: impl Fn(usize) -> bool) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = open_fds();
+        if cond(n) || start.elapsed() > Duration::from_secs(10) {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One cycle: connect, end it and drop both ends. Even cycles end with `disconnect` on the
+/// client while the server drops its end once it saw Disconnected (dropping sends the DREP
+/// the client's `disconnect` waits for; see disconnect.rs for the other ways); odd cycles
+/// drop both ends without disconnecting.
+async fn cycle(listener: &Listener, i: usize) {
+    let (mut client, mut server) = pair(listener).await;
+    if i % 2 == 0 {
+        let answer = async move {
+            wait_event(&mut server, ConnectionEvent::Disconnected, 10, "server").await;
+            drop(server);
+        };
+        let (c, ()) = bounded("disconnect", 20, async {
+            tokio::join!(client.disconnect(), answer)
+        })
+        .await;
+        ok(&format!("cycle {i}: client disconnect"), c);
+    } else {
+        drop(server);
+    }
+    drop(client);
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn thousand_connect_disconnect_cycles_keep_fds_and_rss_flat() {
+    let listener = ok(
+        "bind",
+        bounded("bind", 10, Listener::bind(addr(7401))).await,
+    );
+    const WARMUP: usize = 50;
+    const CYCLES: usize = 1000;
+    let start = Instant::now();
+    for i in 0..WARMUP {
+        cycle(&listener, i).await;
+    }
+    // Let teardown of the warm-up finish before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds0 = open_fds();
+    let rss0 = rss_kib();
+    eprintln!(
+        "after {WARMUP} cycles ({:?}): {fds0} fds, RSS {rss0} KiB",
+        start.elapsed()
+    );
+    for i in WARMUP..CYCLES {
+        cycle(&listener, i).await;
+        if i % 100 == 99 {
+            eprintln!(
+                "after {} cycles ({:?}): {} fds, RSS {} KiB",
+                i + 1,
+                start.elapsed(),
+                open_fds(),
+                rss_kib()
+            );
+        }
+    }
+    let fds = fds_settle(|n| n <= fds0 + 2).await;
+    let rss = rss_kib();
+    eprintln!(
+        "after {CYCLES} cycles ({:?}): {fds} fds, RSS {rss} KiB",
+        start.elapsed()
+    );
+    assert!(
+        fds <= fds0 + 2,
+        "open fds grew from {fds0} to {fds} over {} cycles",
+        CYCLES - WARMUP
+    );
+    // A QP, CQ or cm id left behind per cycle costs more than 4 KiB of touched memory: 950 of them show.
+    assert!(
+        rss <= rss0 + 4 * 1024,
+        "RSS grew from {rss0} KiB to {rss} KiB over {} cycles",
+        CYCLES - WARMUP
+    );
+    // Still works.
+    let (c, s) = pair(&listener).await;
+    exchange(&c, &s, b"after 1000 cycles").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an RDMA device"]
+async fn two_hundred_fifty_six_simultaneous_connections() {
+    const N: usize = 256;
+    let fds0 = open_fds();
+    let threads0 = threads();
+    let listener = ok(
+        "bind",
+        bounded(
+            "bind",
+            10,
+            Listener::bind_with(addr(7402), ListenOptions { backlog: 512 }),
+        )
+        .await,
+    );
+    let to = listener.local_addr();
+
+    // Requests are taken one by one and answered concurrently (each accept waits for its
+    // connection to be established, which needs the client side to progress too).
+    let (tx, rx) = mpsc::unbounded();
+    let take = async {
+        for i in 0..N {
+            let req = ok(&format!("accept {i}"), listener.accept().await);
+            tx.unbounded_send(req).expect("queue request");
+        }
+        drop(tx);
+    };
+    let answer = rx
+        .map(|req| req.accept(AcceptOptions::default()))
+        .buffer_unordered(N)
+        .collect::<Vec<_>>();
+    let dial = futures::future::join_all((0..N).map(|_| connect(to, ConnectOptions::default())));
+    let start = Instant::now();
+    let ((), servers, clients) = bounded("256 connections", 120, async {
+        tokio::join!(take, answer, dial)
+    })
+    .await;
+    eprintln!("{N} connections established in {:?}", start.elapsed());
+    let clients: Vec<Connection> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| ok(&format!("connect {i}"), c))
+        .collect();
+    let mut servers: HashMap<Option<SocketAddr>, Connection> = servers
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = ok(&format!("accept {i}"), s);
+            (s.peer_addr(), s)
+        })
+        .collect();
+    assert_eq!(servers.len(), N, "distinct client addresses");
+    let grown = threads().saturating_sub(threads0);
+    eprintln!(
+        "{N} connections: {} threads more, {} fds more",
+        grown,
+        open_fds() - fds0
+    );
+    assert!(grown < 16, "{grown} more threads for {N} connections");
+
+    // A message each way on each connection.
+    let pairs: Vec<(Connection, Connection)> = clients
+        .into_iter()
+        .map(|c| {
+            let s = servers
+                .remove(&c.local_addr())
+                .unwrap_or_else(|| panic!("no server side for {:?}", c.local_addr()));
+            (c, s)
+        })
+        .collect();
+    bounded("a message each way on each connection", 120, async {
+        futures::future::join_all(pairs.iter().enumerate().map(|(i, (c, s))| async move {
+            exchange(c, s, format!("to server {i}").as_bytes()).await;
+            exchange(s, c, format!("to client {i}").as_bytes()).await;
+        }))
+        .await
+    })
+    .await;
+    assert!(pairs
+        .iter()
+        .all(|(c, s)| c.is_connected() && s.is_connected()));
+
+    drop(pairs);
+    drop(listener);
+    let fds = fds_settle(|n| n <= fds0 + 2).await;
+    assert!(
+        fds <= fds0 + 2,
+        "{fds} fds open after dropping everything (before: {fds0})"
+    );
+}
