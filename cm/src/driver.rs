@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use rdma_sys as ffi;
 use tokio_rdma_core::CmEventKind;
 
 use crate::channel::EventChannel;
@@ -99,6 +100,14 @@ fn route(channel: &Arc<EventChannel>, event: CmEvent) {
     )
     .then(|| route.disconnected())
     .flatten();
+    if data.kind == CmEventKind::Disconnected {
+        // Answer the peer's DREQ at once (DREP), with the QP already in ERR: its side's
+        // `disconnect` waits for that, and would otherwise wait out the DREQ timeout until
+        // our application disconnects or drops. After our own DREQ this fails harmlessly.
+        // SAFETY: we hold the event unacknowledged, so its id is alive (its destroy waits for
+        // the acknowledgement); `rdma_disconnect` may be called from any thread.
+        unsafe { ffi::rdma_disconnect(event.id()) };
+    }
     route.send(IdEvent {
         event: data,
         new_id: None,
