@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio_rdma_cm::{connect, ConnectOptions, Connection};
 
-use super::{exposed, hello, qp_options, register_region, runtime, SETUP_TIMEOUT};
+use super::{exposed, hello, qp_options, raw_flows, register_region, runtime, SETUP_TIMEOUT};
 use crate::clock::cpu_time;
 use crate::modes::future::{self, AsyncFlow};
-use crate::modes::raw::RawFlow;
 use crate::modes::{engine, Plan, Record, Role, SharedState, Tally};
 use crate::protocol::{check_accept, Mode, Params, Test};
 use crate::stats::{cpu_usec_per_op, ops_per_sec, Bandwidth, Latency, RunResult};
@@ -144,20 +143,7 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut keep = Vec::with_capacity(conns.len());
     let records: Result<Vec<Record>> = if spec.mode.is_raw() {
-        let mut flows = Vec::with_capacity(conns.len());
-        for (i, (conn, region, peer)) in conns.into_iter().enumerate() {
-            let f = RawFlow::new(
-                i,
-                conn.qp().clone(),
-                Role::Client,
-                plan,
-                region,
-                peer,
-                tally(),
-            )?;
-            flows.push((f, conn.cq().clone()));
-            keep.push(conn);
-        }
+        let flows = raw_flows(conns, Role::Client, plan, tally, &mut keep)?;
         engine::run(spec.mode, flows, spec.stall)
             .map(|flows| flows.into_iter().map(|f| f.record).collect())
     } else {

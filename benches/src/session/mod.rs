@@ -18,11 +18,12 @@ pub mod server;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use tokio_rdma_cm::verbs::{Access, MemoryRegion, PeerWritable, RemoteBuffer};
+use tokio_rdma_cm::verbs::{Access, CompletionQueue, MemoryRegion, PeerWritable, RemoteBuffer};
 use tokio_rdma_cm::{Connection, QpOptions};
 
 use crate::modes::raw::region_len;
-use crate::modes::{Plan, MAX_INLINE};
+use crate::modes::raw::RawFlow;
+use crate::modes::{Plan, Role, Tally, MAX_INLINE};
 use crate::protocol::{Hello, Mode, Params, HELLO_LEN};
 
 /// Every wait on the peer during setup is bounded by this.
@@ -100,4 +101,29 @@ pub fn server_plan(p: &Params, stall: Duration) -> Plan {
         duration: None,
         stall,
     }
+}
+
+/// A connected flow after the hello: its connection, its registered region and the peer's.
+pub type Prepared = (
+    Connection,
+    MemoryRegion<Vec<u8>, PeerWritable>,
+    RemoteBuffer,
+);
+
+/// Raw-verbs flows over `conns` (each with its CQ, for the engine), in `role`; the
+/// connections go to `keep`, which must outlive the run.
+pub fn raw_flows(
+    conns: Vec<Prepared>,
+    role: Role,
+    plan: Plan,
+    tally: impl Fn() -> Tally,
+    keep: &mut Vec<Connection>,
+) -> Result<Vec<(RawFlow, CompletionQueue)>> {
+    let mut flows = Vec::with_capacity(conns.len());
+    for (i, (conn, region, peer)) in conns.into_iter().enumerate() {
+        let f = RawFlow::new(i, conn.qp().clone(), role, plan, region, peer, tally())?;
+        flows.push((f, conn.cq().clone()));
+        keep.push(conn);
+    }
+    Ok(flows)
 }

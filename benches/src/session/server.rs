@@ -12,9 +12,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use tokio_rdma_cm::{AcceptOptions, Connection, IncomingRequest, Listener};
 
-use super::{exposed, hello, qp_options, register_region, server_plan, SETUP_TIMEOUT};
+use super::{exposed, hello, qp_options, raw_flows, register_region, server_plan, SETUP_TIMEOUT};
 use crate::modes::future::{self, AsyncFlow};
-use crate::modes::raw::RawFlow;
 use crate::modes::{engine, Role, SharedState, Tally};
 use crate::protocol::{accept_data, Params, Test};
 
@@ -137,20 +136,7 @@ fn serve(
     let plan = server_plan(&p, stall(p.test));
     let mut keep = Vec::with_capacity(conns.len());
     let r = if p.mode.is_raw() {
-        let mut flows = Vec::with_capacity(conns.len());
-        for (i, (conn, region, peer)) in conns.into_iter().enumerate() {
-            let f = RawFlow::new(
-                i,
-                conn.qp().clone(),
-                Role::Server,
-                plan,
-                region,
-                peer,
-                tally(),
-            )?;
-            flows.push((f, conn.cq().clone()));
-            keep.push(conn);
-        }
+        let flows = raw_flows(conns, Role::Server, plan, tally, &mut keep)?;
         engine::run(p.mode, flows, plan.stall).map(drop)
     } else {
         let flows: Vec<AsyncFlow> = conns
