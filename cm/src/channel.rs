@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use rdma_sys as ffi;
 use tokio::io::unix::AsyncFd;
@@ -29,7 +30,7 @@ pub(crate) struct EventChannel {
     /// reused at once; deregistering it late could remove someone else's registration).
     fd: Option<AsyncFd<ChannelFd>>,
     /// Woken when an id on this channel is destroyed, so an idle driver lets go of the channel.
-    pub(crate) id_dropped: Notify,
+    pub(crate) id_dropped: Arc<Notify>,
 }
 
 // SAFETY: librdmacm's channel calls are thread-safe (`rdma_get_cm_event` is one `write` on
@@ -62,7 +63,7 @@ impl EventChannel {
         Ok(Self {
             raw,
             fd: Some(fd),
-            id_dropped: Notify::new(),
+            id_dropped: Arc::new(Notify::new()),
         })
     }
 

@@ -6,15 +6,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdma_sys as ffi;
-use tokio_rdma_core::{ActiveOpen, ConnectAction, ConnectFailure};
+use tokio_rdma_core::{ActiveOpen, ConnectAction};
 
 use crate::addr::RawAddr;
-use crate::connection::{next_raw, Connection, ConnectionEvents, Parts};
+use crate::connection::{Connection, Parts};
 use crate::device::Device;
 use crate::driver::{current_channel, CONNECTION_QUEUE};
 use crate::error::{Error, Result, Step};
 use crate::id::Id;
 use crate::options::{check_private_data, conn_param, ConnectOptions, MAX_CONNECT_PRIVATE_DATA};
+use crate::stream::{failure, next_raw, ConnectionEvents};
 
 /// Connects to a listener at `addr`: resolves the address and the route, creates the QP
 /// and CQ on the device the route leads to, and runs the CM handshake, each step bounded by
@@ -66,7 +67,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         &mut events,
         &mut open,
         addr,
-        opts.resolve_addr_timeout,
+        margin(opts.resolve_addr_timeout),
         step,
         ConnectAction::ResolveRoute,
     )
@@ -85,7 +86,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         &mut events,
         &mut open,
         addr,
-        opts.resolve_route_timeout,
+        margin(opts.resolve_route_timeout),
         step,
         ConnectAction::Connect,
     )
@@ -129,15 +130,26 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         addr,
         after: opts.connect_timeout,
     })??;
-    crate::transition::to_rtr(&id, &parts.qp, responder)?;
-    crate::transition::to_rts(&id, &parts.qp, initiator)?;
-    // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is a
-    // verbs QP, moved to RTS above): this sends the RTU.
-    if unsafe { ffi::rdma_establish(id.as_ptr()) } != 0 {
-        return Err(Error::last_os("rdma_establish", format!("to {addr}")));
+    // The depths the kernel negotiated from the peer's response (never our offer, which the
+    // peer may have lowered), as librdmacm does for its own QPs.
+    let ready = crate::transition::to_rtr(&id, &parts.qp, None)
+        .and_then(|()| crate::transition::to_rts(&id, &parts.qp, None))
+        .and_then(|()| {
+            // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is
+            // a verbs QP, moved to RTS above): this sends the RTU.
+            if unsafe { ffi::rdma_establish(id.as_ptr()) } != 0 {
+                return Err(Error::last_os("rdma_establish", format!("to {addr}")));
+            }
+            Ok(())
+        });
+    if let Err(e) = ready {
+        // What librdmacm does when its own QP cannot follow: QP to ERR, reject the reply.
+        let _ = parts.qp.set_error();
+        id.reject(&[]);
+        return Err(e);
     }
     open.established();
-    id.route().set_connected(true);
+    id.route().set_up();
     Ok(Connection::new(parts, events, private_data, params))
 }
 
@@ -181,26 +193,6 @@ impl StepCell {
     }
 }
 
-/// The error of a failed connection attempt.
-pub(crate) fn failure(f: ConnectFailure, addr: SocketAddr, private_data: Vec<u8>) -> Error {
-    match f {
-        ConnectFailure::Unreachable { step, status } => Error::Unreachable { step, addr, status },
-        ConnectFailure::Refused { reason } => Error::Refused { addr, reason },
-        ConnectFailure::Rejected { reason } => Error::Rejected {
-            addr,
-            reason,
-            private_data,
-        },
-        ConnectFailure::DeviceRemoved => Error::DeviceRemoved,
-        ConnectFailure::Unexpected { kind, status } => Error::Os {
-            call: "rdma_get_cm_event",
-            errno: status.saturating_abs(),
-            context: format!("unexpected {kind} (status {status}) while connecting to {addr}"),
-        },
-        _ => Error::Closed(format!("connecting to {addr}: {f:?}")),
-    }
-}
-
 /// A resolution call that failed at once: no route or no device is unreachable; anything
 /// else is reported as the call's error.
 fn refused_at_once(call: &'static str, step: Step, addr: SocketAddr) -> Error {
@@ -215,6 +207,12 @@ fn refused_at_once(call: &'static str, step: Step, addr: SocketAddr) -> Error {
         },
         _ => e,
     }
+}
+
+/// How long to wait for a resolution librdmacm was given `d` for: a little longer, so its own
+/// error event (ADDR_ERROR / ROUTE_ERROR: unreachable) wins over our timeout.
+fn margin(d: Duration) -> Duration {
+    d + Duration::from_millis(500)
 }
 
 fn millis(d: Duration) -> i32 {

@@ -1,24 +1,21 @@
 //! An established connection: its QP, CQ and event stream, and its teardown.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
-use tokio_rdma_core::{ConnectionEvent, InboxReceiver};
+use tokio_rdma_core::ConnectionEvent;
 use tokio_rdma_verbs::{
     CompletionQueue, Context, ProtectionDomain, QpType, QueuePair, QueuePairBuilder,
 };
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::id::{Id, IdEvent};
+use crate::id::Id;
 use crate::options::{ConnParams, QpOptions};
+use crate::stream::ConnectionEvents;
 
 /// How long [`Connection::disconnect`] waits for the DISCONNECTED event (the CM's DREQ
 /// timeout is shorter on RoCE and InfiniBand).
@@ -45,107 +42,6 @@ impl Parts {
         crate::transition::to_init(&id, &qp)?;
         id.set_qp(qp.downgrade());
         Ok(Self { qp, cq, device, id })
-    }
-}
-
-/// An event copied out of its `rdma_cm_event` (already acknowledged).
-pub(crate) struct RawEvent {
-    pub(crate) kind: tokio_rdma_core::CmEventKind,
-    pub(crate) status: i32,
-    pub(crate) private_data: Vec<u8>,
-    pub(crate) params: ConnParams,
-}
-
-/// Waits for the next raw event; `Closed` if the queue ended.
-pub(crate) async fn next_raw(events: &mut ConnectionEvents) -> Result<RawEvent> {
-    poll_fn(|cx| events.poll_raw(cx))
-        .await
-        .ok_or_else(|| Error::Closed("the connection's event queue".into()))
-}
-
-/// The events of one connection (DISCONNECTED, TIMEWAIT_EXIT, ADDR_CHANGE, DEVICE_REMOVAL,
-/// ESTABLISHED for an early-accepted one), as a [`Stream`]. Ends after TIMEWAIT_EXIT or
-/// DEVICE_REMOVAL, the last events an id reports.
-pub struct ConnectionEvents {
-    rx: InboxReceiver<IdEvent>,
-    /// Events taken out while waiting for one in particular, yielded first.
-    pending: VecDeque<ConnectionEvent>,
-    done: bool,
-}
-
-impl ConnectionEvents {
-    pub(crate) fn new(rx: InboxReceiver<IdEvent>) -> Self {
-        Self {
-            rx,
-            pending: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    /// The next raw event, copied out and acknowledged before it is returned.
-    pub(crate) fn poll_raw(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<RawEvent>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(mut e)) => {
-                let out = RawEvent {
-                    kind: e.event.kind,
-                    status: e.event.status,
-                    private_data: std::mem::take(&mut e.event.private_data),
-                    params: e.event.params,
-                };
-                drop(e);
-                Poll::Ready(Some(out))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<ConnectionEvent>> {
-        if let Some(e) = self.pending.pop_front() {
-            return Poll::Ready(Some(e));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let Some(raw) = std::task::ready!(self.poll_raw(cx)) else {
-            self.done = true;
-            return Poll::Ready(None);
-        };
-        let event = ConnectionEvent::from_event(raw.kind, raw.status);
-        self.done = event.is_last();
-        Poll::Ready(Some(event))
-    }
-
-    pub(crate) fn push_front(&mut self, events: impl IntoIterator<Item = ConnectionEvent>) {
-        for e in events {
-            self.pending.push_back(e);
-        }
-    }
-}
-
-impl Stream for ConnectionEvents {
-    type Item = ConnectionEvent;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_event(cx)
-    }
-}
-
-impl Drop for ConnectionEvents {
-    fn drop(&mut self) {
-        // Acknowledge what is queued now (the id's destroy waits for it); later events find
-        // the inbox closed and are acknowledged by the driver.
-        self.rx.close();
-        while self.rx.try_recv().is_some() {}
-    }
-}
-
-impl fmt::Debug for ConnectionEvents {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionEvents")
-            .field("pending", &self.pending)
-            .field("done", &self.done)
-            .finish()
     }
 }
 
@@ -259,19 +155,21 @@ impl Connection {
     /// [`AcceptOptions::wait_established`]: crate::AcceptOptions::wait_established
     pub async fn established(&mut self, timeout: Duration) -> Result<()> {
         let addr = self.peer.unwrap_or_else(crate::unspecified);
-        crate::listener::wait_established(&mut self.events, addr, timeout).await?;
-        self.id.route().set_connected(true);
+        crate::stream::wait_established(&mut self.events, addr, timeout).await?;
+        self.id.route().set_up();
         Ok(())
     }
 
-    /// Disconnects (`rdma_disconnect`), moves the QP to the error state (pending operations
-    /// complete with flush errors) and waits, at most 5 s, for the DISCONNECTED event, which
-    /// stays in the event stream.
+    /// Disconnects: moves the QP to the error state (pending operations complete with flush
+    /// errors), sends the DREQ (`rdma_disconnect`) and, if the connection was up, waits at most
+    /// 5 s for the DISCONNECTED event, which stays in the event stream. After the peer
+    /// disconnected first, it answers (DREP) and returns at once.
     pub async fn disconnect(&mut self) -> Result<()> {
         let was_connected = self.id.route().is_connected();
-        let sent = self.id.disconnect();
-        self.qp.set_error()?;
-        if !sent && !was_connected {
+        let sent = self.shutdown();
+        if !(sent && was_connected) {
+            // Already down (the peer disconnected first: DISCONNECTED has arrived, and our
+            // DREP answered it) or never up: nothing to wait for.
             return Ok(());
         }
         let mut seen = Vec::new();
@@ -293,11 +191,37 @@ impl Connection {
         match outcome {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::TimedOut {
-                step: crate::Step::Connect,
+                step: crate::Step::Disconnect,
                 addr: self.peer.unwrap_or_else(crate::unspecified),
                 after: DISCONNECT_WAIT,
             }),
         }
+    }
+}
+
+impl Connection {
+    /// librdmacm's order for its own QPs (`ucma_shutdown`, then the DREQ): on InfiniBand and
+    /// RoCE the QP goes to ERR before the DREQ, so nothing posted later reaches the wire; on
+    /// iWARP the send queue drains (SQD) first, for a graceful close, and the QP goes to ERR
+    /// after. Whether the DREQ (or DREP) was sent.
+    fn shutdown(&self) -> bool {
+        let flush = |qp: &QueuePair| {
+            if let Err(e) = qp.set_error() {
+                tracing::debug!(%e, "moving a disconnecting QP to ERR");
+            }
+        };
+        if self.device.iwarp {
+            if let Err(e) = self.qp.drain_send_queue() {
+                tracing::debug!(%e, "draining a disconnecting iWARP QP");
+            }
+        } else {
+            flush(&self.qp);
+        }
+        let sent = self.id.disconnect();
+        if self.device.iwarp {
+            flush(&self.qp);
+        }
+        sent
     }
 }
 
@@ -311,10 +235,7 @@ impl std::ops::Deref for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // Also after the peer's DREQ: our DREP answers it (it fails harmlessly otherwise).
-        self.id.disconnect();
-        if let Err(e) = self.qp.set_error() {
-            tracing::debug!(%e, "moving a dropped connection's QP to ERR");
-        }
+        self.shutdown();
     }
 }
 

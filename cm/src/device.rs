@@ -20,6 +20,8 @@ pub(crate) struct Device {
     pub(crate) max_responder: u8,
     /// Most RDMA READs/atomics a QP may issue (`max_qp_init_rd_atom`).
     pub(crate) max_initiator: u8,
+    /// iWARP, where a graceful close drains the send queue (SQD) instead of flushing (ERR).
+    pub(crate) iwarp: bool,
     raw: usize,
     events: Weak<EventChannel>,
 }
@@ -42,6 +44,11 @@ impl Device {
         if let Some(d) = found {
             return Ok(d);
         }
+        // SAFETY: librdmacm's context is live (the id is bound to it); `device` is set for
+        // every context and `transport_type` is a plain field.
+        let iwarp = unsafe {
+            (*(*raw.as_ptr()).device).transport_type == ffi::ibv_transport_type::IBV_TRANSPORT_IWARP
+        };
         let context = wrap(id, events, raw)?;
         let attr = context.query_device()?;
         let pd = context.alloc_pd()?;
@@ -52,6 +59,7 @@ impl Device {
             channel,
             max_responder: attr.max_qp_rd_atom.clamp(0, 255) as u8,
             max_initiator: attr.max_qp_init_rd_atom.clamp(0, 255) as u8,
+            iwarp,
             raw: raw.as_ptr() as usize,
             events: Arc::downgrade(events),
         });

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use rdma_sys as ffi;
 use tokio_rdma_core::CmEventKind;
 
 use crate::channel::EventChannel;
@@ -58,45 +59,62 @@ async fn drive(channel: Weak<EventChannel>) {
     }
 }
 
-/// Routes one event to its id's inbox. A connect request's new id is adopted here, before
-/// any later event of it can be read, and travels with the request to the listener.
+/// Routes one event's content to its id's inbox, then acknowledges the event. A connect
+/// request's new id is adopted here, before any later event of it can be read, and travels
+/// with the request to the listener.
 fn route(channel: &Arc<EventChannel>, event: CmEvent) {
-    tracing::trace!(kind = %event.kind, status = event.status, "CM event");
-    if event.kind == CmEventKind::ConnectRequest {
+    let data = event.data().clone();
+    tracing::trace!(kind = %data.kind, status = data.status, "CM event");
+    if data.kind == CmEventKind::ConnectRequest {
         let Some(new) = std::ptr::NonNull::new(event.id()) else {
             return;
         };
         // SAFETY: a CONNECT_REQUEST's id is new and owned by nobody until now.
         let new_id = unsafe { Id::adopt(new, channel, CONNECTION_QUEUE) };
+        let request = IdEvent {
+            event: data,
+            new_id: Some(new_id),
+        };
         // SAFETY: we hold the event unacknowledged, so the listener's id (whose destroy waits
-        // for it) and its route are alive.
+        // for it) and its route are alive until it is dropped, below.
         match unsafe { route_of(event.listen_id()) } {
-            Some(listener) => listener.send(IdEvent {
-                event,
-                new_id: Some(new_id),
-            }),
+            Some(listener) => listener.send(request),
             // No listener route: rejected and destroyed by IdEvent's drop.
-            None => drop(IdEvent {
-                event,
-                new_id: Some(new_id),
-            }),
+            None => drop(request),
         }
+        drop(event);
         return;
     }
     // SAFETY: as above, for the event's own id.
     let Some(route) = (unsafe { route_of(event.id()) }) else {
         // An anchor id's event (DEVICE_REMOVAL, ADDR_CHANGE): acknowledged on drop.
-        tracing::debug!(kind = %event.kind, "CM event for a device anchor");
+        tracing::debug!(kind = %data.kind, "CM event for a device anchor");
         return;
     };
-    if matches!(
-        event.kind,
+    if data.kind == CmEventKind::Established {
+        route.set_up();
+    }
+    let qp = matches!(
+        data.kind,
         CmEventKind::Disconnected | CmEventKind::DeviceRemoval
-    ) {
-        route.disconnected();
+    )
+    .then(|| route.disconnected())
+    .flatten();
+    if data.kind == CmEventKind::Disconnected {
+        // Answer the peer's DREQ at once (DREP), with the QP already in ERR: its side's
+        // `disconnect` waits for that, and would otherwise wait out the DREQ timeout until
+        // our application disconnects or drops. After our own DREQ this fails harmlessly.
+        // SAFETY: we hold the event unacknowledged, so its id is alive (its destroy waits for
+        // the acknowledgement); `rdma_disconnect` may be called from any thread.
+        unsafe { ffi::rdma_disconnect(event.id()) };
     }
     route.send(IdEvent {
-        event,
+        event: data,
         new_id: None,
     });
+    // Acknowledged after the last use of the route (the id's destroy waits for this).
+    drop(event);
+    // Only now: if this is the last handle, dropping it may destroy the id, whose destroy
+    // waits for the acknowledgement above.
+    drop(qp);
 }

@@ -42,7 +42,9 @@ pub enum Error {
         /// The IB CM reject reason (or a negative errno on iWARP).
         reason: i32,
     },
-    /// The peer application rejected the connection (`rdma_reject`), with this private data.
+    /// The peer rejected the connection with reason 28 (consumer defined): its application
+    /// (`rdma_reject`, with this private data), or its kernel on the application's behalf (a
+    /// request its CM could not hand over, with no private data).
     #[error("connection to {addr} rejected by the peer ({} bytes of private data)", private_data.len())]
     Rejected {
         /// The peer.

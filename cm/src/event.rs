@@ -8,18 +8,26 @@ use tokio_rdma_core::CmEventKind;
 
 use crate::options::ConnParams;
 
-/// An event taken from the channel with `rdma_get_cm_event`. Everything a consumer reads is
-/// copied out at once (the private data lives in the event, which `rdma_ack_cm_event`
-/// frees); the event is acknowledged when this is dropped. `rdma_destroy_id` waits for the
-/// acknowledgement of every event it reported, so an event must never be held across the
-/// destruction of its id on the same thread: consumers convert events to plain data and
-/// drop them promptly.
-pub(crate) struct CmEvent {
-    raw: NonNull<ffi::rdma_cm_event>,
+/// What an event says, copied out of it: plain data, valid after the acknowledgement.
+#[derive(Clone, Debug)]
+pub(crate) struct EventData {
     pub(crate) kind: CmEventKind,
     pub(crate) status: i32,
     pub(crate) private_data: Vec<u8>,
     pub(crate) params: ConnParams,
+}
+
+/// An event taken from the channel with `rdma_get_cm_event`, acknowledged when dropped.
+///
+/// Its content is copied out at once ([`CmEvent::data`]: the private data lives in the event,
+/// which `rdma_ack_cm_event` frees), and the driver drops it as soon as it has routed the
+/// copy. Queues never hold unacknowledged events: `rdma_destroy_id` waits until every event it
+/// reported for the id is acknowledged, so an event left in a queue would make the destroy of
+/// its id depend on that queue's consumer (and hang if the same thread destroys the id, or if
+/// the queue is abandoned).
+pub(crate) struct CmEvent {
+    raw: NonNull<ffi::rdma_cm_event>,
+    data: EventData,
 }
 
 // SAFETY: the event is owned (librdmacm never touches it until `rdma_ack_cm_event`, which
@@ -54,11 +62,18 @@ impl CmEvent {
         };
         Self {
             raw,
-            kind,
-            status: e.status,
-            private_data,
-            params: ConnParams::from_raw(&conn),
+            data: EventData {
+                kind,
+                status: e.status,
+                private_data,
+                params: ConnParams::from_raw(&conn),
+            },
         }
+    }
+
+    /// The copied-out content.
+    pub(crate) fn data(&self) -> &EventData {
+        &self.data
     }
 
     /// The id the event is for (for CONNECT_REQUEST: the new id).
@@ -79,17 +94,13 @@ impl Drop for CmEvent {
         // SAFETY: the event is ours and acknowledged exactly once; nothing reads it after.
         let rc = unsafe { ffi::rdma_ack_cm_event(self.raw.as_ptr()) };
         if rc != 0 {
-            tracing::warn!(kind = %self.kind, "rdma_ack_cm_event failed");
+            tracing::warn!(kind = %self.data.kind, "rdma_ack_cm_event failed");
         }
     }
 }
 
 impl fmt::Debug for CmEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CmEvent")
-            .field("kind", &self.kind)
-            .field("status", &self.status)
-            .field("private_data_len", &self.private_data.len())
-            .finish()
+        f.debug_struct("CmEvent").field("data", &self.data).finish()
     }
 }

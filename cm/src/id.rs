@@ -5,32 +5,33 @@
 //! route from the event alone (`event->id->context`, or `event->listen_id->context` for a
 //! connect request), so routing takes no lock and looks nothing up.
 
+use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rdma_sys as ffi;
 use tokio_rdma_core::{inbox, InboxReceiver, InboxSender};
-use tokio_rdma_verbs::WeakQueuePair;
+use tokio_rdma_verbs::{QueuePair, WeakQueuePair};
 
 use crate::addr::{self, RawAddr};
 use crate::channel::EventChannel;
 use crate::error::{Error, Result};
-use crate::event::CmEvent;
+use crate::event::EventData;
 
-/// What an id's inbox carries: an event, and for a connect request the new id it created
-/// (owned from the moment the driver saw it, so its later events are routed to it).
+/// What an id's inbox carries: an event's content (the event itself is acknowledged by the
+/// driver), and for a connect request the new id it created (owned from the moment the driver
+/// saw it, so its later events are routed to it).
 pub(crate) struct IdEvent {
-    pub(crate) event: CmEvent,
+    pub(crate) event: EventData,
     pub(crate) new_id: Option<(Id, InboxReceiver<IdEvent>)>,
 }
 
 impl Drop for IdEvent {
     fn drop(&mut self) {
-        // A connect request nobody took (listener gone, queue full): reject it, then the new
-        // id is destroyed (its own events are unaffected by the request's acknowledgement,
-        // which counts on the listener's id).
+        // A connect request nobody took (listener gone, queue full): reject it; the new id is
+        // then destroyed.
         if let Some((id, _)) = &self.new_id {
             id.reject(&[]);
         }
@@ -43,9 +44,15 @@ pub(crate) struct Route {
     /// The connection's QP, once created: moved to the error state by the driver on
     /// DISCONNECTED and DEVICE_REMOVAL, so pending work flushes even if nobody reads events.
     qp: OnceLock<WeakQueuePair>,
-    /// False once DISCONNECTED or DEVICE_REMOVAL arrived (or `rdma_disconnect` was called).
-    connected: AtomicBool,
+    /// `NEVER_UP`, then `UP` once established, then `DOWN` for good (DISCONNECTED or
+    /// DEVICE_REMOVAL arrived, or `rdma_disconnect` was called): a late "established" never
+    /// revives a connection that went down meanwhile.
+    state: AtomicU8,
 }
+
+const NEVER_UP: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 impl Route {
     pub(crate) fn send(&self, event: IdEvent) {
@@ -58,22 +65,35 @@ impl Route {
         }
     }
 
-    /// The driver's reaction to a disconnect: the QP (if any) moves to ERR.
-    pub(crate) fn disconnected(&self) {
-        self.connected.store(false, Ordering::Release);
-        if let Some(qp) = self.qp.get().and_then(WeakQueuePair::upgrade) {
-            if let Err(e) = qp.set_error() {
-                tracing::debug!(%e, "moving a disconnected QP to ERR");
-            }
+    /// The driver's reaction to a disconnect: the QP (if any) moves to ERR. The handle it
+    /// took is returned, to be dropped only after the event has left the driver: if it is
+    /// the last one, dropping it may destroy the id, whose `rdma_destroy_id` waits for that
+    /// event's acknowledgement (the hang of destroying an id while holding its DISCONNECTED
+    /// event on the same thread).
+    #[must_use = "drop the QP handle only after the event is routed"]
+    pub(crate) fn disconnected(&self) -> Option<QueuePair> {
+        self.set_down();
+        let qp = self.qp.get().and_then(WeakQueuePair::upgrade)?;
+        if let Err(e) = qp.set_error() {
+            tracing::debug!(%e, "moving a disconnected QP to ERR");
         }
+        Some(qp)
     }
 
-    pub(crate) fn set_connected(&self, on: bool) {
-        self.connected.store(on, Ordering::Release);
+    /// Established: up, unless it already went down.
+    pub(crate) fn set_up(&self) {
+        let _ = self
+            .state
+            .compare_exchange(NEVER_UP, UP, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Down for good.
+    pub(crate) fn set_down(&self) {
+        self.state.store(DOWN, Ordering::Release);
     }
 
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == UP
     }
 }
 
@@ -83,7 +103,9 @@ impl Route {
 pub(crate) struct Id {
     raw: NonNull<ffi::rdma_cm_id>,
     route: Option<Arc<Route>>,
-    channel: Arc<EventChannel>,
+    /// Released in Drop after the id is destroyed, before the driver is told (so the driver
+    /// never ends up holding the channel's last count), and never if the destroy failed.
+    channel: ManuallyDrop<Arc<EventChannel>>,
 }
 
 // SAFETY: librdmacm's id calls may come from any thread (each is a command written to the
@@ -123,7 +145,7 @@ impl Id {
             Self {
                 raw,
                 route: Some(route),
-                channel: channel.clone(),
+                channel: ManuallyDrop::new(channel.clone()),
             },
             rx,
         ))
@@ -149,7 +171,7 @@ impl Id {
         let id = Self {
             raw,
             route: None,
-            channel: channel.clone(),
+            channel: ManuallyDrop::new(channel.clone()),
         };
         let mut sa = RawAddr::new(addr::with_port(addr, 0));
         // SAFETY: the id is live; `sa` is a valid sockaddr for the call.
@@ -181,7 +203,7 @@ impl Id {
             Self {
                 raw,
                 route: Some(route),
-                channel: channel.clone(),
+                channel: ManuallyDrop::new(channel.clone()),
             },
             rx,
         )
@@ -243,7 +265,7 @@ impl Id {
     /// `rdma_disconnect`; whether it was sent (it fails once the connection is gone).
     pub(crate) fn disconnect(&self) -> bool {
         if let Some(r) = &self.route {
-            r.set_connected(false);
+            r.set_down();
         }
         // SAFETY: the id is live.
         unsafe { ffi::rdma_disconnect(self.as_ptr()) == 0 }
@@ -256,7 +278,7 @@ fn new_route(capacity: usize) -> (Arc<Route>, InboxReceiver<IdEvent>) {
         Arc::new(Route {
             tx,
             qp: OnceLock::new(),
-            connected: AtomicBool::new(false),
+            state: AtomicU8::new(NEVER_UP),
         }),
         rx,
     )
@@ -283,7 +305,8 @@ impl Drop for Id {
         // it (ours are plain verbs QPs), so there is none to destroy first.
         let rc = unsafe { ffi::rdma_destroy_id(self.as_ptr()) };
         if rc != 0 {
-            // The id may still report events that name its route: leak the route's count.
+            // The id may still report events that name its route, and it still lives on the
+            // channel: leak the route's count and the channel's.
             tracing::warn!(err = %std::io::Error::last_os_error(), "rdma_destroy_id failed");
             return;
         }
@@ -292,6 +315,9 @@ impl Drop for Id {
             // destroyed, so no event can name it any more.
             drop(unsafe { Arc::from_raw(Arc::as_ptr(&route)) });
         }
-        self.channel.id_dropped.notify_one();
+        let notify = self.channel.id_dropped.clone();
+        // SAFETY: taken once, here; the field is not used after.
+        drop(unsafe { ManuallyDrop::take(&mut self.channel) });
+        notify.notify_one();
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! ```text
 //!  rdma_cm (kernel) ──► rdma_event_channel fd (O_NONBLOCK, tokio AsyncFd; one per runtime)
-//!     │ driver task: rdma_get_cm_event until EAGAIN, each event copied out (private data,
-//!     │ parameters) and owning its rdma_ack_cm_event
+//!     │ driver task: rdma_get_cm_event until EAGAIN; each event (which owns its
+//!     │ rdma_ack_cm_event) is copied out (private data, parameters), routed, then dropped
 //!     ▼
 //!  route by event->id->context (a CONNECT_REQUEST by event->listen_id->context; its new id is
 //!  adopted right there and travels with the request)
@@ -17,6 +17,12 @@
 //!  Connection = verbs QueuePair (RC, created by verbs on librdmacm's ibv_context, moved to
 //!  INIT/RTR/RTS with rdma_init_qp_attr) + its CQ; PD and completion channel shared per device
 //! ```
+//!
+//! **Events are acknowledged by the driver, once copied and routed.** Queues carry copies,
+//! never unacknowledged events: `rdma_destroy_id` waits until every event it reported for the
+//! id is acknowledged, so an event waiting in a queue would make an id's destroy depend on
+//! that queue's consumer (and hang when the same thread destroys the id, or when a queue is
+//! abandoned with an event in it).
 //!
 //! **Per-id inboxes, not a channel per id.** Every id gets its own bounded, lock-free queue
 //! (core's inbox), reached from the event itself through the id's `context` pointer. The
@@ -76,18 +82,20 @@ mod event;
 mod id;
 mod listener;
 mod options;
+mod stream;
 mod transition;
 
 pub use tokio_rdma_verbs as verbs;
 
 pub use connect::connect;
-pub use connection::{Connection, ConnectionEvents};
+pub use connection::Connection;
 pub use error::{Error, Result, Step};
 pub use listener::{IncomingRequest, Listener};
 pub use options::{
     AcceptOptions, ConnParams, ConnectOptions, ListenOptions, QpOptions, MAX_ACCEPT_PRIVATE_DATA,
     MAX_CONNECT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA,
 };
+pub use stream::ConnectionEvents;
 pub use tokio_rdma_core::{CmEventKind, ConnectionEvent};
 
 /// The unspecified IPv4 address (for an id whose peer address is unknown).

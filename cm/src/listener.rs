@@ -4,15 +4,14 @@ use std::fmt;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdma_sys as ffi;
 use tokio::sync::Mutex;
-use tokio_rdma_core::{CmEventKind, ConnectAction, InboxReceiver, PassiveOpen};
+use tokio_rdma_core::{CmEventKind, InboxReceiver};
 
 use crate::addr::RawAddr;
 use crate::channel::EventChannel;
-use crate::connection::{next_raw, Connection, ConnectionEvents, Parts};
+use crate::connection::{Connection, Parts};
 use crate::device::Device;
 use crate::driver::current_channel;
 use crate::error::{Error, Result};
@@ -21,6 +20,7 @@ use crate::options::{
     check_private_data, conn_param, AcceptOptions, ConnParams, ListenOptions,
     MAX_ACCEPT_PRIVATE_DATA, MAX_REJECT_PRIVATE_DATA,
 };
+use crate::stream::{wait_established, ConnectionEvents};
 
 /// A listening id: [`Listener::accept`] yields its connect requests, in the style of
 /// `tokio::net::TcpListener`.
@@ -169,13 +169,16 @@ impl IncomingRequest {
                 .responder_resources
                 .unwrap_or(self.params.responder_resources)
                 .min(device.max_responder);
+            // Never more than the requester can answer (its responder resources, which the
+            // request carries as our initiator depth).
             let initiator = opts
                 .initiator_depth
                 .unwrap_or(self.params.initiator_depth)
+                .min(self.params.initiator_depth)
                 .min(device.max_initiator);
             let parts = Parts::build(id.clone(), device, &opts.qp)?;
-            crate::transition::to_rtr(&id, &parts.qp, responder)?;
-            crate::transition::to_rts(&id, &parts.qp, initiator)?;
+            crate::transition::to_rtr(&id, &parts.qp, Some(responder))?;
+            crate::transition::to_rts(&id, &parts.qp, Some(initiator))?;
             Ok::<_, Error>((parts, responder, initiator))
         })();
         let (parts, responder, initiator) = match prepared {
@@ -203,7 +206,6 @@ impl IncomingRequest {
             id.reject(&[]);
             return Err(e);
         }
-        id.route().set_connected(true);
         if opts.wait_established {
             wait_established(&mut events, peer, opts.timeout).await?;
         }
@@ -243,32 +245,4 @@ impl fmt::Debug for IncomingRequest {
             .field("params", &self.params)
             .finish()
     }
-}
-
-/// Waits for ESTABLISHED on an accepted id, at most `timeout`.
-pub(crate) async fn wait_established(
-    events: &mut ConnectionEvents,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<()> {
-    let mut open = PassiveOpen::new();
-    let wait = async {
-        loop {
-            let e = next_raw(events).await?;
-            match open.handle(e.kind, e.status) {
-                ConnectAction::Done => return Ok(()),
-                ConnectAction::Fail(f) => {
-                    return Err(crate::connect::failure(f, addr, e.private_data))
-                }
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .map_err(|_| Error::TimedOut {
-            step: crate::Step::Connect,
-            addr,
-            after: timeout,
-        })?
 }

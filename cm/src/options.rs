@@ -55,8 +55,6 @@ pub struct QpOptions {
     pub max_send_wr: u32,
     /// Receive-queue depth (default 64).
     pub max_recv_wr: u32,
-    /// Scatter/gather entries per send work request (default 1).
-    pub max_send_sge: u32,
     /// Inline data bytes (default 64).
     pub max_inline_data: u32,
     /// Entries of the connection's CQ (default: send + receive depth, which every completion
@@ -69,7 +67,6 @@ impl Default for QpOptions {
         Self {
             max_send_wr: 64,
             max_recv_wr: 64,
-            max_send_sge: 1,
             max_inline_data: 64,
             cq_entries: None,
         }

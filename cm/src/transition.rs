@@ -33,8 +33,9 @@ pub(crate) fn to_init(id: &Id, qp: &QueuePair) -> Result<()> {
     apply(qp, &mut attr, mask)
 }
 
-/// INIT → RTR, accepting `responder_resources` RDMA READs/atomics.
-pub(crate) fn to_rtr(id: &Id, qp: &QueuePair, responder_resources: u8) -> Result<()> {
+/// INIT → RTR, accepting `responder_resources` RDMA READs/atomics (`None`: what the kernel
+/// negotiated for the id).
+pub(crate) fn to_rtr(id: &Id, qp: &QueuePair, responder_resources: Option<u8>) -> Result<()> {
     // The id's INIT attributes may have changed since the QP was created (the peer's
     // parameters are known now): apply them again first, as librdmacm does.
     to_init(id, qp)?;
@@ -46,13 +47,18 @@ pub(crate) fn to_rtr(id: &Id, qp: &QueuePair, responder_resources: u8) -> Result
     if qp.pd().context().query_port(port)?.link_layer == LinkLayer::Infiniband {
         mask &= !0x00e0_0000;
     }
-    attr.max_dest_rd_atomic = responder_resources;
+    if let Some(n) = responder_resources {
+        attr.max_dest_rd_atomic = n;
+    }
     apply(qp, &mut attr, mask)
 }
 
-/// RTR → RTS, issuing up to `initiator_depth` RDMA READs/atomics.
-pub(crate) fn to_rts(id: &Id, qp: &QueuePair, initiator_depth: u8) -> Result<()> {
+/// RTR → RTS, issuing up to `initiator_depth` RDMA READs/atomics (`None`: what the kernel
+/// negotiated for the id).
+pub(crate) fn to_rts(id: &Id, qp: &QueuePair, initiator_depth: Option<u8>) -> Result<()> {
     let (mut attr, mask) = attr_for(id, ffi::ibv_qp_state::IBV_QPS_RTS)?;
-    attr.max_rd_atomic = initiator_depth;
+    if let Some(n) = initiator_depth {
+        attr.max_rd_atomic = n;
+    }
     apply(qp, &mut attr, mask)
 }

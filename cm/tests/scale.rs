@@ -35,7 +35,7 @@ async fn fds_settle(cond: impl Fn(usize) -> bool) -> usize {
 /// drop both ends without disconnecting.
 async fn cycle(listener: &Listener, i: usize) {
     let (mut client, mut server) = pair(listener).await;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let answer = async move {
             wait_event(&mut server, ConnectionEvent::Disconnected, 10, "server").await;
             drop(server);

@@ -107,6 +107,8 @@ pub enum ConnectStep {
     ResolveRoute,
     /// The CM handshake (`rdma_connect` / `rdma_accept` until established).
     Connect,
+    /// Disconnecting (`rdma_disconnect` until DISCONNECTED).
+    Disconnect,
 }
 
 impl fmt::Display for ConnectStep {
@@ -115,6 +117,7 @@ impl fmt::Display for ConnectStep {
             Self::ResolveAddr => "address resolution",
             Self::ResolveRoute => "route resolution",
             Self::Connect => "connection handshake",
+            Self::Disconnect => "disconnect",
         })
     }
 }

@@ -48,6 +48,14 @@
 //!   retire the others. Its `wr_id` can name no slot, and the error or flush completion such a
 //!   send can still produce is counted in [`CqStats::unsignaled_errors`], never dispatched;
 //!   QPs sending unsignaled claim CQ headroom for those flushes.
+//! * **Raw work requests.** [`QueuePair::post_raw_send`], [`QueuePair::post_raw_inline`] and
+//!   [`QueuePair::post_raw_recv`] post with the caller's own `wr_id` and no future, naming
+//!   regions the QP keeps until it is destroyed ([`QueuePair::keep_region`]); their
+//!   completions skip the dispatcher and come back as plain [`Completion`]s from the CQ's
+//!   [`RawPoller`], which owns the CQ's polling from one thread (busy-poll, or blocking on the
+//!   completion channel with [`RawPoller::wait`]) and still dispatches the CQ's other work.
+//!   This is the perftest-style loop (and the feed of a callback dispatcher), for benchmarks
+//!   and threads that own their CQ.
 //! * **Cancel safety.** Dropping an [`OpFuture`] before its completion parks the buffer (and
 //!   everything the work request references: an AH, the QP pin) in the dispatcher slot; it is
 //!   dropped when the completion or flush error arrives, never earlier.
@@ -151,10 +159,10 @@ mod sys;
 mod wr;
 
 pub use ah::AddressHandle;
-pub use cq::{CompletionChannel, CompletionQueue, CqStats, DriverConfig};
+pub use cq::{CompletionChannel, CompletionQueue, CqStats, DriverConfig, RawPoller};
 pub use device::{
-    choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, LinkLayer,
-    Mtu, PortAttr, PortState,
+    choose_gid_index, devices, Context, DeviceAttr, DeviceInfo, Gid, GidEntry, GidType, KeepAlive,
+    LinkLayer, Mtu, PortAttr, PortState,
 };
 pub use error::{Error, Result};
 pub use event::{AsyncEvent, AsyncEventElement, AsyncEventKind, AsyncEventSource, AsyncEvents};
@@ -164,7 +172,7 @@ pub use mr::{
     ProtectionDomain, RegisterBuffer, RemoteBuffer, Sharing, Slice,
 };
 pub use ops::{BufResult, OpFuture};
-pub use qp::{KeepAlive, QpType, QueuePair, QueuePairBuilder, WeakQueuePair};
+pub use qp::{QpType, QueuePair, QueuePairBuilder, RawRegion, WeakQueuePair};
 pub use recv::{RecvMessage, RecvStream, GRH_LEN};
 pub use srq::SharedReceiveQueue;
 pub use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};

@@ -111,6 +111,10 @@ impl<L: Send + 'static> Future for OpFuture<L> {
         let this = self.get_mut();
         match &mut this.state {
             State::Posted { op, cq, posted, .. } => {
+                // tokio's cooperative budget, as tokio's own resources do: a task whose
+                // operations keep completing (found by the inline polls, never `Pending`)
+                // yields after its budget, so it cannot starve the others on its thread.
+                let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
                 let posted = *posted;
                 // Inline polls for latency, within the channel's budget (never blocks: a poll
                 // is skipped when the driver or another future is draining), checking without
@@ -128,6 +132,7 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                 match ready {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(c) => {
+                        coop.made_progress();
                         let State::Posted { buf, .. } =
                             std::mem::replace(&mut this.state, State::Done)
                         else {

@@ -326,3 +326,27 @@ async fn misuse_unsignaled_senders_share_the_cq_headroom() {
     })
     .await;
 }
+
+/// `modify_with` (how a connection manager applies `rdma_init_qp_attr`'s attributes) refuses
+/// RESET (work would vanish without completions) and ERR (that is `set_error`), and applies a
+/// legal transition.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn misuse_modify_with_refuses_reset_and_err() {
+    use rdma_sys::{ibv_qp_attr_mask as M, ibv_qp_state as S};
+    let r = rig(64);
+    let (a, _b) = r.rc_pair();
+    // SAFETY: plain C data; all-zero is valid.
+    let mut attr: rdma_sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
+    for state in [S::IBV_QPS_RESET, S::IBV_QPS_ERR] {
+        attr.qp_state = state;
+        match a.modify_with(&mut attr, M::IBV_QP_STATE) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("modify_with"), "{m}"),
+            other => panic!("state {state}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    // RTS → SQD is a legal move and goes through.
+    attr.qp_state = S::IBV_QPS_SQD;
+    a.modify_with(&mut attr, M::IBV_QP_STATE)
+        .expect("RTS to SQD");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the project's main job on the default device.
 //!
-//! rdma-core's `rping` loopback as a smoke step, then a 2-byte RC ping-pong, several rounds,
+//! rdma-core's `rping` loopback as a smoke step, then tokio-rdma's `rping` example against
+//! rdma-core's both ways (our server with its client, its server with our client, `-V`), then a 2-byte RC ping-pong, several rounds,
 //! each round running side by side on the same device: perftest's `ib_send_lat` busy-polling
 //! and waiting on the completion channel (`-e`), and tokio-rdma's `pingpong` (an awaiting
 //! task) in four settings: the default (the awaiting future polls the CQ up to 32 times
@@ -9,7 +10,9 @@
 //! driver parks at once and nothing spins, like `-e`). The summary gives each one's median
 //! one-way latency (the median over rounds of each run's median) and its ratio to
 //! busy-polling (the median over rounds of the ratio within each round), and to `-e` for
-//! event mode.
+//! event mode. Last, a short `rdma-bench compare` of the same ping-pong (`send_lat`) in every
+//! dispatch mode (busy-poll, event, callback, async, async-mt): its table, with ratios to
+//! busy-poll within the run, and the path of its latency CDF plot (`target/bench/`).
 
 use crate::device::Target;
 use crate::process;
@@ -88,24 +91,29 @@ const VARIANTS: [Variant; 6] = [
 
 /// `cargo xtask demo`.
 pub fn run(args: &DemoArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let target = Target::detect();
-    let pingpong = build_pingpong()?;
+    let pingpong = build_example("pingpong")?;
+    let rping = build_example("rping")?;
+    let bench = process::build_release("tokio-rdma-bench", "rdma-bench")?;
+    let out = crate::bench::out_dir();
     let ip = target.local_ip();
-    let dev = match &target {
-        Target::Host(dev) => dev.clone(),
-        Target::Vm => "rxe0".to_string(),
-    };
+    let dev = crate::bench::device_name(&target);
     eprintln!("xtask: demo on {}", target.describe());
     let (iters, size) = (args.iters, args.size);
-    let mut script = format!(
-        r#"set -e
-# A client started before its server listens fails at once: retry it for a while.
-retry() {{ for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1; "$@" && return 0; done; return 1; }}
-echo "== rdma-core rping loopback (smoke)"
+    let rping_steps = rping
+        .map(|bin| rping_steps(&process::shell_quote(&bin), &ip))
+        .unwrap_or_default();
+    // `retry` and `compare` come from the bench's script; `compare` runs with `|| true`
+    // (so without `set -e` inside) and records a failure in `failed`.
+    let mut script = String::from("set -e\n")
+        + &crate::bench::script_functions(&bench, &ip, &out)
+        + &format!(
+            r#"echo "== rdma-core rping loopback (smoke)"
 rping -s -a {ip} -C 3 >/dev/null & srv=$!
 retry rping -c -a {ip} -C 3 -v
 wait $srv
-# pair KEY COMMAND...: COMMAND as server, then as client of {ip}; prints "@@ KEY" and the
+{rping_steps}# pair KEY COMMAND...: COMMAND as server, then as client of {ip}; prints "@@ KEY" and the
 # client's latency table.
 pair() {{
   key=$1; shift
@@ -115,7 +123,7 @@ pair() {{
   wait $srv
 }}
 "#
-    );
+        );
     let perftest = format!("ib_send_lat -d {dev} -x 1 -n {iters} -s {size}");
     let pingpong = pingpong.map(|bin| {
         let bin = process::shell_quote(&bin);
@@ -137,13 +145,40 @@ pair() {{
             }
         }
     }
+    script += &format!(
+        "echo \"== rdma-bench compare: {size}-byte send_lat, {iters} iterations, every dispatch mode\"\n\
+         compare {COMPARE} 18524 --test send_lat --size {size} --iters {iters} --warmup {} || true\n\
+         exit $failed\n",
+        iters / 10
+    );
     let outcome = target.run(&script, Duration::from_secs(args.timeout))?;
+    print_summary(&outcome.output, size);
+    if let Some(runs) = crate::bench::read_case(&out, COMPARE) {
+        println!();
+        print!(
+            "{}",
+            crate::bench::side_by_side(
+                &format!(
+                    "rdma-bench compare: {size}-byte send_lat, {iters} iterations; \
+                     ratios to busy-poll within the run"
+                ),
+                &[],
+                &runs
+            )
+        );
+        println!(
+            "  latency CDFs: {}",
+            out.join(format!("{COMPARE}.svg")).display()
+        );
+    }
     if outcome.status != 0 {
         bail!("the demo failed (exit status {})", outcome.status);
     }
-    print_summary(&outcome.output, size);
     Ok(0)
 }
+
+/// The name of the demo's `rdma-bench compare` files in `target/bench/`.
+const COMPARE: &str = "demo-send_lat";
 
 /// Per variant key, the `(t_typical, t_avg)` one-way latencies (µs) of each run, in order:
 /// the row after an `@@ KEY` marker (perftest's format, which `pingpong` prints too:
@@ -227,34 +262,42 @@ fn print_summary(output: &[String], size: u32) {
     }
 }
 
-/// Builds the `pingpong` example (release) and returns its path, once it exists.
-fn build_pingpong() -> Result<Option<String>> {
+/// The shell steps running tokio-rdma's `rping` (`bin`) against rdma-core's both ways, with
+/// validation; each server is started first and the client retried until it listens.
+fn rping_steps(bin: &str, ip: &str) -> String {
+    format!(
+        r#"echo "== tokio-rdma rping server, rdma-core rping client"
+{bin} -s -a {ip} -C 3 >/dev/null & srv=$!
+retry rping -c -a {ip} -C 3 -v -V
+wait $srv
+echo "== rdma-core rping server, tokio-rdma rping client"
+rping -s -a {ip} -C 3 >/dev/null & srv=$!
+retry {bin} -c -a {ip} -C 3 -v -V
+wait $srv
+"#
+    )
+}
+
+/// Builds an example binary (release) and returns its path, once its source exists.
+fn build_example(name: &str) -> Result<Option<String>> {
     let root = crate::project_root();
-    if !root.join("examples/src/bin/pingpong.rs").is_file() {
+    if !root.join(format!("examples/src/bin/{name}.rs")).is_file() {
         return Ok(None);
     }
-    process::run(
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "tokio-rdma-examples",
-                "--bin",
-                "pingpong",
-            ]),
-    )?;
-    Ok(Some(
-        root.join("target/release/pingpong")
-            .to_string_lossy()
-            .into_owned(),
-    ))
+    process::build_release("tokio-rdma-examples", name).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{median, paired_ratio, runs};
+    use super::{median, paired_ratio, rping_steps, runs};
+
+    #[test]
+    fn rping_runs_both_ways_with_validation() {
+        let s = rping_steps("/bin/ours", "192.0.2.1");
+        assert!(s.contains("/bin/ours -s -a 192.0.2.1 -C 3 >/dev/null & srv=$!\nretry rping -c -a 192.0.2.1 -C 3 -v -V\n"));
+        assert!(s.contains("rping -s -a 192.0.2.1 -C 3 >/dev/null & srv=$!\nretry /bin/ours -c -a 192.0.2.1 -C 3 -v -V\n"));
+        assert_eq!(s.matches("wait $srv").count(), 2);
+    }
 
     #[test]
     fn reads_marked_rows_of_both_programs() {

@@ -45,8 +45,21 @@ impl Target {
 
     /// Runs `script` (POSIX shell) in the project directory on this target.
     pub fn run(&self, script: &str, timeout: Duration) -> Result<RunOutcome> {
+        self.run_with_cpus(
+            script,
+            timeout,
+            RunSpec::single(String::new(), timeout).cpus,
+        )
+    }
+
+    /// [`run`](Self::run) with `cpus` virtual CPUs in the VM (a device on this machine uses
+    /// whatever the machine has).
+    pub fn run_with_cpus(&self, script: &str, timeout: Duration, cpus: u32) -> Result<RunOutcome> {
         match self {
-            Target::Vm => vm::run(&RunSpec::single(script.to_string(), timeout)),
+            Target::Vm => vm::run(&RunSpec {
+                cpus,
+                ..RunSpec::single(script.to_string(), timeout)
+            }),
             Target::Host(dev) => run_local(script, dev),
         }
     }

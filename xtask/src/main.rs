@@ -4,15 +4,19 @@
 //!   (Debian's stock kernel + a busybox initramfs) into `target/xtask/vm`.
 //! - `vm [--hosts 2] -- CMD...`: boots the VM (or two joined by a socket network) with a ready
 //!   `rxe0` device and runs CMD in the project directory, exiting with its status.
-//! - `test`: host tests, loom and AddressSanitizer runs, then every device test in the VM.
+//! - `test`: host tests, loom and AddressSanitizer runs, every device test in the VM, then
+//!   client/server scenarios across two VMs.
 //! - `demo`: the project's main job on the default device (the VM unless a real one exists).
+//! - `bench`: perftest and `rdma-bench` side by side on the default device, in one VM boot.
 
+mod bench;
 mod demo;
 mod device;
 mod image;
 mod process;
 mod setup;
 mod test;
+mod twohost;
 mod vm;
 
 use anyhow::Result;
@@ -36,6 +40,9 @@ enum Command {
     Test(test::TestArgs),
     /// Run the demo (ping-pong over rxe0) on the default device.
     Demo(demo::DemoArgs),
+    /// perftest and rdma-bench (every dispatch mode) side by side, with ratios; results in
+    /// target/bench/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -45,6 +52,7 @@ fn main() {
         Command::Vm(args) => vm::run_cli(&args),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -22,6 +22,26 @@ pub fn cargo() -> Command {
     c
 }
 
+/// Builds `bin` of `package` with `cargo build --release` and returns the binary's path.
+pub fn build_release(package: &str, bin: &str) -> Result<String> {
+    run(cargo().args(["build", "--release", "-p", package, "--bin", bin]))?;
+    let target = target_dir(&crate::project_root(), std::env::var_os("CARGO_TARGET_DIR"));
+    Ok(target
+        .join("release")
+        .join(bin)
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the project root) when
+/// set, else `target` in the root.
+fn target_dir(root: &std::path::Path, env: Option<std::ffi::OsString>) -> std::path::PathBuf {
+    match env {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 /// Converts an exit status into a shell-style code.
 pub fn code_of(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
@@ -106,7 +126,20 @@ pub fn apt_get(args: &[&str]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_quote;
+    use super::{shell_quote, target_dir};
+    use std::path::Path;
+
+    #[test]
+    fn built_binaries_are_found_in_cargo_target_dir() {
+        let root = Path::new("/p");
+        assert_eq!(target_dir(root, None), Path::new("/p/target"));
+        assert_eq!(target_dir(root, Some("".into())), Path::new("/p/target"));
+        assert_eq!(
+            target_dir(root, Some("/work/t".into())),
+            Path::new("/work/t")
+        );
+        assert_eq!(target_dir(root, Some("t2".into())), Path::new("/p/t2"));
+    }
 
     #[test]
     fn quotes_only_when_needed() {

@@ -32,6 +32,19 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// What `test`, `demo` and `vm` do first, so they work on a fresh machine: install the
+/// missing packages (the build itself needs libibverbs-dev, librdmacm-dev and libclang for
+/// rdma-sys). Off Debian/Ubuntu there is no package manager to drive: say so and go on.
+pub fn ensure_packages() -> Result<()> {
+    if !have("dpkg-query") {
+        eprintln!(
+            "xtask: not a Debian/Ubuntu machine: make sure the equivalents of {PACKAGES:?} are installed"
+        );
+        return Ok(());
+    }
+    install_packages()
+}
+
 /// Packages from [`PACKAGES`] that dpkg does not report as installed.
 pub fn missing_packages() -> Result<Vec<&'static str>> {
     if !have("dpkg-query") {

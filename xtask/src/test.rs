@@ -2,14 +2,18 @@
 //!
 //! 1. Host tests: `cargo test --workspace`. Device tests are `#[ignore = "needs an RDMA
 //!    device"]` (in this project `#[ignore]` is reserved for them), so here they show as ignored.
+//!    Then the criterion micro-benches in criterion's test mode (`cargo test --bench`: each
+//!    benchmark runs once, unmeasured), each counted as a test.
 //! 2. loom models of core (`--cfg loom`, release) and core's tests under AddressSanitizer.
 //! 3. Device tests: every test binary with ignored tests runs them (`--ignored`) on the device:
 //!    inside the soft-RoCE VM unless the machine has a real one.
+//! 4. The two-host stage: client/server scenarios across two VMs (see [`crate::twohost`]).
 //!
 //! It ends with one line `tests: N passed, N failed, N skipped` over all of it.
 
 use crate::device::Target;
 use crate::process::{self, cargo, shell_quote};
+use crate::twohost;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,10 +32,13 @@ pub struct TestArgs {
     /// Skip the device tests.
     #[arg(long)]
     pub no_device: bool,
+    /// Skip the two-host stage (client/server scenarios across two VMs).
+    #[arg(long)]
+    pub no_two_hosts: bool,
     /// Time limit of the VM run, in seconds.
     #[arg(long, default_value_t = 2400)]
     pub timeout: u64,
-    /// Only device tests whose name contains this.
+    /// Only device tests and two-host scenarios whose name contains this.
     pub filter: Option<String>,
 }
 
@@ -67,6 +74,27 @@ impl Tally {
         }
     }
 
+    /// Counts the output of a criterion bench in test mode (`Testing ID`, then `Success`
+    /// once it ran) that exited with `code`: each success passed; a benchmark that started
+    /// without succeeding, or a non-zero exit with none pending (a build failure), failed.
+    pub fn criterion(lines: &[String], code: i32) -> Tally {
+        let mut t = Tally::default();
+        let mut pending = 0;
+        for line in lines {
+            if line.starts_with("Testing ") {
+                pending += 1;
+            } else if line.trim() == "Success" && pending > 0 {
+                pending -= 1;
+                t.passed += 1;
+            }
+        }
+        t.failed = pending;
+        if code != 0 && t.failed == 0 {
+            t.failed = 1;
+        }
+        t
+    }
+
     fn add(&mut self, other: Tally) {
         self.passed += other.passed;
         self.failed += other.failed;
@@ -76,20 +104,30 @@ impl Tally {
 
 /// Runs `cmd`, echoing its stdout and tallying libtest results.
 fn run_tallied(cmd: &mut Command) -> Result<(i32, Tally)> {
+    let (code, lines) = run_echoed(cmd)?;
+    let mut tally = Tally::default();
+    for line in &lines {
+        tally.add_line(line);
+    }
+    Ok((code, tally))
+}
+
+/// Runs `cmd`, echoing its stdout; returns its exit status and stdout lines.
+fn run_echoed(cmd: &mut Command) -> Result<(i32, Vec<String>)> {
     eprintln!("xtask: $ {}", process::describe(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", process::describe(cmd)))?;
-    let mut tally = Tally::default();
+    let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line.unwrap_or_default();
             println!("{line}");
-            tally.add_line(&line);
+            lines.push(line);
         }
     }
-    Ok((process::code_of(child.wait()?), tally))
+    Ok((process::code_of(child.wait()?), lines))
 }
 
 fn has_nightly() -> bool {
@@ -100,6 +138,7 @@ fn has_nightly() -> bool {
 
 /// `cargo xtask test`.
 pub fn run(args: &TestArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let mut total = Tally::default();
     let mut failures: Vec<String> = Vec::new();
     let mut skipped_suites: Vec<String> = Vec::new();
@@ -109,6 +148,14 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         total.add(t);
         if code != 0 {
             failures.push("host tests".into());
+        }
+        // Criterion's test mode: every benchmark once, unmeasured (a debug build, like the
+        // host tests', so it costs the bench binary's build and a second of running).
+        let (code, lines) =
+            run_echoed(cargo().args(["test", "-p", "tokio-rdma-bench", "--bench", "dispatch"]))?;
+        total.add(Tally::criterion(&lines, code));
+        if code != 0 {
+            failures.push("criterion benches (test mode)".into());
         }
         if !args.quick {
             let (code, t) = run_tallied(
@@ -150,20 +197,6 @@ pub fn run(args: &TestArgs) -> Result<i32> {
     }
 
     let mut device_tests = 0;
-    if !args.no_device && matches!(Target::detect(), Target::Vm) && args.filter.is_none() {
-        // The two-host harness (two VMs on a socket network) works end to end.
-        let ok = two_host_smoke()?;
-        println!(
-            "test xtask::two_host_rping ... {}",
-            if ok { "ok" } else { "FAILED" }
-        );
-        if ok {
-            total.passed += 1;
-        } else {
-            total.failed += 1;
-            failures.push("two-host VM smoke test".into());
-        }
-    }
     if !args.no_device {
         let (code, t, n) = device_tests_run(args)?;
         device_tests = t.passed + t.failed;
@@ -181,6 +214,26 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         skipped_suites.push("device tests (--no-device)".into());
     }
 
+    if args.no_device || args.no_two_hosts {
+        // Counted as skipped, like device tests under --no-device.
+        let n = twohost::selected(args.filter.as_deref()).len();
+        total.ignored += n as u64;
+        let why = if args.no_two_hosts {
+            "--no-two-hosts"
+        } else {
+            "--no-device"
+        };
+        skipped_suites.push(format!("two-host stage: {n} scenarios ({why})"));
+    } else {
+        let c = twohost::run(args.filter.as_deref())?;
+        total.passed += c.passed;
+        total.failed += c.failed;
+        total.ignored += c.skipped;
+        if c.failed > 0 {
+            failures.push(format!("{} two-host scenarios", c.failed));
+        }
+    }
+
     eprintln!();
     for s in &skipped_suites {
         eprintln!("xtask: SKIPPED: {s}");
@@ -194,28 +247,6 @@ pub fn run(args: &TestArgs) -> Result<i32> {
         total.passed, total.failed, total.ignored
     );
     Ok(if failures.is_empty() { 0 } else { 1 })
-}
-
-/// Boots two VMs (192.0.2.1 and 192.0.2.2) and runs rdma-core's rping between them.
-fn two_host_smoke() -> Result<bool> {
-    eprintln!("xtask: two-host VM smoke test: rping 192.0.2.2 -> 192.0.2.1");
-    let server = "rping -s -a 192.0.2.1 -C 3 -v";
-    // The server's VM may boot later than ours: retry while nothing listens yet.
-    let client =
-        "for i in $(seq 30); do rping -c -a 192.0.2.1 -C 3 -v && exit 0; sleep 2; done; exit 1";
-    let outcome = crate::vm::run(&crate::vm::RunSpec {
-        cpus: 1,
-        mem: 1024,
-        timeout: Duration::from_secs(180),
-        scripts: vec![server.to_string(), client.to_string()],
-        verbose: false,
-    })?;
-    let pings = outcome
-        .output
-        .iter()
-        .filter(|l| l.starts_with("ping data"))
-        .count();
-    Ok(outcome.status == 0 && pings == 3)
 }
 
 /// A test binary with device tests.
@@ -329,6 +360,33 @@ mod tests {
                 ignored: 3
             }
         );
+    }
+
+    #[test]
+    fn criterion_test_mode_counts_each_benchmark() {
+        let lines = |s: &[&str]| s.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        let ok = lines(&[
+            "Testing dispatch/async_op/c1/1",
+            "Success",
+            "",
+            "Testing dispatch/async_op/c1/16",
+            "Success",
+        ]);
+        assert_eq!(
+            Tally::criterion(&ok, 0),
+            Tally {
+                passed: 2,
+                failed: 0,
+                ignored: 0
+            }
+        );
+        // A benchmark panicked: the one started without success failed.
+        let panicked = lines(&["Testing a", "Success", "Testing b"]);
+        assert_eq!(Tally::criterion(&panicked, 101).failed, 1);
+        assert_eq!(Tally::criterion(&panicked, 101).passed, 1);
+        // Nothing ran (the build failed): one failure.
+        assert_eq!(Tally::criterion(&[], 101).failed, 1);
+        assert_eq!(Tally::criterion(&[], 0), Tally::default());
     }
 
     #[test]

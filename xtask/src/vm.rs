@@ -70,6 +70,13 @@ impl RunSpec {
     }
 }
 
+/// The CPUs this machine offers this process (1 when it cannot tell).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
 /// Joins argv into a shell command line.
 pub fn shell_line(argv: &[String]) -> String {
     argv.iter()
@@ -80,6 +87,7 @@ pub fn shell_line(argv: &[String]) -> String {
 
 /// `cargo xtask vm`.
 pub fn run_cli(args: &VmArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
     let parts: Vec<&[String]> = args
         .command
         .split(|a| a == HOST_SEPARATOR)
@@ -232,6 +240,25 @@ pub struct RunOutcome {
     pub output: Vec<String>,
 }
 
+/// The error under a run that did not finish: what the command(s) printed until then.
+#[derive(Debug)]
+pub struct Unfinished {
+    /// The command's output so far.
+    pub output: Vec<String>,
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the run ended after {} lines of output",
+            self.output.len()
+        )
+    }
+}
+
+impl std::error::Error for Unfinished {}
+
 fn spawn_reader<R: Read + Send + 'static>(index: usize, stream: R, tx: mpsc::Sender<Console>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
@@ -339,10 +366,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
                 dump_boot_log(i, &vm.boot_log);
             }
         }
-        bail!(
+        return Err(anyhow::Error::new(Unfinished { output }).context(format!(
             "the VM did not finish within {} s and was killed (a hung command or boot)",
             spec.timeout.as_secs()
-        );
+        )));
     }
 
     let mut result = 0;
@@ -360,10 +387,10 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
             }
             None => {
                 dump_boot_log(i, &vm.boot_log);
-                bail!(
+                return Err(anyhow::Error::new(Unfinished { output }).context(format!(
                     "VM {} stopped without reporting the command's status",
                     i + 1
-                );
+                )));
             }
         }
     }
@@ -415,4 +442,20 @@ fn dump_boot_log(index: usize, log: &[String]) {
         eprintln!("{line}");
     }
     eprintln!("---- end of boot output ----");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unfinished;
+
+    #[test]
+    fn unfinished_output_survives_the_context() {
+        let err = anyhow::Error::new(Unfinished {
+            output: vec!["@@ s0 client exit 0 tries 1 secs 1".into()],
+        })
+        .context("the VM did not finish");
+        assert_eq!(err.to_string(), "the VM did not finish");
+        let output = err.downcast::<Unfinished>().map(|u| u.output);
+        assert_eq!(output.unwrap(), ["@@ s0 client exit 0 tries 1 secs 1"]);
+    }
 }

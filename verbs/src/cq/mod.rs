@@ -10,6 +10,7 @@ mod channel;
 mod config;
 mod driver;
 mod queue;
+mod raw;
 mod reaper;
 mod registry;
 mod wc;
@@ -27,7 +28,8 @@ use crate::error::{Error, Result};
 use channel::ChannelInner;
 pub use config::DriverConfig;
 use config::MAX_BATCH;
-pub(crate) use queue::{CqInner, Parked, UNSIGNALED_WR_ID};
+pub(crate) use queue::{CqInner, Parked, RAW_WR_BIT, UNSIGNALED_WR_ID};
+pub use raw::RawPoller;
 pub(crate) use reaper::PendingTeardown;
 
 struct ChannelOwner {
@@ -147,6 +149,9 @@ pub struct CqStats {
     /// ([`QueuePair::send_inline_unsignaled`](crate::QueuePair::send_inline_unsignaled)):
     /// not dispatched, only counted.
     pub unsignaled_errors: u64,
+    /// Completions of raw work requests (`QueuePair::post_raw_*`) polled while no
+    /// [`RawPoller`] owned the CQ: they could not be delivered.
+    pub raw_unclaimed: u64,
     /// The dispatcher's counters.
     pub dispatch: DispatchStats,
 }
@@ -168,6 +173,7 @@ impl CompletionQueue {
             events: self.inner.events.load(Ordering::Relaxed),
             polls: self.inner.polls.load(Ordering::Relaxed),
             unsignaled_errors: self.inner.unsignaled_errors.load(Ordering::Relaxed),
+            raw_unclaimed: self.inner.raw_unclaimed.load(Ordering::Relaxed),
             dispatch: self.inner.dispatcher.stats(),
         }
     }

@@ -27,6 +27,18 @@ use crate::error::{Error, Result};
 /// [`QueuePair::send_inline_unsignaled`]: crate::QueuePair::send_inline_unsignaled
 pub(crate) const UNSIGNALED_WR_ID: u64 = u64::MAX;
 
+/// Marks the `wr_id` of a raw work request (one posted by `QueuePair::post_raw_*`, whose
+/// completion bypasses the dispatcher): bit 31, the top bit of the slot index. A dispatcher
+/// never has 2^31 slots (`create` caps a CQ at `i32::MAX` entries), so such an id can name no
+/// slot. [`UNSIGNALED_WR_ID`] has it set too and is checked first.
+pub(crate) const RAW_WR_BIT: u64 = 1 << 31;
+
+/// Where a [`RawPoller`](super::RawPoller)'s poll puts the raw completions it finds.
+pub(crate) struct RawSink<'a> {
+    pub(crate) out: &'a mut [Completion],
+    pub(crate) n: usize,
+}
+
 /// Resources parked in a dispatcher slot while the NIC may still touch them.
 pub(crate) enum Parked {
     /// Nothing (inline sends, or already handed back).
@@ -60,6 +72,10 @@ pub(crate) struct CqInner {
     pub(super) events: AtomicU64,
     pub(super) polls: AtomicU64,
     pub(super) unsignaled_errors: AtomicU64,
+    /// Raw completions polled by a poller other than a `RawPoller` (lost: counted only).
+    pub(super) raw_unclaimed: AtomicU64,
+    /// Whether a `RawPoller` owns the CQ (it then holds `draining` for its whole life).
+    pub(super) raw_owned: AtomicBool,
     /// CQ entries beyond the dispatcher's slots claimed by QPs sending unsignaled (each
     /// claims its send-queue depth: what its flushes can take at once).
     headroom_claimed: AtomicUsize,
@@ -114,6 +130,8 @@ impl CqInner {
             events: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             unsignaled_errors: AtomicU64::new(0),
+            raw_unclaimed: AtomicU64::new(0),
+            raw_owned: AtomicBool::new(false),
             headroom_claimed: AtomicUsize::new(0),
             config,
             context_ref: weak.clone().into_raw(),
@@ -189,7 +207,7 @@ impl CqInner {
         // that consumer code starts while it is being finished uses a fresh one.
         let batch = self.config.poll_batch.min(MAX_BATCH);
         let run = |after: &mut Aftermath<Parked>| {
-            let r = self.poll_locked(batch, after);
+            let r = self.poll_locked(batch, after, None);
             self.draining.store(false, Ordering::Release);
             if !after.is_empty() {
                 after.finish();
@@ -206,8 +224,15 @@ impl CqInner {
     }
 
     /// Polls one batch while holding the draining flag; what routing left to do (drops and
-    /// wake-ups) goes into `after`.
-    fn poll_locked(&self, batch: usize, after: &mut Aftermath<Parked>) -> Result<usize> {
+    /// wake-ups) goes into `after`, raw completions into `raw` (with their marker bit
+    /// cleared; `batch` must not exceed its free room) or, without one, are counted as
+    /// unclaimed.
+    pub(super) fn poll_locked(
+        &self,
+        batch: usize,
+        after: &mut Aftermath<Parked>,
+        mut raw: Option<&mut RawSink<'_>>,
+    ) -> Result<usize> {
         let mut wc: [MaybeUninit<ffi::ibv_wc>; MAX_BATCH] =
             [const { MaybeUninit::uninit() }; MAX_BATCH];
         // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; we hold the
@@ -237,6 +262,24 @@ impl CqInner {
                 tracing::debug!(status = w.status, qp = w.qp_num, "unsignaled send failed");
                 continue;
             }
+            if w.wr_id & RAW_WR_BIT != 0 {
+                let mut c = convert_wc(w);
+                c.wr_id &= !RAW_WR_BIT;
+                match raw.as_deref_mut() {
+                    Some(sink) if sink.n < sink.out.len() => {
+                        sink.out[sink.n] = c;
+                        sink.n += 1;
+                    }
+                    _ => {
+                        self.raw_unclaimed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            wr_id = c.wr_id,
+                            "raw completion polled without a RawPoller"
+                        );
+                    }
+                }
+                continue;
+            }
             out[m].write(convert_wc(w));
             m += 1;
         }
@@ -248,7 +291,7 @@ impl CqInner {
     }
 
     /// Requests a notification for the next completion.
-    pub(super) fn arm(&self) -> Result<()> {
+    pub(crate) fn arm(&self) -> Result<()> {
         // SAFETY: the CQ is live and has a completion channel.
         let rc = unsafe { ffi::ibv_req_notify_cq(self.as_ptr(), 0) };
         if rc != 0 {
@@ -280,6 +323,24 @@ impl CqInner {
     /// Gives back what [`claim_headroom`](Self::claim_headroom) took.
     pub(crate) fn release_headroom(&self, n: usize) {
         self.headroom_claimed.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Tries to take the draining flag for good (a `RawPoller`); whether it was free.
+    pub(super) fn take_for_raw(&self) -> bool {
+        let ok = self
+            .draining
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            self.raw_owned.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// Gives back what [`take_for_raw`](Self::take_for_raw) took.
+    pub(super) fn release_raw(&self) {
+        self.raw_owned.store(false, Ordering::Release);
+        self.draining.store(false, Ordering::Release);
     }
 
     /// Counts one event read for this CQ (not acked yet).

@@ -85,6 +85,11 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
         .collect())
 }
 
+/// An owner that must outlive a verbs object built on it (see
+/// [`QueuePairBuilder::keep_alive`](crate::QueuePairBuilder::keep_alive),
+/// [`Context::from_raw_borrowed`]).
+pub type KeepAlive = Box<dyn std::any::Any + Send + Sync>;
+
 pub(crate) struct ContextInner {
     pub(crate) ctx: NonNull<ffi::ibv_context>,
     pub(crate) name: String,
@@ -93,7 +98,7 @@ pub(crate) struct ContextInner {
     default_gid: Mutex<Vec<(u8, u32)>>,
     /// `None`: we opened the context and close it. `Some`: another library (librdmacm)
     /// opened it; this owner keeps it open and is dropped after every child object.
-    borrowed_from: Option<crate::qp::KeepAlive>,
+    borrowed_from: Option<KeepAlive>,
 }
 
 ibverbs_thread_safe!(ContextInner);
@@ -170,10 +175,7 @@ impl Context {
     /// librdmacm: an `rdma_cm_id` bound to the device, whose reference keeps the device's
     /// context open even after the device is removed). Nothing else may read the context's
     /// async-event fd while [`Context::async_events`] is in use.
-    pub unsafe fn from_raw_borrowed(
-        ctx: NonNull<ffi::ibv_context>,
-        owner: crate::qp::KeepAlive,
-    ) -> Self {
+    pub unsafe fn from_raw_borrowed(ctx: NonNull<ffi::ibv_context>, owner: KeepAlive) -> Self {
         // SAFETY: `ctx` is valid (the caller's contract); `device` is set by libibverbs for
         // every context; the name is a NUL-terminated string inside the device, copied out.
         let name = unsafe {

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rdma_sys as ffi;
 
-use super::{KeepAlive, QpInner, QpType, QueuePair};
+use super::{QpInner, QpType, QueuePair};
 use crate::cq::CompletionQueue;
+use crate::device::KeepAlive;
 use crate::error::{Error, Result};
 use crate::mr::ProtectionDomain;
 use crate::srq::SharedReceiveQueue;
@@ -156,6 +157,8 @@ impl QueuePairBuilder {
             pd: self.pd.inner,
             life: Default::default(),
             headroom_claimed: AtomicBool::new(false),
+            raw_headroom: AtomicBool::new(false),
+            kept: Default::default(),
             _keep_alive: self.keep_alive,
         }))
     }
@@ -216,6 +219,29 @@ impl QpInner {
 }
 
 impl QueuePair {
+    /// Test hook: the QP's RDMA READ/atomic depths as `ibv_query_qp` reports them now:
+    /// (`max_rd_atomic`, outstanding as initiator; `max_dest_rd_atomic`, as responder).
+    #[doc(hidden)]
+    pub fn query_rd_atomic(&self) -> Result<(u8, u8)> {
+        // SAFETY: both are plain C data; all-zero is valid.
+        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        let mask = ffi::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC
+            | ffi::ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC;
+        // SAFETY: the QP is live; `attr` and `init` are valid out-parameters.
+        let rc =
+            unsafe { ffi::ibv_query_qp(self.inner.as_ptr(), &mut attr, mask.0 as i32, &mut init) };
+        if rc != 0 {
+            return Err(Error::from_ret(
+                "ibv_query_qp",
+                rc,
+                format!("rd_atomic of qp {:#x}", self.inner.qp_num),
+            ));
+        }
+        Ok((attr.max_rd_atomic, attr.max_dest_rd_atomic))
+    }
+
     /// Test hook: the send and receive queue depths as `ibv_query_qp` reports them now (what
     /// [`QueuePair::max_send_wr`] and [`QueuePair::max_recv_wr`] must match).
     #[doc(hidden)]

@@ -6,6 +6,7 @@
 
 mod builder;
 mod post;
+mod raw;
 mod receive;
 mod teardown;
 mod transition;
@@ -13,17 +14,18 @@ mod transition;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdma_sys as ffi;
 use tokio_rdma_core::Dispatcher;
 
 use crate::cq::{CqInner, Parked};
-use crate::device::Context;
+use crate::device::{Context, KeepAlive};
 use crate::mr::{PdInner, ProtectionDomain};
 use crate::ops::WorkPin;
 use crate::srq::SrqInner;
 pub use builder::QueuePairBuilder;
+pub use raw::RawRegion;
 
 /// Transport type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,16 +74,17 @@ pub(crate) struct QpInner {
     pd: Arc<PdInner>,
     /// Whether this QP claimed send-CQ headroom for unsignaled sends (given back on destroy).
     headroom_claimed: AtomicBool,
+    /// Whether this QP claimed CQ headroom for raw work requests (given back on destroy).
+    raw_headroom: AtomicBool,
+    /// Regions raw work requests may name (`keep_region`): dropped after `ibv_destroy_qp`,
+    /// leaked if it fails.
+    kept: Mutex<Vec<Arc<dyn Send + Sync>>>,
     /// Teardown state: the receive gate and whether the QP was destroyed (see `teardown`).
     life: teardown::Life,
     /// What must outlive the QP (e.g. the connection manager id it is connected through):
     /// dropped after `ibv_destroy_qp`, with the rest of the fields.
     _keep_alive: Option<KeepAlive>,
 }
-
-/// An owner that must outlive a verbs object built on it (see
-/// [`QueuePairBuilder::keep_alive`], [`Context::from_raw_borrowed`]).
-pub type KeepAlive = Box<dyn std::any::Any + Send + Sync>;
 
 ibverbs_thread_safe!(QpInner);
 

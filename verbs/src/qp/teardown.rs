@@ -105,6 +105,9 @@ impl QpInner {
         if self.headroom_claimed.swap(false, Ordering::AcqRel) {
             self.send_cq.release_headroom(self.max_send_wr as usize);
         }
+        if self.raw_headroom.swap(false, Ordering::AcqRel) {
+            self.release_raw_headroom();
+        }
         true
     }
 
@@ -128,6 +131,9 @@ impl Drop for QpInner {
     fn drop(&mut self) {
         // The last pin is gone: every work request completed or was flushed.
         if !self.destroy() {
+            // The NIC may still use the regions raw requests name: leak them.
+            let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|p| p.into_inner()));
+            std::mem::forget(kept);
             return;
         }
         // Nothing should be left; a provider that keeps a slot (a receive it never flushed)

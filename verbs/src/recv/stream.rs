@@ -58,6 +58,8 @@ impl Stream for RecvStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        // tokio's cooperative budget (see `OpFuture::poll`).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let pool = &this.pool;
         if pool.closed.load(Ordering::Acquire) {
             // Ends below once the deliveries still posted are in.
@@ -94,6 +96,7 @@ impl Stream for RecvStream {
             let Ok(chunk_pool) = chunk_pool.downcast::<RecvPool>() else {
                 continue;
             };
+            coop.made_progress();
             return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
                 Ok(c) => Ok(RecvMessage {
                     pool: chunk_pool,

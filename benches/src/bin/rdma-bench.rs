@@ -1,0 +1,64 @@
+//! `rdma-bench`: perftest-like comparison of tokio-rdma's async dispatch with callback and
+//! busy-poll dispatch over a real RDMA device (see the crate docs and `--help`).
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use tokio_rdma_bench::cli::{Cli, Command, RunArgs};
+use tokio_rdma_bench::protocol::Mode;
+use tokio_rdma_bench::session::{client, server};
+use tokio_rdma_bench::stats::RunResult;
+use tokio_rdma_bench::{plot, report};
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(a) => server::run(a.bind, a.sessions),
+        Command::Client(a) => {
+            let mut results = Vec::new();
+            for size in a.run.sizes() {
+                let r = client::run(a.run.connect, &a.run.spec(a.mode, size))
+                    .with_context(|| format!("{} {} B", a.mode, size))?;
+                print_one(&r);
+                results.push(r);
+            }
+            outputs(&a.run, &results)
+        }
+        Command::Compare(a) => {
+            let modes = if a.modes.is_empty() {
+                Mode::ALL.to_vec()
+            } else {
+                a.modes.clone()
+            };
+            let mut all = Vec::new();
+            for size in a.run.sizes() {
+                let mut results = Vec::new();
+                for &mode in &modes {
+                    let r = client::run(a.run.connect, &a.run.spec(mode, size))
+                        .with_context(|| format!("{mode} {size} B"))?;
+                    results.push(r);
+                }
+                report::print_compare(&results, Mode::BusyPoll.name());
+                all.extend(results);
+            }
+            outputs(&a.run, &all)
+        }
+    }
+}
+
+fn print_one(r: &RunResult) {
+    if r.latency.is_some() || r.bandwidth.is_none() {
+        report::print_latency(r);
+    } else {
+        report::print_bandwidth(r);
+    }
+}
+
+fn outputs(run: &RunArgs, results: &[RunResult]) -> Result<()> {
+    if let Some(path) = &run.json {
+        report::write_json(path, results)?;
+    }
+    if let Some(path) = &run.plot {
+        plot::latency_cdf_svg(path, results)?;
+    }
+    Ok(())
+}

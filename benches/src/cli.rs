@@ -1,0 +1,182 @@
+//! The command line (perftest-like): `rdma-bench server`, `rdma-bench client`,
+//! `rdma-bench compare`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::modes::future::DEFAULT_STALL;
+use crate::protocol::{Mode, Test};
+use crate::session::client::RunSpec;
+
+/// perftest's default port.
+pub const DEFAULT_PORT: u16 = 18515;
+
+/// Compares async (tokio-rdma), callback and busy-poll dispatch over RDMA, perftest style.
+#[derive(Parser, Debug)]
+#[command(name = "rdma-bench", version)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve runs (mirrors each client's test and mode).
+    Server(ServerArgs),
+    /// Run one mode against a server.
+    Client(ClientArgs),
+    /// Run every mode back to back against one server; one table with ratios to busy-poll.
+    Compare(CompareArgs),
+}
+
+/// `rdma-bench server`.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub bind: SocketAddr,
+    /// Exit after serving this many sessions (runs; one per size and mode).
+    #[arg(long)]
+    pub sessions: Option<usize>,
+}
+
+/// What a client runs (shared by `client` and `compare`).
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The server.
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// The test.
+    #[arg(long, value_enum, default_value_t = Test::SendLat)]
+    pub test: Test,
+    /// Message size in bytes.
+    #[arg(long, short = 's', default_value_t = 2)]
+    pub size: usize,
+    /// Every power of two from 2 bytes to 8 MiB (perftest's -a).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Measured iterations per flow.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub iters: u64,
+    /// Measure for this many seconds instead of --iters.
+    #[arg(long, short = 'D')]
+    pub duration: Option<f64>,
+    /// Unmeasured iterations per flow first.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Connections, each its own task (async) or consumer (callback).
+    #[arg(long, default_value_t = 1)]
+    pub flows: u16,
+    /// Every flow's completion handler updates one shared structure (per-flow counters and a
+    /// histogram) behind one lock.
+    #[arg(long)]
+    pub shared_state: bool,
+    /// Write every run's figures as JSON (perftest's --out_json keys).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the latency CDFs as SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Fail a run after this many seconds without progress.
+    #[arg(long, default_value_t = DEFAULT_STALL.as_secs())]
+    pub stall: u64,
+}
+
+/// `rdma-bench client`.
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// How completions reach the waiting code.
+    #[arg(long, value_enum, default_value_t = Mode::Async)]
+    pub mode: Mode,
+    /// The run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `rdma-bench compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The modes to run, in order (default: all; the ratios are to busy-poll).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub modes: Vec<Mode>,
+    /// The run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl RunArgs {
+    /// The sizes to run: `--size`, or every power of two with `-a`.
+    pub fn sizes(&self) -> Vec<usize> {
+        if self.all {
+            (1..=23).map(|k| 1usize << k).collect()
+        } else {
+            vec![self.size]
+        }
+    }
+
+    /// The run of `mode` at `size`.
+    pub fn spec(&self, mode: Mode, size: usize) -> RunSpec {
+        RunSpec {
+            test: self.test,
+            mode,
+            size,
+            warmup: self.warmup,
+            iters: self.iters,
+            duration: self
+                .duration
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64),
+            flows: self.flows,
+            shared_state: self.shared_state,
+            stall: Duration::from_secs(self.stall.max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_perftest_like_arguments() {
+        let cli = Cli::try_parse_from([
+            "rdma-bench",
+            "compare",
+            "--connect",
+            "192.0.2.1:18515",
+            "--test",
+            "write_lat",
+            "-a",
+            "--flows",
+            "16",
+            "--shared-state",
+            "--modes",
+            "busy-poll,async-mt",
+        ])
+        .unwrap();
+        let Command::Compare(c) = cli.command else {
+            panic!("compare")
+        };
+        assert_eq!(c.modes, vec![Mode::BusyPoll, Mode::AsyncMt]);
+        assert_eq!(c.run.test, Test::WriteLat);
+        assert_eq!(c.run.sizes().len(), 23);
+        assert_eq!(c.run.iters, 1000);
+        let s = c.run.spec(Mode::Event, 64);
+        assert_eq!((s.flows, s.shared_state, s.size), (16, true, 64));
+        assert!(Cli::try_parse_from(["rdma-bench", "client", "--connect", "x"]).is_err());
+        assert!(Cli::try_parse_from([
+            "rdma-bench",
+            "client",
+            "--connect",
+            "1.2.3.4:1",
+            "--mode",
+            "poll"
+        ])
+        .is_err());
+    }
+}

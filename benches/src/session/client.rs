@@ -1,0 +1,231 @@
+//! The client side of a session: connect the flows, run them in the mode, report.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use tokio_rdma_cm::{connect, ConnectOptions, Connection};
+
+use super::{exposed, hello, qp_options, raw_flows, register_region, runtime, SETUP_TIMEOUT};
+use crate::clock::cpu_time;
+use crate::modes::future::{self, AsyncFlow};
+use crate::modes::{engine, Plan, Record, Role, SharedState, Tally};
+use crate::protocol::{check_accept, Mode, Params, Test};
+use crate::stats::{cpu_usec_per_op, ops_per_sec, Bandwidth, Latency, RunResult};
+
+/// One run as the client asks for it.
+#[derive(Clone, Copy, Debug)]
+pub struct RunSpec {
+    /// The test.
+    pub test: Test,
+    /// The mode (mirrored by the server).
+    pub mode: Mode,
+    /// Message size in bytes (at least 1).
+    pub size: usize,
+    /// Unmeasured iterations per flow first.
+    pub warmup: u64,
+    /// Measured iterations per flow.
+    pub iters: u64,
+    /// Measure for this long instead.
+    pub duration: Option<Duration>,
+    /// Connections.
+    pub flows: u16,
+    /// One structure updated by every flow's handler.
+    pub shared_state: bool,
+    /// A run without progress for this long fails.
+    pub stall: Duration,
+}
+
+impl RunSpec {
+    fn plan(&self) -> Plan {
+        Plan {
+            test: self.test,
+            size: self.size,
+            warmup: self.warmup,
+            iters: self.iters,
+            duration: self.duration,
+            stall: self.stall,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.size == 0 || self.size > 1 << 30 {
+            bail!("size {} not in 1..=1 GiB", self.size);
+        }
+        if self.flows == 0 || self.flows > 1024 {
+            bail!("flows {} not in 1..=1024", self.flows);
+        }
+        if self.duration.is_none() && self.test.is_latency() && self.iters < 4 {
+            bail!("a latency test needs at least 4 iterations (perftest drops the 2 largest)");
+        }
+        if self.duration.is_none() && self.iters == 0 {
+            bail!("iters must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// A session id that differs between runs.
+fn session_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)) ^ std::process::id()
+}
+
+/// Connects flow `flow` of the session.
+async fn connect_flow(addr: SocketAddr, params: Params) -> Result<Connection> {
+    let opts = ConnectOptions {
+        private_data: params.encode().to_vec(),
+        qp: qp_options(),
+        ..Default::default()
+    };
+    let conn = match connect(addr, opts).await {
+        Ok(c) => c,
+        Err(tokio_rdma_cm::Error::Rejected { private_data, .. }) => {
+            let reason = String::from_utf8_lossy(&private_data);
+            bail!(
+                "the server at {addr} refused flow {}: {}",
+                params.flow,
+                reason.trim_end_matches('\0')
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {addr}")),
+    };
+    check_accept(conn.private_data()).with_context(|| format!("{addr} is no rdma-bench server"))?;
+    Ok(conn)
+}
+
+/// Runs one session against the server at `addr` and returns what it measured.
+pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
+    spec.check()?;
+    let rt = runtime(spec.mode)?;
+    let session = session_id();
+    let flows = spec.flows;
+    let setup = async {
+        let mut conns = Vec::with_capacity(usize::from(flows));
+        for flow in 0..flows {
+            let params = Params {
+                test: spec.test,
+                mode: spec.mode,
+                shared_state: spec.shared_state,
+                size: spec.size as u32,
+                flows,
+                flow,
+                session,
+            };
+            conns.push(connect_flow(addr, params).await?);
+        }
+        // The server answers the hellos once every flow is connected.
+        let mut flows = Vec::with_capacity(conns.len());
+        for conn in conns {
+            let region = register_region(&conn, spec.mode, spec.size)?;
+            let peer = hello(&conn, exposed(&region, spec.size)?).await?;
+            flows.push((conn, region, peer));
+        }
+        anyhow::Ok(flows)
+    };
+    let conns = rt.block_on(async {
+        tokio::time::timeout(SETUP_TIMEOUT * u32::from(flows.min(8)), setup)
+            .await
+            .map_err(|_| anyhow!("connecting {flows} flows to {addr} timed out"))?
+    })?;
+    let shared = Arc::new(Mutex::new(SharedState::new(usize::from(flows))));
+    let tally = || {
+        if spec.shared_state {
+            Tally::Shared(shared.clone())
+        } else {
+            Tally::Own(0)
+        }
+    };
+    let plan = spec.plan();
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
+    let mut keep = Vec::with_capacity(conns.len());
+    let records: Result<Vec<Record>> = if spec.mode.is_raw() {
+        let flows = raw_flows(conns, Role::Client, plan, tally, &mut keep)?;
+        engine::run(spec.mode, flows, spec.stall)
+            .map(|flows| flows.into_iter().map(|f| f.record).collect())
+    } else {
+        let flows: Vec<AsyncFlow> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(index, (conn, region, peer))| {
+                let f = AsyncFlow {
+                    index,
+                    qp: conn.qp().clone(),
+                    role: Role::Client,
+                    plan,
+                    target: Arc::new(region),
+                    peer,
+                    tally: tally(),
+                };
+                keep.push(conn);
+                f
+            })
+            .collect();
+        rt.block_on(async {
+            let tasks: Vec<_> = flows
+                .into_iter()
+                .map(|f| tokio::spawn(future::run(f)))
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.map_err(|e| anyhow!("flow task: {e}"))??);
+            }
+            anyhow::Ok(out)
+        })
+    };
+    let (cpu, wall) = (cpu_time().saturating_sub(cpu0), wall0.elapsed());
+    // Disconnect inside the runtime the connections belong to.
+    rt.block_on(async move { drop(keep) });
+    let records = records?;
+    Ok(assemble(spec, &records, cpu, wall))
+}
+
+/// The run's figures from every flow's stamps: latency over all flows' samples (each flow's
+/// consecutive stamps give its samples; the merged stamp series has exactly those deltas),
+/// bandwidth summed over flows.
+pub fn assemble(spec: &RunSpec, records: &[Record], cpu: Duration, wall: Duration) -> RunResult {
+    let clock = crate::modes::clock();
+    let ops: u64 = records.iter().map(|r| r.ops).sum();
+    let (latency, bandwidth, samples_usec) = if spec.test.is_latency() {
+        let mut stamps = vec![0u64];
+        let mut at = 0u64;
+        for r in records {
+            for w in r.post.windows(2) {
+                at += w[1].saturating_sub(w[0]);
+                stamps.push(at);
+            }
+        }
+        let halved = spec.test.rtt_halved();
+        (
+            Latency::from_stamps(&stamps, clock, halved),
+            None,
+            Latency::samples_usec(&stamps, clock, halved),
+        )
+    } else {
+        let per_flow: Vec<Bandwidth> = records
+            .iter()
+            .filter_map(|r| Bandwidth::from_run(spec.size, &r.post, &r.done, clock))
+            .collect();
+        let bw = (!per_flow.is_empty()).then(|| Bandwidth {
+            bw_peak: per_flow.iter().map(|b| b.bw_peak).sum(),
+            bw_average: per_flow.iter().map(|b| b.bw_average).sum(),
+            msg_rate: per_flow.iter().map(|b| b.msg_rate).sum(),
+        });
+        (None, bw, Vec::new())
+    };
+    RunResult {
+        mode: spec.mode.name().into(),
+        test: spec.test.name().into(),
+        size: spec.size,
+        flows: usize::from(spec.flows),
+        iters: ops as usize,
+        latency,
+        bandwidth,
+        cpu_usec_per_op: cpu_usec_per_op(cpu, ops as usize),
+        ops_per_sec: ops_per_sec(ops as usize, wall),
+        samples_usec,
+    }
+}

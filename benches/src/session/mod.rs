@@ -1,0 +1,129 @@
+//! Sessions: connecting a run's flows through the connection manager, the hello exchange,
+//! running the flows in their mode, and turning what the client measured into a
+//! [`RunResult`](crate::stats::RunResult).
+//!
+//! A session is one run (one test, size and mode) over `flows` connections. The client
+//! connects every flow with the run's [`Params`] as private data; the server accepts the
+//! flows of one session, refuses anything else with a reason, and mirrors the run in the
+//! same mode. Both sides then SEND each other a [`Hello`] with their buffer.
+//!
+//! Runtimes: `async-mt` runs on tokio's multi-thread runtime, every other mode on a
+//! current-thread one. The raw-verbs modes use theirs only to connect and to disconnect: the
+//! flows run on the calling thread while it is idle, so nothing but the flows polls their CQs
+//! (each owned by a `RawPoller`) or reads the completion channel.
+
+pub mod client;
+pub mod server;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio_rdma_cm::verbs::{Access, CompletionQueue, MemoryRegion, PeerWritable, RemoteBuffer};
+use tokio_rdma_cm::{Connection, QpOptions};
+
+use crate::modes::raw::region_len;
+use crate::modes::raw::RawFlow;
+use crate::modes::{Plan, Role, Tally, MAX_INLINE};
+use crate::protocol::{Hello, Mode, Params, HELLO_LEN};
+
+/// Every wait on the peer during setup is bounded by this.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The queue pair and CQ of every flow: deep enough for the tests' depths, with CQ room for
+/// raw work (send + receive depth beyond the dispatcher's slots) and unsignaled sends.
+pub fn qp_options() -> QpOptions {
+    QpOptions {
+        max_send_wr: 128,
+        max_recv_wr: 128,
+        max_inline_data: MAX_INLINE as u32,
+        cq_entries: Some(512),
+    }
+}
+
+/// A flow's memory: the raw modes' region layout, or the buffer the peer targets.
+pub fn register_region(
+    conn: &Connection,
+    mode: Mode,
+    size: usize,
+) -> Result<MemoryRegion<Vec<u8>, PeerWritable>> {
+    let len = if mode.is_raw() {
+        region_len(size)
+    } else {
+        size.max(1)
+    };
+    let access = Access::LOCAL_WRITE | Access::REMOTE_WRITE | Access::REMOTE_READ;
+    Ok(conn.pd().register_remote(vec![0u8; len], access)?)
+}
+
+/// The first exchange on a connection: each side SENDs its buffer; returns the peer's.
+pub async fn hello(conn: &Connection, ours: RemoteBuffer) -> Result<RemoteBuffer> {
+    let pd = conn.pd();
+    let rx = pd.register(vec![0u8; HELLO_LEN], Access::LOCAL_WRITE)?;
+    // Posted before ours goes out; the peer's send waits for it (infinite RNR retries).
+    let recv = conn.recv(rx);
+    let tx = pd.register(
+        Hello { buffer: ours }.encode().to_vec(),
+        Access::LOCAL_WRITE,
+    )?;
+    let exchange = async {
+        conn.send(tx).await.0.context("sending the hello")?;
+        let (r, rx) = recv.await;
+        let n = r.context("receiving the peer's hello")?.byte_len as usize;
+        anyhow::Ok(Hello::decode(&rx[..n.min(rx.len())])?.buffer)
+    };
+    tokio::time::timeout(SETUP_TIMEOUT, exchange)
+        .await
+        .context("the peer sent no hello")?
+}
+
+/// A flow's exposed buffer: the first `size` bytes of its region.
+pub fn exposed(region: &MemoryRegion<Vec<u8>, PeerWritable>, size: usize) -> Result<RemoteBuffer> {
+    Ok(region.remote(0..size.max(1))?)
+}
+
+/// The runtime a mode runs on.
+pub fn runtime(mode: Mode) -> Result<tokio::runtime::Runtime> {
+    let mut b = if mode == Mode::AsyncMt {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    Ok(b.enable_all().build()?)
+}
+
+/// The server's plan for a session: it mirrors the test; counts come from the stop message.
+pub fn server_plan(p: &Params, stall: Duration) -> Plan {
+    Plan {
+        test: p.test,
+        size: p.size as usize,
+        warmup: 0,
+        iters: 0,
+        duration: None,
+        stall,
+    }
+}
+
+/// A connected flow after the hello: its connection, its registered region and the peer's.
+pub type Prepared = (
+    Connection,
+    MemoryRegion<Vec<u8>, PeerWritable>,
+    RemoteBuffer,
+);
+
+/// Raw-verbs flows over `conns` (each with its CQ, for the engine), in `role`; the
+/// connections go to `keep`, which must outlive the run.
+pub fn raw_flows(
+    conns: Vec<Prepared>,
+    role: Role,
+    plan: Plan,
+    tally: impl Fn() -> Tally,
+    keep: &mut Vec<Connection>,
+) -> Result<Vec<(RawFlow, CompletionQueue)>> {
+    let mut flows = Vec::with_capacity(conns.len());
+    for (i, (conn, region, peer)) in conns.into_iter().enumerate() {
+        let f = RawFlow::new(i, conn.qp().clone(), role, plan, region, peer, tally())?;
+        flows.push((f, conn.cq().clone()));
+        keep.push(conn);
+    }
+    Ok(flows)
+}

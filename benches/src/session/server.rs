@@ -1,0 +1,176 @@
+//! The server: accept one session's flows, mirror the run, repeat.
+//!
+//! A connect request whose private data is not a valid [`Params`] is rejected with the reason
+//! in text (the client prints it); so is a request for another session while one is being
+//! gathered. The server keeps serving after a failed session. It runs on one current-thread
+//! runtime, so it mirrors `async-mt` with the same futures on one thread.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use tokio_rdma_cm::{AcceptOptions, Connection, IncomingRequest, Listener};
+
+use super::{exposed, hello, qp_options, raw_flows, register_region, server_plan, SETUP_TIMEOUT};
+use crate::modes::future::{self, AsyncFlow};
+use crate::modes::{engine, Role, SharedState, Tally};
+use crate::protocol::{accept_data, Params, Test};
+
+/// How long the server's flows may see nothing: the ping-pong and SEND tests hear from the
+/// client all the time; in the others (the client WRITEs or READs) only its stop message
+/// arrives, at the end of a run as long as the client makes it.
+fn stall(test: Test) -> Duration {
+    match test {
+        Test::SendLat | Test::WriteLat | Test::SendBw => Duration::from_secs(30),
+        _ => Duration::from_secs(600),
+    }
+}
+
+/// Rejects `req` with `reason` (logged too).
+fn refuse(req: IncomingRequest, reason: &str) {
+    eprintln!("rdma-bench server: refused {}: {reason}", req.peer_addr());
+    let mut text = format!("rdma-bench: {reason}").into_bytes();
+    text.truncate(tokio_rdma_cm::MAX_REJECT_PRIVATE_DATA);
+    if let Err(e) = req.reject(&text) {
+        eprintln!("rdma-bench server: rejecting failed: {e}");
+    }
+}
+
+/// The next valid request that opens a session.
+async fn first_request(listener: &Listener) -> Result<(IncomingRequest, Params)> {
+    loop {
+        let req = listener.accept().await?;
+        match Params::decode(req.private_data()) {
+            Ok(p) if p.size == 0 => refuse(req, "message size 0"),
+            Ok(p) => return Ok((req, p)),
+            Err(e) => refuse(req, &e.to_string()),
+        }
+    }
+}
+
+async fn accept(req: IncomingRequest) -> Result<Connection> {
+    let opts = AcceptOptions {
+        private_data: accept_data().to_vec(),
+        qp: qp_options(),
+        ..Default::default()
+    };
+    Ok(req.accept(opts).await?)
+}
+
+/// Gathers the `flows` connections of the session `first` opens, in flow order.
+async fn gather(listener: &Listener, first: IncomingRequest, p: Params) -> Result<Vec<Connection>> {
+    let mut conns: Vec<Option<Connection>> = (0..p.flows).map(|_| None).collect();
+    conns[usize::from(p.flow)] = Some(accept(first).await?);
+    let mut missing = usize::from(p.flows) - 1;
+    while missing > 0 {
+        let req = tokio::time::timeout(SETUP_TIMEOUT, listener.accept())
+            .await
+            .map_err(|_| anyhow!("session {:#x}: {missing} flows never came", p.session))??;
+        match Params::decode(req.private_data()) {
+            Ok(q) if q.session == p.session && q.flows == p.flows => {
+                let slot = &mut conns[usize::from(q.flow)];
+                if slot.is_some() {
+                    refuse(req, "flow connected twice");
+                } else {
+                    *slot = Some(accept(req).await?);
+                    missing -= 1;
+                }
+            }
+            Ok(_) => refuse(req, "busy with another session"),
+            Err(e) => refuse(req, &e.to_string()),
+        }
+    }
+    Ok(conns.into_iter().flatten().collect())
+}
+
+/// Serves sessions at `bind`, `sessions` of them (forever without).
+pub fn run(bind: SocketAddr, sessions: Option<usize>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(Listener::bind(bind))
+        .with_context(|| format!("listening on {bind}"))?;
+    eprintln!("rdma-bench server: listening on {}", listener.local_addr());
+    let mut served = 0;
+    while sessions.is_none_or(|n| served < n) {
+        let (req, p) = rt.block_on(first_request(&listener))?;
+        match serve(&rt, &listener, req, p) {
+            Ok(()) => eprintln!(
+                "rdma-bench server: session {:#x} done ({} {} {} B, {} flows)",
+                p.session, p.mode, p.test, p.size, p.flows
+            ),
+            Err(e) => eprintln!("rdma-bench server: session {:#x} failed: {e:#}", p.session),
+        }
+        served += 1;
+    }
+    Ok(())
+}
+
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    listener: &Listener,
+    req: IncomingRequest,
+    p: Params,
+) -> Result<()> {
+    let size = p.size as usize;
+    let conns = rt.block_on(async {
+        let conns = gather(listener, req, p).await?;
+        let mut out = Vec::with_capacity(conns.len());
+        for conn in conns {
+            let region = register_region(&conn, p.mode, size)?;
+            let peer = hello(&conn, exposed(&region, size)?).await?;
+            out.push((conn, region, peer));
+        }
+        anyhow::Ok(out)
+    })?;
+    let shared = Arc::new(Mutex::new(SharedState::new(usize::from(p.flows))));
+    let tally = || {
+        if p.shared_state {
+            Tally::Shared(shared.clone())
+        } else {
+            Tally::Own(0)
+        }
+    };
+    let plan = server_plan(&p, stall(p.test));
+    let mut keep = Vec::with_capacity(conns.len());
+    let r = if p.mode.is_raw() {
+        let flows = raw_flows(conns, Role::Server, plan, tally, &mut keep)?;
+        engine::run(p.mode, flows, plan.stall).map(drop)
+    } else {
+        let flows: Vec<AsyncFlow> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(index, (conn, region, peer))| {
+                let qp = conn.qp().clone();
+                keep.push(conn);
+                AsyncFlow {
+                    index,
+                    qp,
+                    role: Role::Server,
+                    plan,
+                    target: Arc::new(region),
+                    peer,
+                    tally: tally(),
+                }
+            })
+            .collect();
+        rt.block_on(async {
+            let tasks: Vec<_> = flows
+                .into_iter()
+                .map(|f| tokio::spawn(future::run(f)))
+                .collect();
+            for t in tasks {
+                t.await.map_err(|e| anyhow!("flow task: {e}"))??;
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Let the client see our last messages before the QPs go, then disconnect.
+    rt.block_on(async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(keep);
+    });
+    r
+}

@@ -1,0 +1,415 @@
+//! `cargo xtask bench`: perftest and `rdma-bench` side by side, in one VM boot.
+//!
+//! On the default device (the soft-RoCE VM with up to 4 vCPUs, unless the machine has a
+//! real device): perftest's `ib_send_lat` busy-polling and with `-e` (completion channel),
+//! then `rdma-bench compare` (every dispatch mode, release build) for `send_lat`, `write_lat`
+//! and the contention case (16 flows updating one shared state). It prints one table per
+//! case, perftest's rows next to `rdma-bench`'s modes, every figure with its ratio to the
+//! busy-polling run of its own tool in the same boot, then the issue's targets with the
+//! measured ratios. Everything lands in `target/bench/`: each compare's JSON and latency CDF
+//! (SVG), perftest's figures as JSON, and the printed tables (`summary.txt`).
+
+mod results;
+mod table;
+
+pub use results::{read_bench_json, BenchRun};
+pub use table::side_by_side;
+
+use crate::device::Target;
+use crate::process::{self, shell_quote};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `cargo xtask bench` arguments.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Measured iterations per run (per flow in the 16-flow case) [default: 2000; 200 with
+    /// --quick].
+    #[arg(long)]
+    pub iters: Option<u64>,
+    /// Unmeasured iterations before each `rdma-bench` run [default: a tenth of --iters].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Small iteration counts (CI: checks that everything runs, not what it measures).
+    #[arg(long)]
+    pub quick: bool,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 2)]
+    pub size: u32,
+    /// Virtual CPUs of the VM [default: 4, or fewer when this machine has fewer].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Time limit in seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+}
+
+impl BenchArgs {
+    fn iters(&self) -> u64 {
+        self.iters.unwrap_or(if self.quick { 200 } else { 2000 })
+    }
+
+    fn warmup(&self) -> u64 {
+        self.warmup.unwrap_or(self.iters() / 10)
+    }
+
+    fn cpus(&self) -> u32 {
+        self.cpus.unwrap_or_else(|| crate::vm::host_cpus().min(4))
+    }
+}
+
+/// The modes every compare runs, in order (the server serves one session per mode).
+pub const MODES: [&str; 5] = ["busy-poll", "event", "callback", "async", "async-mt"];
+
+/// One `rdma-bench compare` of the bench: its name (of its files in `target/bench/`), the
+/// RDMA CM port of its server, its test and its flows (with shared state when above 1).
+struct Case {
+    name: &'static str,
+    title: &'static str,
+    port: u16,
+    test: &'static str,
+    flows: u16,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        name: "send_lat",
+        title: "send_lat, 1 flow",
+        port: 18521,
+        test: "send_lat",
+        flows: 1,
+    },
+    Case {
+        name: "write_lat",
+        title: "write_lat (WRITE with immediate), 1 flow",
+        port: 18522,
+        test: "write_lat",
+        flows: 1,
+    },
+    Case {
+        name: "contention",
+        title: "send_lat, 16 flows updating one shared state",
+        port: 18523,
+        test: "send_lat",
+        flows: 16,
+    },
+];
+
+/// The directory of the bench's files: `target/bench` in the project directory (writable
+/// in the VM, unlike a `CARGO_TARGET_DIR` outside it).
+pub fn out_dir() -> PathBuf {
+    crate::project_root().join("target").join("bench")
+}
+
+/// The RDMA device name perftest gets (`-d`).
+pub fn device_name(target: &Target) -> String {
+    match target {
+        Target::Host(dev) => dev.clone(),
+        Target::Vm => "rxe0".to_string(),
+    }
+}
+
+/// Shell functions for the bench's scripts; every failure sets `failed=1` and the script
+/// goes on (the caller ends it with `exit $failed`).
+///
+/// - `retry CMD...`: CMD until it succeeds, 10 tries a second apart (a client started
+///   before its server listens fails at once).
+/// - `perftest KEY ARGS...`: `ib_send_lat ARGS` as server, then as client of `ip`; prints
+///   `@@ KEY` and the client's latency header and row (see [`results::perftest_runs`]).
+/// - `compare NAME PORT ARGS...`: an `rdma-bench` server (`bench`) on `ip:PORT` for one
+///   session per mode of [`MODES`], once it listens `rdma-bench compare ARGS` against it,
+///   writing `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME` first, and
+///   the server's log when something fails.
+pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
+    let out = shell_quote(&out.to_string_lossy());
+    let bench = shell_quote(bench);
+    let (modes, sessions) = (MODES.join(","), MODES.len());
+    format!(
+        r#"failed=0
+out={out}
+mkdir -p "$out"
+retry() {{ for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1; "$@" && return 0; done; return 1; }}
+perftest() {{
+  key=$1; shift
+  ib_send_lat "$@" >/dev/null 2>&1 & srv=$!
+  echo "@@ $key"
+  if retry ib_send_lat "$@" {ip} >"$out/$key.log" 2>&1; then
+    grep -A1 t_typical "$out/$key.log"
+  else
+    failed=1; echo "xtask: $key failed:"; cat "$out/$key.log"; kill $srv 2>/dev/null
+  fi
+  wait $srv 2>/dev/null
+  return 0
+}}
+compare() {{
+  name=$1 port=$2; shift 2
+  log="$out/$name.server.log"
+  rm -f "$out/$name.json" "$out/$name.svg"
+  {bench} server --bind {ip}:$port --sessions {sessions} 2>"$log" & srv=$!
+  i=0
+  until grep -q "listening on" "$log"; do
+    i=$((i + 1))
+    if [ $i -gt 300 ] || ! kill -0 $srv 2>/dev/null; then
+      failed=1; echo "xtask: the rdma-bench server for $name did not listen:"; cat "$log"
+      kill $srv 2>/dev/null; wait $srv 2>/dev/null; return 0
+    fi
+    sleep 0.1
+  done
+  echo "@@ rdma-bench $name"
+  if {bench} compare --connect {ip}:$port --modes {modes} --json "$out/$name.json" --plot "$out/$name.svg" "$@"; then
+    wait $srv || {{ failed=1; echo "xtask: the rdma-bench server for $name failed:"; cat "$log"; }}
+  else
+    failed=1; kill $srv 2>/dev/null; wait $srv 2>/dev/null
+    echo "xtask: rdma-bench compare $name failed; its server's log:"; cat "$log"
+  fi
+  return 0
+}}
+"#
+    )
+}
+
+/// The `compare` arguments of a run: test, size, iterations, warm-up, flows.
+fn compare_args(test: &str, size: u32, iters: u64, warmup: u64, flows: u16) -> String {
+    let mut args = format!("--test {test} --size {size} --iters {iters} --warmup {warmup}");
+    if flows > 1 {
+        args += &format!(" --flows {flows} --shared-state");
+    }
+    args
+}
+
+/// The whole bench script (after [`script_functions`]).
+fn bench_steps(dev: &str, args: &BenchArgs) -> String {
+    let (size, iters, warmup) = (args.size, args.iters(), args.warmup());
+    let perftest = format!("-d {dev} -x 1 -n {iters} -s {size}");
+    let mut s = format!(
+        "echo \"== perftest ib_send_lat, {size} bytes, {iters} iterations: busy polling, then -e\"\n\
+         perftest perftest-busy {perftest}\nperftest perftest-event {perftest} -e\n"
+    );
+    for c in &CASES {
+        s += &format!(
+            "echo \"== rdma-bench compare: {}\"\ncompare {} {} {}\n",
+            c.title,
+            c.name,
+            c.port,
+            compare_args(c.test, size, iters, warmup, c.flows)
+        );
+    }
+    s + "exit $failed\n"
+}
+
+/// Reads `NAME.json` of a compare from `out`; a missing or unreadable file is reported and
+/// gives no runs.
+pub fn read_case(out: &Path, name: &str) -> Option<Vec<BenchRun>> {
+    let path = out.join(format!("{name}.json"));
+    let read = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))
+        .and_then(|text| read_bench_json(&text).with_context(|| path.display().to_string()));
+    match read {
+        Ok(runs) => Some(runs),
+        Err(e) => {
+            eprintln!("xtask: no results for {name}: {e:#}");
+            None
+        }
+    }
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> Result<i32> {
+    crate::setup::ensure_packages()?;
+    let bench = process::build_release("tokio-rdma-bench", "rdma-bench")?;
+    let target = Target::detect();
+    let out = out_dir();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cpus = args.cpus();
+    eprintln!(
+        "xtask: bench on {} ({cpus} vCPUs in the VM)",
+        target.describe()
+    );
+    let script = script_functions(&bench, &target.local_ip(), &out)
+        + &bench_steps(&device_name(&target), args);
+    let outcome = target.run_with_cpus(&script, Duration::from_secs(args.timeout), cpus)?;
+
+    let perftest = results::perftest_runs(&outcome.output, args.size);
+    let mut summary = format!(
+        "cargo xtask bench: {} bytes, {} iterations{}, warm-up {}, {} ({cpus} vCPUs in the VM); \
+         ratios to the busy-polling run of the same tool in this boot\n\n",
+        args.size,
+        args.iters(),
+        if args.quick { " (--quick)" } else { "" },
+        args.warmup(),
+        target.describe()
+    );
+    let mut cases: Vec<Vec<BenchRun>> = Vec::new();
+    let mut complete = true;
+    for c in &CASES {
+        let runs = read_case(&out, c.name);
+        complete &= runs.is_some();
+        let runs = runs.unwrap_or_default();
+        // perftest runs ib_send_lat: its rows go next to the 1-flow send_lat compare only.
+        let reference: &[results::PerftestRun] = if c.name == "send_lat" { &perftest } else { &[] };
+        summary += &side_by_side(
+            &format!("{} bytes {}", args.size, c.title),
+            reference,
+            &runs,
+        );
+        summary += &format!(
+            "   JSON: {}  latency CDF: {}\n\n",
+            out.join(format!("{}.json", c.name)).display(),
+            out.join(format!("{}.svg", c.name)).display()
+        );
+        cases.push(runs);
+    }
+    summary += "== targets (issue 10), ratios within this run\n";
+    for check in table::checks(&perftest, &cases[0], &cases[2]) {
+        summary += &format!("{check}\n");
+    }
+    println!();
+    print!("{summary}");
+    let perftest_path = out.join("perftest.json");
+    std::fs::write(
+        &perftest_path,
+        serde_json::to_string_pretty(&results::perftest_json(&perftest, args.size))? + "\n",
+    )
+    .with_context(|| format!("writing {}", perftest_path.display()))?;
+    let summary_path = out.join("summary.txt");
+    std::fs::write(&summary_path, &summary)
+        .with_context(|| format!("writing {}", summary_path.display()))?;
+    println!(
+        "perftest's figures: {}; these tables: {}",
+        perftest_path.display(),
+        summary_path.display()
+    );
+    if outcome.status != 0 || !complete || perftest.len() < 2 {
+        eprintln!(
+            "xtask: the bench failed (exit status {}, {} of 2 perftest runs read)",
+            outcome.status,
+            perftest.len()
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_runs_perftest_both_ways_then_every_case() {
+        let args = BenchArgs {
+            iters: None,
+            warmup: None,
+            quick: true,
+            size: 2,
+            cpus: Some(4),
+            timeout: 1,
+        };
+        let s = bench_steps("rxe0", &args);
+        assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
+        assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
+        assert!(
+            s.contains("compare send_lat 18521 --test send_lat --size 2 --iters 200 --warmup 20\n")
+        );
+        assert!(s.contains("compare write_lat 18522 --test write_lat "));
+        assert!(s.contains(
+            "compare contention 18523 --test send_lat --size 2 --iters 200 --warmup 20 \
+             --flows 16 --shared-state\n"
+        ));
+        assert!(s.ends_with("exit $failed\n"));
+        assert_eq!(
+            (
+                args.cpus(),
+                BenchArgs {
+                    quick: false,
+                    ..args
+                }
+                .iters()
+            ),
+            (4, 2000)
+        );
+    }
+
+    #[test]
+    fn the_server_serves_one_session_per_mode_and_files_land_in_out() {
+        let f = script_functions("/t/rdma bench", "192.0.2.1", Path::new("/p/target/bench"));
+        assert!(f.contains("out=/p/target/bench\n"));
+        assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port --sessions 5 "));
+        assert!(f.contains(
+            "compare --connect 192.0.2.1:$port --modes busy-poll,event,callback,async,async-mt \
+             --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""
+        ));
+        assert!(f.contains("retry ib_send_lat \"$@\" 192.0.2.1 >"));
+    }
+
+    /// Runs `compare x 1` of [`script_functions`] with a fake `rdma-bench` (a shell script
+    /// whose `server` and `compare` behave as `server_body` and `compare_body` say) and
+    /// returns the script's output, ending with `failed=N`.
+    fn compare_with_fake(name: &str, server_body: &str, compare_body: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("xtask-fake-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("rdma-bench");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncase $1 in\n  server) {server_body} ;;\n  compare) {compare_body} ;;\nesac\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = script_functions(&fake.to_string_lossy(), "192.0.2.1", &dir)
+            + "compare x 1 --test send_lat\necho failed=$failed\n";
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn compare_failures_are_recorded_and_the_server_log_shown() {
+        let listens = "echo 'rdma-bench server: listening on x' >&2; sleep 0.2";
+        let ok = compare_with_fake("ok", listens, "echo \"table $*\"");
+        assert!(
+            ok.contains("@@ rdma-bench x\ntable compare --connect 192.0.2.1:1 "),
+            "{ok}"
+        );
+        assert!(ok.ends_with("failed=0\n"), "{ok}");
+        // The server dies before listening: no compare, its log shown.
+        let dead = compare_with_fake("dead", "echo 'no device' >&2; exit 1", "echo ran");
+        assert!(dead.contains("did not listen:\nno device\n"), "{dead}");
+        assert!(!dead.contains("ran"), "{dead}");
+        assert!(dead.ends_with("failed=1\n"), "{dead}");
+        // The compare fails: the server is stopped and its log shown.
+        let failed = compare_with_fake("failed", &format!("{listens}0"), "exit 1");
+        assert!(
+            failed.contains("compare x failed; its server's log:\n"),
+            "{failed}"
+        );
+        assert!(failed.ends_with("failed=1\n"), "{failed}");
+        // The server fails after the compare.
+        let srv = compare_with_fake("srv", &format!("{listens}; exit 2"), "true");
+        assert!(srv.contains("the rdma-bench server for x failed:"), "{srv}");
+        assert!(srv.ends_with("failed=1\n"), "{srv}");
+    }
+
+    #[test]
+    fn a_missing_or_broken_result_file_gives_no_runs() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_case(&dir, "none"), None);
+        std::fs::write(dir.join("bad.json"), "[{\"mode\": 1}]").unwrap();
+        assert_eq!(read_case(&dir, "bad"), None);
+        std::fs::write(
+            dir.join("ok.json"),
+            r#"[{"mode": "async", "test": "send_lat", "size": 2, "flows": 1,
+                "n_iterations": 5, "t_typical": 1.0, "t_avg": 1.0, "percentile_99": 1.0,
+                "percentile_99.9": 1.0}]"#,
+        )
+        .unwrap();
+        assert_eq!(read_case(&dir, "ok").map(|r| r.len()), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,265 @@
+//! The figures both tools report, read from their outputs: perftest's latency row (stdout)
+//! and `rdma-bench`'s JSON (`--json`, perftest's `--out_json` key names).
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// One run's latency figures: one-way microseconds as both tools report them (perftest's
+/// rules: RTT/2 for ping-pongs, the 2 largest samples dropped), plus what only `rdma-bench`
+/// measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// Median (perftest's `t_typical`).
+    pub t_typical: f64,
+    /// Mean.
+    pub t_avg: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p99_9: f64,
+    /// Process CPU time (user + system) per operation, microseconds (`rdma-bench` only).
+    pub cpu_usec_per_op: Option<f64>,
+    /// Operations per second of wall time, all flows together (`rdma-bench` only).
+    pub ops_per_sec: Option<f64>,
+}
+
+/// A perftest run found in the output: the key of the `@@ KEY` marker before it, its
+/// iterations and figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerftestRun {
+    /// The marker's key (`perftest-busy`, `perftest-event`).
+    pub key: String,
+    /// Iterations (perftest's `#iterations` column).
+    pub iters: u64,
+    /// Its figures.
+    pub figures: Figures,
+}
+
+/// Reads one data row of perftest's latency table for messages of `size` bytes:
+/// `#bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%` (perftest 4.5; tabs
+/// and spaces between the columns). Anything else (headers, other sizes) is `None`.
+pub fn parse_perftest_row(line: &str, size: u32) -> Option<(u64, Figures)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.len() < 9 || words[0].parse::<u32>().ok()? != size {
+        return None;
+    }
+    let iters = words[1].parse::<u64>().ok()?;
+    let num = |i: usize| words[i].parse::<f64>().ok().filter(|v| v.is_finite());
+    Some((
+        iters,
+        Figures {
+            t_typical: num(4)?,
+            t_avg: num(5)?,
+            p99: num(7)?,
+            p99_9: num(8)?,
+            cpu_usec_per_op: None,
+            ops_per_sec: None,
+        },
+    ))
+}
+
+/// Every perftest run in `output`: the first row of `size` bytes after each `@@ KEY` marker
+/// line (a marker whose client failed has no row and yields nothing).
+pub fn perftest_runs(output: &[String], size: u32) -> Vec<PerftestRun> {
+    let mut runs = Vec::new();
+    let mut current: Option<String> = None;
+    for line in output {
+        if let Some(key) = line.trim().strip_prefix("@@ ") {
+            current = Some(key.trim().to_string());
+            continue;
+        }
+        if current.is_none() {
+            continue;
+        }
+        if let Some((iters, figures)) = parse_perftest_row(line, size) {
+            if let Some(key) = current.take() {
+                runs.push(PerftestRun {
+                    key,
+                    iters,
+                    figures,
+                });
+            }
+        }
+    }
+    runs
+}
+
+/// perftest's runs as JSON, with perftest's `--out_json` key names and the same keys as
+/// `rdma-bench`'s runs for what they share (`tool`, `mode`, `test`, `size`).
+pub fn perftest_json(runs: &[PerftestRun], size: u32) -> Value {
+    Value::Array(
+        runs.iter()
+            .map(|r| {
+                json!({
+                    "tool": "perftest ib_send_lat",
+                    "mode": r.key.strip_prefix("perftest-").unwrap_or(&r.key),
+                    "test": "send_lat",
+                    "size": size,
+                    "n_iterations": r.iters,
+                    "t_typical": r.figures.t_typical,
+                    "t_avg": r.figures.t_avg,
+                    "percentile_99": r.figures.p99,
+                    "percentile_99.9": r.figures.p99_9,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One run of `rdma-bench`, read from its JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRun {
+    /// Dispatch mode (`busy-poll`, `event`, `callback`, `async`, `async-mt`).
+    pub mode: String,
+    /// Test (`send_lat`, `write_lat`, ...).
+    pub test: String,
+    /// Message size in bytes.
+    pub size: u64,
+    /// Connections.
+    pub flows: u64,
+    /// Measured iterations.
+    pub iters: u64,
+    /// Its figures.
+    pub figures: Figures,
+}
+
+/// Reads the file `rdma-bench --json` writes: an array of runs (one object is accepted too).
+/// A latency test's run has every latency key; a run without them (a bandwidth test) is an
+/// error, as this harness compares latencies.
+pub fn read_bench_json(text: &str) -> Result<Vec<BenchRun>> {
+    let value: Value = serde_json::from_str(text).context("not JSON")?;
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        other => bail!("expected an array of runs, found {other}"),
+    };
+    items.iter().map(bench_run).collect()
+}
+
+fn bench_run(v: &Value) -> Result<BenchRun> {
+    let text = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("run without a `{k}` string: {v}"))
+    };
+    let int = |k: &str| {
+        v[k].as_u64()
+            .with_context(|| format!("run without a `{k}` count: {v}"))
+    };
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("run without a `{k}` figure: {v}"))
+    };
+    Ok(BenchRun {
+        mode: text("mode")?,
+        test: text("test")?,
+        size: int("size")?,
+        flows: int("flows")?,
+        iters: int("n_iterations")?,
+        figures: Figures {
+            t_typical: num("t_typical")?,
+            t_avg: num("t_avg")?,
+            p99: num("percentile_99")?,
+            p99_9: num("percentile_99.9")?,
+            cpu_usec_per_op: v["cpu_usec_per_op"].as_f64(),
+            ops_per_sec: v["ops_per_sec"].as_f64(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_perftest_rows_of_the_size_only() {
+        // ib_send_lat 4.5's header and row (tabs inside, as printed).
+        let header = " #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] ";
+        let row = " 2       1000          11.37          190.75       11.99    \t       13.38    \t6.93   \t\t38.52   \t\t190.75  ";
+        assert_eq!(parse_perftest_row(header, 2), None);
+        let (iters, f) = parse_perftest_row(row, 2).unwrap();
+        assert_eq!(iters, 1000);
+        assert_eq!(
+            (f.t_typical, f.t_avg, f.p99, f.p99_9),
+            (11.99, 13.38, 38.52, 190.75)
+        );
+        assert_eq!((f.cpu_usec_per_op, f.ops_per_sec), (None, None));
+        assert_eq!(parse_perftest_row(row, 4), None);
+        // Too short (the demo's older two-figure lines) or not numbers.
+        assert_eq!(parse_perftest_row(" 2 1000 1.0 2.0 1.5 1.6", 2), None);
+        assert_eq!(parse_perftest_row(" 2 1000 1 2 x 1 1 1 1", 2), None);
+        assert_eq!(parse_perftest_row(" 2 1000 1 2 inf 1 1 1 1", 2), None);
+    }
+
+    #[test]
+    fn perftest_rows_belong_to_the_marker_before_them() {
+        let out = lines(&[
+            " 2 1000 9 9 9 9 9 9 9",
+            "@@ perftest-busy",
+            " #bytes #iterations ...",
+            " 2       500   1.0   9.0   2.0   2.5   0.1   5.0   9.0",
+            " 2       500   1.0   9.0   7.0   7.5   0.1   8.0   9.0",
+            "@@ perftest-event",
+            "Couldn't connect to 192.0.2.1:18515",
+            "@@ perftest-event",
+            " 2       500   3.0   9.0   4.0   4.5   0.1   6.0   9.0",
+        ]);
+        let runs = perftest_runs(&out, 2);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].key.as_str(), runs[0].iters),
+            ("perftest-busy", 500)
+        );
+        assert_eq!(runs[0].figures.t_typical, 2.0);
+        assert_eq!(runs[1].key, "perftest-event");
+        assert_eq!(runs[1].figures.p99, 6.0);
+        let j = perftest_json(&runs, 2);
+        assert_eq!(j[1]["mode"], "event");
+        assert_eq!(j[0]["percentile_99.9"], 9.0);
+        assert_eq!(j[0]["n_iterations"], 500);
+    }
+
+    #[test]
+    fn reads_rdma_bench_json() {
+        // As rdma-bench writes it (RunResult: flattened latency, bandwidth absent).
+        let text = r#"[
+          {"mode": "busy-poll", "test": "send_lat", "size": 2, "flows": 1, "n_iterations": 500,
+           "t_min": 27.8, "t_max": 452.8, "t_typical": 42.0, "t_avg": 45.7, "t_stdev": 20.2,
+           "t_stdev_exact": 20.4, "percentile_99": 190.5, "percentile_99.9": 452.8,
+           "p50": 42.0, "cpu_usec_per_op": 122.8, "ops_per_sec": 7371.2},
+          {"mode": "async", "test": "send_lat", "size": 2, "flows": 16, "n_iterations": 8000,
+           "t_typical": 24.1, "t_avg": 28.4, "percentile_99": 105.0, "percentile_99.9": 132.8,
+           "cpu_usec_per_op": 95.2, "ops_per_sec": 9959.0}
+        ]"#;
+        let runs = read_bench_json(text).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].mode, "busy-poll");
+        assert_eq!((runs[0].size, runs[0].flows, runs[0].iters), (2, 1, 500));
+        assert_eq!(runs[0].figures.p99_9, 452.8);
+        assert_eq!(runs[1].figures.ops_per_sec, Some(9959.0));
+        assert_eq!(runs[1].flows, 16);
+        // One object alone is one run.
+        let one = read_bench_json(
+            r#"{"mode": "event", "test": "write_lat", "size": 8, "flows": 1, "n_iterations": 9,
+               "t_typical": 1.0, "t_avg": 1.0, "percentile_99": 1.0, "percentile_99.9": 1.0}"#,
+        )
+        .unwrap();
+        assert_eq!(one[0].figures.cpu_usec_per_op, None);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn bandwidth_runs_and_garbage_are_errors() {
+        let bw = r#"[{"mode": "async", "test": "send_bw", "size": 2, "flows": 1,
+            "n_iterations": 5, "BW_peak": 1.0, "BW_average": 1.0, "MsgRate": 0.5,
+            "cpu_usec_per_op": 1.0, "ops_per_sec": 1.0}]"#;
+        let err = read_bench_json(bw).unwrap_err().to_string();
+        assert!(err.contains("t_typical"), "{err}");
+        assert!(read_bench_json("not json").is_err());
+        assert!(read_bench_json("42").is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! The side-by-side table of `cargo xtask bench` and the demo: perftest's rows next to
+//! `rdma-bench`'s modes, each figure with its ratio to the busy-polling run of the same tool
+//! in the same VM boot; then the issue's targets, each with its measured ratio.
+
+use super::results::{BenchRun, Figures, PerftestRun};
+use std::fmt::Write as _;
+
+/// perftest's busy-polling run's key (the baseline of perftest's rows).
+pub const PERFTEST_BUSY: &str = "perftest-busy";
+/// perftest's `-e` run's key (the reference of `rdma-bench`'s event mode).
+pub const PERFTEST_EVENT: &str = "perftest-event";
+/// `rdma-bench`'s baseline mode.
+pub const BUSY_POLL: &str = "busy-poll";
+
+/// `value / base` when both are usable (finite, base non-zero).
+fn ratio(value: f64, base: f64) -> Option<f64> {
+    (value.is_finite() && base.is_finite() && base != 0.0).then(|| value / base)
+}
+
+fn cell(value: Option<f64>, base: Option<f64>, decimals: usize) -> String {
+    match value {
+        None => "-".into(),
+        Some(v) => match base.and_then(|b| ratio(v, b)) {
+            Some(r) => format!("{v:.decimals$} ({r:.2}x)"),
+            None => format!("{v:.decimals$} (-)"),
+        },
+    }
+}
+
+/// One row's cells after the names: each figure with its ratio to `base`'s.
+fn figure_cells(f: &Figures, base: Option<&Figures>) -> Vec<String> {
+    vec![
+        cell(Some(f.t_typical), base.map(|b| b.t_typical), 2),
+        cell(Some(f.t_avg), base.map(|b| b.t_avg), 2),
+        cell(Some(f.p99), base.map(|b| b.p99), 2),
+        cell(Some(f.p99_9), base.map(|b| b.p99_9), 2),
+        cell(f.cpu_usec_per_op, base.and_then(|b| b.cpu_usec_per_op), 3),
+        cell(f.ops_per_sec, base.and_then(|b| b.ops_per_sec), 0),
+    ]
+}
+
+/// The perftest run `rdma-bench`'s `mode` is measured against: `-e` for event mode (nothing
+/// spins in either), busy-polling for every other mode.
+fn perftest_reference<'a>(perftest: &'a [PerftestRun], mode: &str) -> Option<&'a PerftestRun> {
+    let key = if mode == "event" {
+        PERFTEST_EVENT
+    } else {
+        PERFTEST_BUSY
+    };
+    perftest.iter().find(|p| p.key == key)
+}
+
+/// The table: a heading line `== title`, then one row per perftest run and per `rdma-bench`
+/// run. Every figure carries its ratio to the busy-polling run of its own tool (perftest's
+/// busy run, `rdma-bench`'s busy-poll of the same test, size and flows); with perftest rows
+/// present a column `x perftest` gives each `rdma-bench` run's `t_typical` over perftest's
+/// (over `-e` for event mode, over busy polling for the others).
+pub fn side_by_side(title: &str, perftest: &[PerftestRun], runs: &[BenchRun]) -> String {
+    let with_perftest = !perftest.is_empty();
+    let mut header = vec!["tool", "mode", "t_typical[usec]"];
+    if with_perftest {
+        header.push("x perftest");
+    }
+    header.extend([
+        "t_avg[usec]",
+        "99%[usec]",
+        "99.9%[usec]",
+        "CPU[usec/op]",
+        "ops/s",
+    ]);
+    let mut grid: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
+    let perftest_base = perftest.iter().find(|p| p.key == PERFTEST_BUSY);
+    for p in perftest {
+        let mut row = vec![
+            "perftest".to_string(),
+            p.key
+                .strip_prefix("perftest-")
+                .unwrap_or(&p.key)
+                .to_string(),
+        ];
+        let mut cells = figure_cells(&p.figures, perftest_base.map(|b| &b.figures));
+        if with_perftest {
+            cells.insert(1, "-".into());
+        }
+        row.extend(cells);
+        grid.push(row);
+    }
+    for r in runs {
+        let base = runs.iter().find(|b| {
+            b.mode == BUSY_POLL && b.test == r.test && b.size == r.size && b.flows == r.flows
+        });
+        let mut row = vec!["rdma-bench".to_string(), r.mode.clone()];
+        let mut cells = figure_cells(&r.figures, base.map(|b| &b.figures));
+        if with_perftest {
+            let vs = perftest_reference(perftest, &r.mode)
+                .and_then(|p| ratio(r.figures.t_typical, p.figures.t_typical))
+                .map_or("-".into(), |x| format!("{x:.2}x"));
+            cells.insert(1, vs);
+        }
+        row.extend(cells);
+        grid.push(row);
+    }
+    let widths: Vec<usize> = (0..grid[0].len())
+        .map(|c| grid.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("== {title}\n");
+    for row in &grid {
+        let mut line = String::new();
+        for (c, (text, width)) in row.iter().zip(&widths).enumerate() {
+            // Names left-aligned, figures right-aligned.
+            if c < 2 {
+                let _ = write!(line, " {text:<width$} ");
+            } else {
+                let _ = write!(line, " {text:>width$} ");
+            }
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+/// One of the issue's targets with what this run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// What is compared.
+    pub what: &'static str,
+    /// The measured ratio; `None` when a run it needs is missing.
+    pub ratio: Option<f64>,
+    /// The target.
+    pub limit: f64,
+    /// Whether the ratio must stay at or under the limit (else above it).
+    pub at_most: bool,
+}
+
+impl Check {
+    /// Whether the run meets the target (`None` without a measurement).
+    pub fn met(&self) -> Option<bool> {
+        self.ratio.map(|r| {
+            if self.at_most {
+                r <= self.limit
+            } else {
+                r > self.limit
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let measured = self.ratio.map_or("-".into(), |r| format!("{r:.2}x"));
+        let op = if self.at_most { "<=" } else { ">" };
+        let verdict = match self.met() {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        write!(
+            f,
+            "  {:<58} {measured:>7}  (target {op} {:.2}x)  {verdict}",
+            self.what, self.limit
+        )
+    }
+}
+
+fn mode<'a>(runs: &'a [BenchRun], mode: &str) -> Option<&'a Figures> {
+    runs.iter().find(|r| r.mode == mode).map(|r| &r.figures)
+}
+
+/// The issue's targets (issue 10) measured on this run: `one_flow` is the 1-flow send_lat
+/// compare, `shared` the 16-flow compare with shared state.
+pub fn checks(perftest: &[PerftestRun], one_flow: &[BenchRun], shared: &[BenchRun]) -> Vec<Check> {
+    let typical = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.t_typical, b?.t_typical);
+    let p99 = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.p99, b?.p99);
+    let ops = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.ops_per_sec?, b?.ops_per_sec?);
+    let perftest_e = perftest
+        .iter()
+        .find(|p| p.key == PERFTEST_EVENT)
+        .map(|p| &p.figures);
+    let (one, sh) = (|m| mode(one_flow, m), |m| mode(shared, m));
+    let check = |what, ratio, limit, at_most| Check {
+        what,
+        ratio,
+        limit,
+        at_most,
+    };
+    vec![
+        check(
+            "send_lat async t_typical / busy-poll",
+            typical(one("async"), one(BUSY_POLL)),
+            1.10,
+            true,
+        ),
+        check(
+            "send_lat event t_typical / perftest -e",
+            typical(one("event"), perftest_e),
+            1.0,
+            true,
+        ),
+        check(
+            "send_lat async t_typical / callback (1 flow)",
+            typical(one("async"), one("callback")),
+            1.05,
+            true,
+        ),
+        check(
+            "16 flows, shared state: async 99% / callback 99%",
+            p99(sh("async"), sh("callback")),
+            0.5,
+            true,
+        ),
+        check(
+            "16 flows, shared state: async-mt 99% / callback 99%",
+            p99(sh("async-mt"), sh("callback")),
+            0.5,
+            true,
+        ),
+        check(
+            "16 flows, shared state: async ops/s / callback ops/s",
+            ops(sh("async"), sh("callback")),
+            1.0,
+            false,
+        ),
+        check(
+            "16 flows, shared state: async-mt ops/s / callback ops/s",
+            ops(sh("async-mt"), sh("callback")),
+            1.0,
+            false,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(t: f64, p99: f64, cpu: Option<f64>, ops: Option<f64>) -> Figures {
+        Figures {
+            t_typical: t,
+            t_avg: t + 1.0,
+            p99,
+            p99_9: p99 * 2.0,
+            cpu_usec_per_op: cpu,
+            ops_per_sec: ops,
+        }
+    }
+
+    fn perftest(key: &str, t: f64) -> PerftestRun {
+        PerftestRun {
+            key: key.into(),
+            iters: 100,
+            figures: figures(t, t * 3.0, None, None),
+        }
+    }
+
+    fn run(mode: &str, flows: u64, t: f64, p99: f64, ops: f64) -> BenchRun {
+        BenchRun {
+            mode: mode.into(),
+            test: "send_lat".into(),
+            size: 2,
+            flows,
+            iters: 100,
+            figures: figures(t, p99, Some(t * 2.0), Some(ops)),
+        }
+    }
+
+    #[test]
+    fn rows_carry_ratios_to_their_own_tools_busy_run() {
+        let pt = [
+            perftest(PERFTEST_BUSY, 10.0),
+            perftest(PERFTEST_EVENT, 50.0),
+        ];
+        let runs = [
+            run(BUSY_POLL, 1, 20.0, 40.0, 1000.0),
+            run("event", 1, 100.0, 200.0, 250.0),
+            run("async", 1, 22.0, 80.0, 900.0),
+        ];
+        let t = side_by_side("send_lat", &pt, &runs);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "== send_lat");
+        // Cells are separated by two spaces or more.
+        let cells = |i: usize| -> Vec<String> {
+            lines[i]
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(
+            cells(1)[..4],
+            ["tool", "mode", "t_typical[usec]", "x perftest"]
+        );
+        // perftest -e: 5x perftest's busy polling; no CPU or rate figures.
+        assert_eq!(
+            cells(3),
+            [
+                "perftest",
+                "event",
+                "50.00 (5.00x)",
+                "-",
+                "51.00 (4.64x)",
+                "150.00 (5.00x)",
+                "300.00 (5.00x)",
+                "-",
+                "-"
+            ]
+        );
+        // rdma-bench event: 5x its busy-poll, 2x perftest -e; async 1.1x and 2.2x busy.
+        assert_eq!(
+            cells(5)[..4],
+            ["rdma-bench", "event", "100.00 (5.00x)", "2.00x"]
+        );
+        assert_eq!(
+            cells(6)[..4],
+            ["rdma-bench", "async", "22.00 (1.10x)", "2.20x"]
+        );
+        assert_eq!(cells(6)[7..], ["44.000 (1.10x)", "900 (0.90x)"]);
+        // The columns line up: every row as wide as the header.
+        assert!(lines[2..].iter().all(|l| l.len() == lines[1].len()), "{t}");
+    }
+
+    #[test]
+    fn without_perftest_or_baseline_there_is_no_ratio_column() {
+        let runs = [run("async", 16, 22.0, 80.0, 900.0)];
+        let t = side_by_side("contention", &[], &runs);
+        assert!(!t.contains("x perftest"), "{t}");
+        assert!(t.contains("22.00 (-)"), "{t}");
+    }
+
+    #[test]
+    fn checks_compare_the_issues_ratios() {
+        let pt = [
+            perftest(PERFTEST_BUSY, 10.0),
+            perftest(PERFTEST_EVENT, 50.0),
+        ];
+        let one = [
+            run(BUSY_POLL, 1, 20.0, 40.0, 1000.0),
+            run("event", 1, 45.0, 200.0, 250.0),
+            run("callback", 1, 21.0, 40.0, 1000.0),
+            run("async", 1, 23.0, 80.0, 900.0),
+        ];
+        let shared = [
+            run("callback", 16, 20.0, 100.0, 1000.0),
+            run("async", 16, 20.0, 40.0, 1200.0),
+            run("async-mt", 16, 20.0, 60.0, 800.0),
+        ];
+        let c = checks(&pt, &one, &shared);
+        let got: Vec<(f64, Option<bool>)> = c
+            .iter()
+            .map(|c| ((c.ratio.unwrap() * 1000.0).round() / 1000.0, c.met()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1.15, Some(false)),
+                (0.9, Some(true)),
+                (1.095, Some(false)),
+                (0.4, Some(true)),
+                (0.6, Some(false)),
+                (1.2, Some(true)),
+                (0.8, Some(false)),
+            ]
+        );
+        assert!(c[0]
+            .to_string()
+            .contains("1.15x  (target <= 1.10x)  NOT met"));
+        assert!(c[5].to_string().contains("(target > 1.00x)  met"));
+        // Missing runs: not measured.
+        let none = checks(&[], &[], &[]);
+        assert!(none.iter().all(|c| c.met().is_none()));
+        assert!(none[0].to_string().ends_with("not measured"));
+    }
+}
