@@ -132,7 +132,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
     })??;
     // The depths the kernel negotiated from the peer's response (never our offer, which the
     // peer may have lowered), as librdmacm does for its own QPs.
-    let ready = crate::transition::to_rtr(&id, &parts.qp, None)
+    let ready = crate::transition::to_rtr(&id, &parts.qp, None, opts.qp.min_rnr_timer)
         .and_then(|()| crate::transition::to_rts(&id, &parts.qp, None))
         .and_then(|()| {
             // SAFETY: the id is live, the peer accepted, and it has no librdmacm QP (ours is

@@ -177,7 +177,7 @@ impl IncomingRequest {
                 .min(self.params.initiator_depth)
                 .min(device.max_initiator);
             let parts = Parts::build(id.clone(), device, &opts.qp)?;
-            crate::transition::to_rtr(&id, &parts.qp, Some(responder))?;
+            crate::transition::to_rtr(&id, &parts.qp, Some(responder), opts.qp.min_rnr_timer)?;
             crate::transition::to_rts(&id, &parts.qp, Some(initiator))?;
             Ok::<_, Error>((parts, responder, initiator))
         })();

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdma_sys as ffi;
+use tokio_rdma_verbs::DriverConfig;
 
 /// The most private data a connect request carries on InfiniBand/RoCE (IB CM REQ: 92 bytes,
 /// of which librdmacm's header takes 36).
@@ -60,6 +61,17 @@ pub struct QpOptions {
     /// Entries of the connection's CQ (default: send + receive depth, which every completion
     /// needs).
     pub cq_entries: Option<u32>,
+    /// Give the connection a completion channel (and driver task) of its own with this
+    /// tuning, e.g. `spin_iterations: 0, inline_polls: 1` for event mode, where nothing
+    /// spins. Default `None`: the CQ is on the channel every connection on the device shares
+    /// in this runtime, with [`DriverConfig::default`] (one fd and one driver task for all).
+    pub driver: Option<DriverConfig>,
+    /// How long a peer whose SEND found no receive posted here waits before it retries (the
+    /// RNR NAK timer, IB encoding: 1 = 0.01 ms ... 31 = 491.52 ms, 0 = 655.36 ms). Default
+    /// 12 (0.64 ms), as perftest and most verbs applications set it. The kernel CM leaves it
+    /// at 0 for the QPs it describes: one receive posted a moment late then stalls the peer
+    /// for 655 ms.
+    pub min_rnr_timer: u8,
 }
 
 impl Default for QpOptions {
@@ -69,6 +81,8 @@ impl Default for QpOptions {
             max_recv_wr: 64,
             max_inline_data: 64,
             cq_entries: None,
+            driver: None,
+            min_rnr_timer: 12,
         }
     }
 }

@@ -34,8 +34,14 @@ pub(crate) fn to_init(id: &Id, qp: &QueuePair) -> Result<()> {
 }
 
 /// INIT → RTR, accepting `responder_resources` RDMA READs/atomics (`None`: what the kernel
-/// negotiated for the id).
-pub(crate) fn to_rtr(id: &Id, qp: &QueuePair, responder_resources: Option<u8>) -> Result<()> {
+/// negotiated for the id), asking senders to wait `min_rnr_timer` (IB encoding) after an RNR
+/// NAK.
+pub(crate) fn to_rtr(
+    id: &Id,
+    qp: &QueuePair,
+    responder_resources: Option<u8>,
+    min_rnr_timer: u8,
+) -> Result<()> {
     // The id's INIT attributes may have changed since the QP was created (the peer's
     // parameters are known now): apply them again first, as librdmacm does.
     to_init(id, qp)?;
@@ -49,6 +55,10 @@ pub(crate) fn to_rtr(id: &Id, qp: &QueuePair, responder_resources: Option<u8>) -
     }
     if let Some(n) = responder_resources {
         attr.max_dest_rd_atomic = n;
+    }
+    // Connected QPs only (RC): UC and UD have no RNR NAKs and refuse the attribute.
+    if mask & ffi::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER.0 as i32 != 0 {
+        attr.min_rnr_timer = min_rnr_timer.min(31);
     }
     apply(qp, &mut attr, mask)
 }

@@ -1,7 +1,7 @@
 //! Connection establishment: private data both ways, rejection with private data, a request
 //! dropped unanswered, the requested parameters as the passive side sees them, traffic over
 //! the connection (send/recv, RDMA write/read) and IPv6. Needs an RDMA device (`cargo xtask
-//! test` runs these in the soft-RoCE VM). Ports 7100-7199.
+//! test` runs these in the soft-RoCE VM). Ports 7100-7199. Also the RNR NAK timer.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use common::{addr, bounded, exchange, listen, ok, pair, pair_with};
 use tokio_rdma_cm::verbs::{Access, RemoteBuffer, WcOpcode};
-use tokio_rdma_cm::{connect, AcceptOptions, ConnectOptions, Error, Listener};
+use tokio_rdma_cm::{connect, AcceptOptions, ConnectOptions, Error, Listener, QpOptions};
 
 /// Bytes `0, 7, 14, ...` offset by `seed`: recognizable private data.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -326,4 +326,71 @@ async fn ipv6_link_local_with_scope_id() {
     };
     v6.set_port(7107);
     over_ipv6(SocketAddr::V6(v6)).await;
+}
+
+/// The RNR NAK timer both sides ask of their senders: 0.64 ms by default (the kernel CM's
+/// own value, 0, means 655 ms), or what `QpOptions::min_rnr_timer` says.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn rnr_timer_is_the_options_not_the_kernel_cms_655_ms() {
+    let listener = listen(7108).await;
+    let (client, server) = pair(&listener).await;
+    assert_eq!(client.qp().query_min_rnr_timer().expect("query"), 12);
+    assert_eq!(server.qp().query_min_rnr_timer().expect("query"), 12);
+    drop((client, server));
+    let qp = |t| QpOptions {
+        min_rnr_timer: t,
+        ..QpOptions::default()
+    };
+    let (client, server) = pair_with(
+        &listener,
+        ConnectOptions {
+            qp: qp(3),
+            ..ConnectOptions::default()
+        },
+        AcceptOptions {
+            qp: qp(5),
+            ..AcceptOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(client.qp().query_min_rnr_timer().expect("query"), 3);
+    assert_eq!(server.qp().query_min_rnr_timer().expect("query"), 5);
+}
+
+/// A SEND that finds no receive posted is retried after the RNR timer: with the default it
+/// completes soon after the receive is posted 50 ms late (with the kernel CM's 0 it took
+/// 655 ms more; the bound leaves room for a slow emulated machine).
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn a_send_that_met_no_receive_is_retried_within_milliseconds() {
+    let listener = listen(7109).await;
+    let (client, server) = pair(&listener).await;
+    let pd = client.pd();
+    let msg = pd
+        .register(b"late".to_vec(), Access::LOCAL_WRITE)
+        .expect("register");
+    let start = std::time::Instant::now();
+    let send = client.send(msg);
+    let recv = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let rx = server
+            .pd()
+            .register(vec![0u8; 16], Access::LOCAL_WRITE)
+            .expect("register");
+        server.recv(rx).await
+    };
+    let ((s, _), (r, rx)) = bounded("send + late receive", 10, async {
+        tokio::join!(send, recv)
+    })
+    .await;
+    s.expect("send");
+    let n = r.expect("receive").byte_len as usize;
+    assert_eq!(&rx[..n], b"late");
+    let took = start.elapsed();
+    eprintln!("send completed after {took:?}");
+    assert!(
+        took < std::time::Duration::from_millis(450),
+        "the retried send took {took:?}: the 655 ms RNR timer?"
+    );
 }

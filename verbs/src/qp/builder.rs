@@ -242,6 +242,28 @@ impl QueuePair {
         Ok((attr.max_rd_atomic, attr.max_dest_rd_atomic))
     }
 
+    /// Test hook: the QP's RNR NAK timer (`min_rnr_timer`, IB encoding) as `ibv_query_qp`
+    /// reports it now.
+    #[doc(hidden)]
+    pub fn query_min_rnr_timer(&self) -> Result<u8> {
+        // SAFETY: both are plain C data; all-zero is valid.
+        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        let mask = ffi::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER;
+        // SAFETY: the QP is live; `attr` and `init` are valid out-parameters.
+        let rc =
+            unsafe { ffi::ibv_query_qp(self.inner.as_ptr(), &mut attr, mask.0 as i32, &mut init) };
+        if rc != 0 {
+            return Err(Error::from_ret(
+                "ibv_query_qp",
+                rc,
+                format!("min_rnr_timer of qp {:#x}", self.inner.qp_num),
+            ));
+        }
+        Ok(attr.min_rnr_timer)
+    }
+
     /// Test hook: the send and receive queue depths as `ibv_query_qp` reports them now (what
     /// [`QueuePair::max_send_wr`] and [`QueuePair::max_recv_wr`] must match).
     #[doc(hidden)]
