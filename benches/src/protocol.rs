@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use tokio_rdma_verbs::RemoteBuffer;
+use tokio_rdma_verbs::{DriverConfig, RemoteBuffer};
 
 use crate::error::Error;
 
@@ -99,16 +99,22 @@ pub enum Mode {
     Async,
     /// tokio-rdma futures on the multi-thread runtime.
     AsyncMt,
+    /// tokio-rdma's event mode: futures on a current-thread runtime whose completion driver
+    /// parks on the channel fd at once and whose futures poll the CQ once before they wait
+    /// (`DriverConfig { spin_iterations: 0, inline_polls: 1 }`): nothing spins, like
+    /// perftest `-e`.
+    AsyncEvent,
 }
 
 impl Mode {
     /// Every mode, in wire order (the order `compare` runs them).
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::BusyPoll,
         Mode::Event,
         Mode::Callback,
         Mode::Async,
         Mode::AsyncMt,
+        Mode::AsyncEvent,
     ];
 
     /// The CLI's name.
@@ -119,12 +125,23 @@ impl Mode {
             Mode::Callback => "callback",
             Mode::Async => "async",
             Mode::AsyncMt => "async-mt",
+            Mode::AsyncEvent => "async-event",
         }
     }
 
     /// Whether it runs on raw verbs (no futures).
     pub fn is_raw(self) -> bool {
         matches!(self, Mode::BusyPoll | Mode::Event | Mode::Callback)
+    }
+
+    /// The completion driver's tuning of the async modes: `None` for the default (the
+    /// device's shared completion channel), or the event mode's, where nothing spins.
+    pub fn driver(self) -> Option<DriverConfig> {
+        (self == Mode::AsyncEvent).then(|| DriverConfig {
+            spin_iterations: 0,
+            inline_polls: 1,
+            ..DriverConfig::default()
+        })
     }
 }
 

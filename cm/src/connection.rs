@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio_rdma_core::ConnectionEvent;
 use tokio_rdma_verbs::{
-    CompletionQueue, Context, ProtectionDomain, QpType, QueuePair, QueuePairBuilder,
+    CompletionChannel, CompletionQueue, Context, ProtectionDomain, QpType, QueuePair,
+    QueuePairBuilder,
 };
 
 use crate::device::Device;
@@ -32,7 +33,12 @@ pub(crate) struct Parts {
 
 impl Parts {
     pub(crate) fn build(id: Arc<Id>, device: Arc<Device>, opts: &QpOptions) -> Result<Self> {
-        let cq = device.channel.create_cq(opts.cq_entries())?;
+        let cq = match opts.driver {
+            // The CQ keeps its channel (and the channel's driver task) alive.
+            Some(config) => CompletionChannel::with_config(&device.context, config)?,
+            None => device.channel.clone(),
+        }
+        .create_cq(opts.cq_entries())?;
         let qp = QueuePairBuilder::new(&device.pd, QpType::Rc, &cq)
             .max_send_wr(opts.max_send_wr)
             .max_recv_wr(opts.max_recv_wr)

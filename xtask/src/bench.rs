@@ -60,7 +60,14 @@ impl BenchArgs {
 }
 
 /// The modes every compare runs, in order (the server serves one session per mode).
-pub const MODES: [&str; 5] = ["busy-poll", "event", "callback", "async", "async-mt"];
+pub const MODES: [&str; 6] = [
+    "busy-poll",
+    "event",
+    "callback",
+    "async",
+    "async-mt",
+    "async-event",
+];
 
 /// One `rdma-bench compare` of the bench: its name (of its files in `target/bench/`), the
 /// RDMA CM port of its server, its test and its flows (with shared state when above 1).
@@ -334,9 +341,9 @@ mod tests {
     fn the_server_serves_one_session_per_mode_and_files_land_in_out() {
         let f = script_functions("/t/rdma bench", "192.0.2.1", Path::new("/p/target/bench"));
         assert!(f.contains("out=/p/target/bench\n"));
-        assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port --sessions 5 "));
+        assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port --sessions 6 "));
         assert!(f.contains(
-            "compare --connect 192.0.2.1:$port --modes busy-poll,event,callback,async,async-mt \
+            "compare --connect 192.0.2.1:$port --modes busy-poll,event,callback,async,async-mt,async-event \
              --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""
         ));
         assert!(f.contains("retry ib_send_lat \"$@\" 192.0.2.1 >"));

@@ -78,7 +78,7 @@ fn session_id() -> u32 {
 async fn connect_flow(addr: SocketAddr, params: Params) -> Result<Connection> {
     let opts = ConnectOptions {
         private_data: params.encode().to_vec(),
-        qp: qp_options(),
+        qp: qp_options(params.mode),
         ..Default::default()
     };
     let conn = match connect(addr, opts).await {

@@ -30,13 +30,16 @@ use crate::protocol::{Hello, Mode, Params, HELLO_LEN};
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The queue pair and CQ of every flow: deep enough for the tests' depths, with CQ room for
-/// raw work (send + receive depth beyond the dispatcher's slots) and unsignaled sends.
-pub fn qp_options() -> QpOptions {
+/// raw work (send + receive depth beyond the dispatcher's slots) and unsignaled sends; the
+/// mode's completion driver.
+pub fn qp_options(mode: Mode) -> QpOptions {
     QpOptions {
+        driver: mode.driver(),
         max_send_wr: 128,
         max_recv_wr: 128,
         max_inline_data: MAX_INLINE as u32,
         cq_entries: Some(512),
+        ..QpOptions::default()
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_rdma_cm::{AcceptOptions, Connection, IncomingRequest, Listener};
 use super::{exposed, hello, qp_options, raw_flows, register_region, server_plan, SETUP_TIMEOUT};
 use crate::modes::future::{self, AsyncFlow};
 use crate::modes::{engine, Role, SharedState, Tally};
-use crate::protocol::{accept_data, Params, Test};
+use crate::protocol::{accept_data, Mode, Params, Test};
 
 /// How long the server's flows may see nothing: the ping-pong and SEND tests hear from the
 /// client all the time; in the others (the client WRITEs or READs) only its stop message
@@ -49,10 +49,10 @@ async fn first_request(listener: &Listener) -> Result<(IncomingRequest, Params)>
     }
 }
 
-async fn accept(req: IncomingRequest) -> Result<Connection> {
+async fn accept(req: IncomingRequest, mode: Mode) -> Result<Connection> {
     let opts = AcceptOptions {
         private_data: accept_data().to_vec(),
-        qp: qp_options(),
+        qp: qp_options(mode),
         ..Default::default()
     };
     Ok(req.accept(opts).await?)
@@ -61,7 +61,7 @@ async fn accept(req: IncomingRequest) -> Result<Connection> {
 /// Gathers the `flows` connections of the session `first` opens, in flow order.
 async fn gather(listener: &Listener, first: IncomingRequest, p: Params) -> Result<Vec<Connection>> {
     let mut conns: Vec<Option<Connection>> = (0..p.flows).map(|_| None).collect();
-    conns[usize::from(p.flow)] = Some(accept(first).await?);
+    conns[usize::from(p.flow)] = Some(accept(first, p.mode).await?);
     let mut missing = usize::from(p.flows) - 1;
     while missing > 0 {
         let req = tokio::time::timeout(SETUP_TIMEOUT, listener.accept())
@@ -73,7 +73,7 @@ async fn gather(listener: &Listener, first: IncomingRequest, p: Params) -> Resul
                 if slot.is_some() {
                     refuse(req, "flow connected twice");
                 } else {
-                    *slot = Some(accept(req).await?);
+                    *slot = Some(accept(req, p.mode).await?);
                     missing -= 1;
                 }
             }

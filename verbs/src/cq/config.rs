@@ -8,7 +8,7 @@ pub(crate) const TIGHT_POLLS: u32 = 32;
 pub(crate) const MAX_BATCH: usize = 64;
 
 /// Tuning of a completion channel's driver.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
     /// How many consecutive empty polls the driver does after the last completion before it
     /// arms the CQ and parks on the channel fd (it yields to the runtime every 32 polls). `0`
