@@ -122,12 +122,19 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                 // about to return `Pending`, so a completion found inline costs no
                 // registration and no self-wake.
                 let mut ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
-                let mut budget = cq.inline_budget();
-                while ready.is_pending() && cq.poll_inline(&mut budget) {
-                    ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
-                }
                 if ready.is_pending() {
-                    ready = Pin::new(&mut *op).poll(cx);
+                    let mut budget = cq.inline_budget();
+                    while ready.is_pending() && cq.poll_inline(&mut budget) {
+                        ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
+                    }
+                    if ready.is_ready() {
+                        cq.inline_outcome(Some(true));
+                    } else {
+                        ready = Pin::new(&mut *op).poll(cx);
+                        if ready.is_pending() {
+                            cq.inline_outcome(Some(false));
+                        }
+                    }
                 }
                 match ready {
                     Poll::Pending => Poll::Pending,

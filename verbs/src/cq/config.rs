@@ -26,7 +26,10 @@ pub struct DriverConfig {
     /// latency-critical task that owns its thread (a ping-pong, a storage target's I/O loop)
     /// can set thousands: it then busy-polls inline like a raw verbs loop, for at most that
     /// many polls per `poll` before it yields to the runtime. Bounded by count, never by
-    /// clock.
+    /// clock. The budget adapts per CQ: it halves (down to 1) each time a future spends it
+    /// all and has to wait, and doubles back (up to this value) each time inline polls find
+    /// a completion, so tasks whose completions come later than the polls last (many flows on
+    /// one thread) stop spending polls that the driver's spin makes anyway.
     pub inline_polls: u32,
 }
 

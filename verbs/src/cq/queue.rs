@@ -80,6 +80,9 @@ pub(crate) struct CqInner {
     /// claims its send-queue depth: what its flushes can take at once).
     headroom_claimed: AtomicUsize,
     pub(super) config: DriverConfig,
+    /// The inline-polling budget futures get now: adapts between 1 and
+    /// `config.inline_polls` (see [`CqInner::inline_outcome`]).
+    inline_now: AtomicU32,
     /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
     context_ref: *const CqInner,
     /// The channel driver's pending teardowns.
@@ -133,6 +136,7 @@ impl CqInner {
             raw_unclaimed: AtomicU64::new(0),
             raw_owned: AtomicBool::new(false),
             headroom_claimed: AtomicUsize::new(0),
+            inline_now: AtomicU32::new(config.inline_polls.max(1)),
             config,
             context_ref: weak.clone().into_raw(),
             reaper,
@@ -186,9 +190,29 @@ impl CqInner {
         false
     }
 
-    /// A fresh inline-polling budget (`DriverConfig::inline_polls`, at least 1).
+    /// A fresh inline-polling budget: at least 1, at most `DriverConfig::inline_polls`, as
+    /// adapted by [`Self::inline_outcome`].
     pub(crate) fn inline_budget(&self) -> u32 {
-        self.config.inline_polls.max(1)
+        self.inline_now.load(Ordering::Relaxed)
+    }
+
+    /// What a future's inline polls came to: `Some(true)` when they found its completion
+    /// (the budget doubles back, up to `inline_polls`), `Some(false)` when it spent the whole
+    /// budget and is about to wait (the budget halves, down to 1 poll), `None` when no inline
+    /// poll decided it. So futures whose completions come later than the polls last (many
+    /// flows on one thread, long round trips) stop burning polls the driver's spin makes
+    /// anyway, and a CQ whose completions arrive within the polls keeps its full budget.
+    /// Relaxed and racy on purpose: it is a hint.
+    pub(crate) fn inline_outcome(&self, found: Option<bool>) {
+        let now = self.inline_now.load(Ordering::Relaxed);
+        let next = match found {
+            Some(true) => now.saturating_mul(2).min(self.config.inline_polls.max(1)),
+            Some(false) => (now / 2).max(1),
+            None => return,
+        };
+        if next != now {
+            self.inline_now.store(next, Ordering::Relaxed);
+        }
     }
 
     /// Polls up to one batch and feeds the dispatcher. `None` when another thread is

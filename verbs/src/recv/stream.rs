@@ -70,17 +70,29 @@ impl Stream for RecvStream {
                 return Poll::Ready(Some(Err(e)));
             }
         }
-        let mut budget = this.cq.inline_budget();
+        let start = this.cq.inline_budget();
+        let mut budget = start;
         // Inline polls take deliveries without registering the waker; it is registered (and
         // the inbox re-checked) only when about to return `Pending`.
         loop {
             let next = match this.rx.try_recv() {
-                Some(d) => Some(d),
+                Some(d) => {
+                    if budget < start {
+                        // Found by an inline poll.
+                        this.cq.inline_outcome(Some(true));
+                    }
+                    Some(d)
+                }
                 None if !pool.is_spent() && this.cq.poll_inline(&mut budget) => continue,
                 None => match this.rx.poll_recv(cx) {
                     Poll::Ready(d) => d,
                     Poll::Pending if pool.is_spent() => return Poll::Ready(None),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if budget == 0 {
+                            this.cq.inline_outcome(Some(false));
+                        }
+                        return Poll::Pending;
+                    }
                 },
             };
             let Some(d) = next else {
