@@ -183,6 +183,20 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
     Ok(assemble(spec, &records, cpu, wall))
 }
 
+/// How long the measured part took: from the first measured post of any flow to the last
+/// stamp of any flow (latency tests stamp the last completion; bandwidth tests stamp every
+/// completion). Setup, warm-up and the stop message are outside it, so the rate is the
+/// steady state's, as perftest's `MsgRate` is. `None` without stamps.
+fn measured_window(records: &[Record], clock: &crate::clock::CycleClock) -> Option<Duration> {
+    let first = records.iter().filter_map(|r| r.post.first()).min()?;
+    let last = records
+        .iter()
+        .filter_map(|r| r.done.last().max(r.post.last()))
+        .max()?;
+    let usec = clock.to_usec(last.saturating_sub(*first));
+    (usec > 0.0).then(|| Duration::from_secs_f64(usec / 1e6))
+}
+
 /// The run's figures from every flow's stamps: latency over all flows' samples (each flow's
 /// consecutive stamps give its samples; the merged stamp series has exactly those deltas),
 /// bandwidth summed over flows.
@@ -225,7 +239,40 @@ pub fn assemble(spec: &RunSpec, records: &[Record], cpu: Duration, wall: Duratio
         latency,
         bandwidth,
         cpu_usec_per_op: cpu_usec_per_op(cpu, ops as usize),
-        ops_per_sec: ops_per_sec(ops as usize, wall),
+        ops_per_sec: ops_per_sec(
+            ops as usize,
+            measured_window(records, clock).unwrap_or(wall),
+        ),
         samples_usec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::CycleClock;
+
+    #[test]
+    fn the_rate_window_spans_the_measured_stamps_of_every_flow() {
+        let (clock, _mock) = CycleClock::mock(); // 1 cycle = 1 ns
+        let lat = |post: Vec<u64>| Record {
+            post,
+            done: Vec::new(),
+            ops: 0,
+        };
+        // Two flows: measured from 1_000 ns to 9_000 ns.
+        let w = measured_window(&[lat(vec![3_000, 9_000]), lat(vec![1_000, 4_000])], &clock);
+        assert_eq!(w, Some(Duration::from_nanos(8_000)));
+        // Bandwidth: the last completion ends it.
+        let bw = Record {
+            post: vec![2_000, 2_500],
+            done: vec![5_000, 12_000],
+            ops: 2,
+        };
+        let w = measured_window(&[bw], &clock);
+        assert_eq!(w, Some(Duration::from_nanos(10_000)));
+        // No stamps, or no time: the caller falls back to the wall clock.
+        assert_eq!(measured_window(&[lat(vec![])], &clock), None);
+        assert_eq!(measured_window(&[lat(vec![7, 7])], &clock), None);
     }
 }
