@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// The bar's layout: what is measured, a bar, the count, the rate and the time left.
+/// The bar's layout: what runs now, a bar, the count, the rate and the time left.
 const TEMPLATE: &str = "{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}";
 
 /// A bar of `len` steps labelled `what`, drawn on stderr; hidden (every call on it a no-op)

@@ -7,20 +7,25 @@ use tokio_rdma_bench::cli::{Cli, Command, RunArgs};
 use tokio_rdma_bench::protocol::Mode;
 use tokio_rdma_bench::session::{client, server};
 use tokio_rdma_bench::stats::RunResult;
-use tokio_rdma_bench::{plot, report};
+use tokio_rdma_bench::{plot, progress, report};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(a) => server::run(a.bind, a.sessions),
         Command::Client(a) => {
+            let sizes = a.run.sizes();
+            let bar = progress::bar(sizes.len() as u64, "runs");
             let mut results = Vec::new();
-            for size in a.run.sizes() {
+            for size in sizes {
+                bar.set_message(format!("{} {size} B", a.mode));
                 let r = client::run(a.run.connect, &a.run.spec(a.mode, size))
                     .with_context(|| format!("{} {} B", a.mode, size))?;
-                print_one(&r);
+                bar.suspend(|| print_one(&r));
+                bar.inc(1);
                 results.push(r);
             }
+            bar.finish_and_clear();
             outputs(&a.run, &results)
         }
         Command::Compare(a) => {
@@ -29,17 +34,23 @@ fn main() -> Result<()> {
             } else {
                 a.modes.clone()
             };
+            let sizes = a.run.sizes();
+            // One step per run, between runs: nothing is drawn while one measures.
+            let bar = progress::bar((sizes.len() * modes.len()) as u64, "runs");
             let mut all = Vec::new();
-            for size in a.run.sizes() {
+            for size in sizes {
                 let mut results = Vec::new();
                 for &mode in &modes {
+                    bar.set_message(format!("{mode} {size} B"));
                     let r = client::run(a.run.connect, &a.run.spec(mode, size))
                         .with_context(|| format!("{mode} {size} B"))?;
+                    bar.inc(1);
                     results.push(r);
                 }
-                report::print_compare(&results, Mode::BusyPoll.name());
+                bar.suspend(|| report::print_compare(&results, Mode::BusyPoll.name()));
                 all.extend(results);
             }
+            bar.finish_and_clear();
             outputs(&a.run, &all)
         }
     }
