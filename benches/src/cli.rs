@@ -43,6 +43,11 @@ pub struct ServerArgs {
     /// Exit after serving this many sessions (runs; one per size and mode).
     #[arg(long)]
     pub sessions: Option<usize>,
+    /// Serve on a multi-thread runtime of this many workers (for `async-mt` clients that
+    /// scale over threads) instead of one thread; raw-verbs sessions (`busy-poll`, `event`,
+    /// `callback`) are then refused, as they need a runtime that stays idle.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 /// What a client runs (shared by `client` and `compare`).
@@ -76,6 +81,10 @@ pub struct RunArgs {
     /// histogram) behind one lock.
     #[arg(long)]
     pub shared_state: bool,
+    /// Worker threads of the multi-thread runtime in `async-mt` (default: one per CPU);
+    /// other modes run on one thread whatever this says.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Write every run's figures as JSON (perftest's --out_json keys).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -133,6 +142,7 @@ impl RunArgs {
                 .map(Duration::from_secs_f64),
             flows: self.flows,
             shared_state: self.shared_state,
+            threads: self.threads.map(usize::from),
             stall: Duration::from_secs(self.stall.max(1)),
         }
     }

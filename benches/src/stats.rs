@@ -261,6 +261,9 @@ pub struct RunResult {
     pub size: usize,
     /// Number of connections (flows) in the run.
     pub flows: usize,
+    /// Worker threads of the runtime (`async-mt` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// Iterations measured (perftest's `n_iterations`).
     #[serde(rename = "n_iterations")]
     pub iters: usize,

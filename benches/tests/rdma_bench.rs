@@ -21,7 +21,14 @@ const TESTS: [&str; 6] = [
     "write_bw",
     "read_bw",
 ];
-const MODES: [&str; 5] = ["busy-poll", "event", "callback", "async", "async-mt"];
+const MODES: [&str; 6] = [
+    "busy-poll",
+    "event",
+    "callback",
+    "async",
+    "async-mt",
+    "async-event",
+];
 
 /// The cases run one at a time: spinning modes on two vCPUs do not share well.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -82,14 +89,16 @@ impl Drop for Proc {
 
 /// A server on `port` for `sessions` runs, once it is listening (bounded).
 fn server(port: u16, sessions: usize) -> Proc {
+    server_with(port, sessions, &[])
+}
+
+/// As [`server`], with more arguments.
+fn server_with(port: u16, sessions: usize, more: &[&str]) -> Proc {
     let bind = addr(port).to_string();
-    let mut p = Proc::spawn(&[
-        "server",
-        "--bind",
-        &bind,
-        "--sessions",
-        &sessions.to_string(),
-    ]);
+    let sessions = sessions.to_string();
+    let mut args = vec!["server", "--bind", &bind, "--sessions", &sessions];
+    args.extend_from_slice(more);
+    let mut p = Proc::spawn(&args);
     let stderr = p.0.as_mut().and_then(|c| c.stderr.take()).expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -225,6 +234,57 @@ fn rdma_bench_async_every_test() {
 #[ignore = "needs an RDMA device"]
 fn rdma_bench_async_mt_every_test() {
     every_test("async-mt", 18605);
+}
+
+#[test]
+#[ignore = "needs an RDMA device"]
+fn rdma_bench_async_event_every_test() {
+    every_test("async-event", 18612);
+}
+
+/// `async-mt` on 1 and 2 worker threads against a multi-thread server: the JSON says how many
+/// workers ran; a raw-verbs client is refused by such a server with the reason.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn rdma_bench_threads() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let srv = server_with(18613, 2, &["--threads", "2"]);
+    let connect = addr(18613).to_string();
+    // Refused before it counts as one of the server's sessions.
+    let client = Proc::spawn(&["client", "--connect", &connect, "--mode", "busy-poll"]);
+    let out = client.finish("refused client", 60);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("multi-thread runtime"), "{err}");
+    for threads in ["1", "2"] {
+        let out = tmp(&format!("threads-{threads}.json"));
+        let client = Proc::spawn(&[
+            "client",
+            "--connect",
+            &connect,
+            "--mode",
+            "async-mt",
+            "--threads",
+            threads,
+            "--flows",
+            "4",
+            "--shared-state",
+            "--iters",
+            "100",
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        ok(&client.finish(&format!("{threads} threads"), 60), threads);
+        let runs = json(&out);
+        check_run(&runs[0], "async-mt", "send_lat", 2, 4, 100);
+        assert_eq!(
+            runs[0]["threads"].as_u64(),
+            threads.parse().ok(),
+            "{}",
+            runs[0]
+        );
+    }
+    srv.finish("server", 30);
 }
 
 /// `compare` runs every mode against one server and prints one row per mode, with ratios.

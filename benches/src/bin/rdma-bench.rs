@@ -12,7 +12,7 @@ use tokio_rdma_bench::{plot, progress, report};
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(a) => server::run(a.bind, a.sessions),
+        Command::Server(a) => server::run(a.bind, a.sessions, a.threads.map(usize::from)),
         Command::Client(a) => {
             let sizes = a.run.sizes();
             let bar = progress::bar(sizes.len() as u64, "runs");

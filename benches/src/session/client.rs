@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio_rdma_cm::{connect, ConnectOptions, Connection};
 
-use super::{exposed, hello, qp_options, raw_flows, register_region, runtime, SETUP_TIMEOUT};
+use super::{
+    default_threads, exposed, hello, qp_options, raw_flows, register_region, runtime, SETUP_TIMEOUT,
+};
 use crate::clock::cpu_time;
 use crate::modes::future::{self, AsyncFlow};
 use crate::modes::{engine, Plan, Record, Role, SharedState, Tally};
@@ -33,6 +35,8 @@ pub struct RunSpec {
     pub flows: u16,
     /// One structure updated by every flow's handler.
     pub shared_state: bool,
+    /// Worker threads of `async-mt` (`None`: one per CPU).
+    pub threads: Option<usize>,
     /// A run without progress for this long fails.
     pub stall: Duration,
 }
@@ -100,7 +104,7 @@ async fn connect_flow(addr: SocketAddr, params: Params) -> Result<Connection> {
 /// Runs one session against the server at `addr` and returns what it measured.
 pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
     spec.check()?;
-    let rt = runtime(spec.mode)?;
+    let rt = runtime(spec.mode, spec.threads)?;
     let session = session_id();
     let flows = spec.flows;
     let setup = async {
@@ -235,6 +239,7 @@ pub fn assemble(spec: &RunSpec, records: &[Record], cpu: Duration, wall: Duratio
         test: spec.test.name().into(),
         size: spec.size,
         flows: usize::from(spec.flows),
+        threads: (spec.mode == Mode::AsyncMt).then(|| spec.threads.unwrap_or_else(default_threads)),
         iters: ops as usize,
         latency,
         bandwidth,

@@ -84,14 +84,22 @@ pub fn exposed(region: &MemoryRegion<Vec<u8>, PeerWritable>, size: usize) -> Res
     Ok(region.remote(0..size.max(1))?)
 }
 
-/// The runtime a mode runs on.
-pub fn runtime(mode: Mode) -> Result<tokio::runtime::Runtime> {
+/// The runtime a mode runs on: `async-mt` on a multi-thread runtime of `threads` workers
+/// (`None`: one per CPU), every other mode on a current-thread one.
+pub fn runtime(mode: Mode, threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut b = if mode == Mode::AsyncMt {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads.unwrap_or_else(default_threads).max(1));
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
     Ok(b.enable_all().build()?)
+}
+
+/// tokio's default number of workers: one per CPU.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The server's plan for a session: it mirrors the test; counts come from the stop message.

@@ -37,12 +37,21 @@ fn refuse(req: IncomingRequest, reason: &str) {
     }
 }
 
-/// The next valid request that opens a session.
-async fn first_request(listener: &Listener) -> Result<(IncomingRequest, Params)> {
+/// The next valid request that opens a session (`multi_thread`: the server runs on a
+/// multi-thread runtime, where raw-verbs sessions cannot run).
+async fn first_request(
+    listener: &Listener,
+    multi_thread: bool,
+) -> Result<(IncomingRequest, Params)> {
     loop {
         let req = listener.accept().await?;
         match Params::decode(req.private_data()) {
             Ok(p) if p.size == 0 => refuse(req, "message size 0"),
+            Ok(p) if multi_thread && p.mode.is_raw() => refuse(
+                req,
+                "this server runs a multi-thread runtime (--threads): raw-verbs modes need one \
+                 started without it",
+            ),
             Ok(p) => return Ok((req, p)),
             Err(e) => refuse(req, &e.to_string()),
         }
@@ -84,18 +93,25 @@ async fn gather(listener: &Listener, first: IncomingRequest, p: Params) -> Resul
     Ok(conns.into_iter().flatten().collect())
 }
 
-/// Serves sessions at `bind`, `sessions` of them (forever without).
-pub fn run(bind: SocketAddr, sessions: Option<usize>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// Serves sessions at `bind`, `sessions` of them (forever without), on one thread, or on a
+/// multi-thread runtime of `threads` workers (`async` and `async-mt` sessions only).
+pub fn run(bind: SocketAddr, sessions: Option<usize>, threads: Option<usize>) -> Result<()> {
+    let rt = match threads {
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build()?,
+    };
     let listener = rt
         .block_on(Listener::bind(bind))
         .with_context(|| format!("listening on {bind}"))?;
     eprintln!("rdma-bench server: listening on {}", listener.local_addr());
     let mut served = 0;
     while sessions.is_none_or(|n| served < n) {
-        let (req, p) = rt.block_on(first_request(&listener))?;
+        let (req, p) = rt.block_on(first_request(&listener, threads.is_some()))?;
         match serve(&rt, &listener, req, p) {
             Ok(()) => eprintln!(
                 "rdma-bench server: session {:#x} done ({} {} {} B, {} flows)",
