@@ -103,6 +103,9 @@ const CASES: [Case; 3] = [
     },
 ];
 
+/// The RDMA CM port of the scaling series' server.
+const SCALING_PORT: u16 = 18525;
+
 /// The directory of the bench's files: `target/bench` in the project directory (writable
 /// in the VM, unlike a `CARGO_TARGET_DIR` outside it).
 pub fn out_dir() -> PathBuf {
@@ -124,10 +127,13 @@ pub fn device_name(target: &Target) -> String {
 ///   before its server listens fails at once).
 /// - `perftest KEY ARGS...`: `ib_send_lat ARGS` as server, then as client of `ip`; prints
 ///   `@@ KEY` and the client's latency header and row (see [`results::perftest_runs`]).
-/// - `compare NAME PORT ARGS...`: an `rdma-bench` server (`bench`) on `ip:PORT` for one
-///   session per mode of [`MODES`], once it listens `rdma-bench compare ARGS` against it,
-///   writing `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME` first, and
-///   the server's log when something fails.
+/// - `serve NAME PORT ARGS...`: an `rdma-bench server ARGS` (`bench`) on `ip:PORT`, logging
+///   to `NAME.server.log` in `out`, once it listens (its pid in `srv`).
+/// - `compare NAME PORT ARGS...`: a server for one session per mode of [`MODES`], once it
+///   listens `rdma-bench compare ARGS` against it, writing `NAME.json` and `NAME.svg` in
+///   `out`; prints `@@ rdma-bench NAME` first, and the server's log when something fails.
+/// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers, then `async-mt`
+///   clients (`ARGS`) on 1..=MAX worker threads, writing `scaling-K.json` in `out`.
 pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
     let out = shell_quote(&out.to_string_lossy());
     let bench = shell_quote(bench);
@@ -149,20 +155,24 @@ perftest() {{
   wait $srv 2>/dev/null
   return 0
 }}
-compare() {{
+serve() {{
   name=$1 port=$2; shift 2
   log="$out/$name.server.log"
-  rm -f "$out/$name.json" "$out/$name.svg"
-  {bench} server --bind {ip}:$port --sessions {sessions} 2>"$log" & srv=$!
+  {bench} server --bind {ip}:$port "$@" 2>"$log" & srv=$!
   i=0
   until grep -q "listening on" "$log"; do
     i=$((i + 1))
     if [ $i -gt 300 ] || ! kill -0 $srv 2>/dev/null; then
       failed=1; echo "xtask: the rdma-bench server for $name did not listen:"; cat "$log"
-      kill $srv 2>/dev/null; wait $srv 2>/dev/null; return 0
+      kill $srv 2>/dev/null; wait $srv 2>/dev/null; return 1
     fi
     sleep 0.1
   done
+}}
+compare() {{
+  name=$1 port=$2; shift 2
+  rm -f "$out/$name.json" "$out/$name.svg"
+  serve $name $port --sessions {sessions} || return 0
   echo "@@ rdma-bench $name"
   if {bench} compare --connect {ip}:$port --modes {modes} --json "$out/$name.json" --plot "$out/$name.svg" "$@"; then
     wait $srv || {{ failed=1; echo "xtask: the rdma-bench server for $name failed:"; cat "$log"; }}
@@ -170,6 +180,18 @@ compare() {{
     failed=1; kill $srv 2>/dev/null; wait $srv 2>/dev/null
     echo "xtask: rdma-bench compare $name failed; its server's log:"; cat "$log"
   fi
+  return 0
+}}
+scaling() {{
+  max=$1 port=$2; shift 2
+  rm -f "$out"/scaling-*.json
+  serve scaling $port --threads $max --sessions $max || return 0
+  for k in $(seq 1 $max); do
+    echo "@@ rdma-bench scaling $k"
+    {bench} client --connect {ip}:$port --mode async-mt --threads $k \
+      --json "$out/scaling-$k.json" "$@" || {{ failed=1; echo "xtask: scaling $k failed"; }}
+  done
+  wait $srv || {{ failed=1; echo "xtask: the scaling server failed:"; cat "$log"; }}
   return 0
 }}
 "#
@@ -186,7 +208,7 @@ fn compare_args(test: &str, size: u32, iters: u64, warmup: u64, flows: u16) -> S
 }
 
 /// The whole bench script (after [`script_functions`]).
-fn bench_steps(dev: &str, args: &BenchArgs) -> String {
+fn bench_steps(dev: &str, args: &BenchArgs, cpus: u32) -> String {
     let (size, iters, warmup) = (args.size, args.iters(), args.warmup());
     let perftest = format!("-d {dev} -x 1 -n {iters} -s {size}");
     let mut s = format!(
@@ -202,6 +224,11 @@ fn bench_steps(dev: &str, args: &BenchArgs) -> String {
             compare_args(c.test, size, iters, warmup, c.flows)
         );
     }
+    s += &format!(
+        "echo \"== rdma-bench async-mt, 16 flows sharing state, on 1 to {cpus} worker threads\"\n\
+         scaling {cpus} {SCALING_PORT} {}\n",
+        compare_args("send_lat", size, iters, warmup, 16)
+    );
     s + "exit $failed\n"
 }
 
@@ -234,7 +261,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         target.describe()
     );
     let script = script_functions(&bench, &target.local_ip(), &out)
-        + &bench_steps(&device_name(&target), args);
+        + &bench_steps(&device_name(&target), args, cpus);
     let outcome = target.run_with_cpus(&script, Duration::from_secs(args.timeout), cpus)?;
 
     let perftest = results::perftest_runs(&outcome.output, args.size);
@@ -267,7 +294,16 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         );
         cases.push(runs);
     }
-    summary += "== targets (issue 10), ratios within this run\n";
+    let scaling: Vec<(u32, BenchRun)> = (1..=cpus)
+        .filter_map(|k| {
+            let runs = read_case(&out, &format!("scaling-{k}"))?;
+            runs.into_iter().next().map(|r| (k, r))
+        })
+        .collect();
+    complete &= scaling.len() == cpus as usize;
+    let callback = cases[2].iter().find(|r| r.mode == "callback");
+    summary += &table::scaling(&scaling, callback);
+    summary += "\n== targets (issue 10), ratios within this run\n";
     for check in table::checks(&perftest, &cases[0], &cases[2]) {
         summary += &format!("{check}\n");
     }
@@ -312,7 +348,11 @@ mod tests {
             cpus: Some(4),
             timeout: 1,
         };
-        let s = bench_steps("rxe0", &args);
+        let s = bench_steps("rxe0", &args, 3);
+        assert!(s.contains(
+            "scaling 3 18525 --test send_lat --size 2 --iters 200 --warmup 20 --flows 16 \
+             --shared-state\n"
+        ));
         assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
         assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
         assert!(
@@ -341,7 +381,8 @@ mod tests {
     fn the_server_serves_one_session_per_mode_and_files_land_in_out() {
         let f = script_functions("/t/rdma bench", "192.0.2.1", Path::new("/p/target/bench"));
         assert!(f.contains("out=/p/target/bench\n"));
-        assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port --sessions 6 "));
+        assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port \"$@\" 2>\"$log\""));
+        assert!(f.contains("serve $name $port --sessions 6 "));
         assert!(f.contains(
             "compare --connect 192.0.2.1:$port --modes busy-poll,event,callback,async,async-mt,async-event \
              --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""

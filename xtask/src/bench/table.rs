@@ -123,6 +123,47 @@ pub fn side_by_side(title: &str, perftest: &[PerftestRun], runs: &[BenchRun]) ->
     out
 }
 
+/// The scaling series: `async-mt` with 16 flows sharing state on 1..=N worker threads, each
+/// row's throughput with its ratio to one thread's, and callback mode's (one polling thread
+/// by design) from the contention compare for reference.
+pub fn scaling(runs: &[(u32, BenchRun)], callback: Option<&BenchRun>) -> String {
+    let one = runs.iter().find(|(k, _)| *k == 1).map(|(_, r)| &r.figures);
+    let mut grid = vec![["run", "ops/s", "t_typical[usec]", "99%[usec]"].map(String::from)];
+    for (k, r) in runs {
+        let f = &r.figures;
+        grid.push([
+            format!("async-mt, {k} thread{}", if *k == 1 { "" } else { "s" }),
+            cell(f.ops_per_sec, one.and_then(|o| o.ops_per_sec), 0),
+            format!("{:.2}", f.t_typical),
+            format!("{:.2}", f.p99),
+        ]);
+    }
+    if let Some(c) = callback {
+        let f = &c.figures;
+        grid.push([
+            "callback (1 polling thread)".into(),
+            cell(f.ops_per_sec, one.and_then(|o| o.ops_per_sec), 0),
+            format!("{:.2}", f.t_typical),
+            format!("{:.2}", f.p99),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|c| grid.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::from(
+        "== async-mt throughput by worker threads (16 flows, shared state; ratios to 1 thread)\n",
+    );
+    for row in &grid {
+        let mut line = format!(" {:<w$} ", row[0], w = widths[0]);
+        for c in 1..4 {
+            let _ = write!(line, " {:>w$} ", row[c], w = widths[c]);
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
 /// One of the targets with what this run measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -321,6 +362,25 @@ mod tests {
         assert_eq!(cells(6)[7..], ["44.000 (1.10x)", "900 (0.90x)"]);
         // The columns line up: every row as wide as the header.
         assert!(lines[2..].iter().all(|l| l.len() == lines[1].len()), "{t}");
+    }
+
+    #[test]
+    fn scaling_rows_carry_ratios_to_one_thread() {
+        let runs = [
+            (1, run("async-mt", 16, 500.0, 900.0, 1000.0)),
+            (2, run("async-mt", 16, 300.0, 700.0, 1800.0)),
+        ];
+        let cb = run("callback", 16, 400.0, 1200.0, 1500.0);
+        let t = scaling(&runs, Some(&cb));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("== async-mt throughput"), "{t}");
+        assert!(lines[2].contains("async-mt, 1 thread ") && lines[2].contains("1000 (1.00x)"));
+        assert!(lines[3].contains("async-mt, 2 threads") && lines[3].contains("1800 (1.80x)"));
+        assert!(
+            lines[4].contains("callback") && lines[4].contains("1500 (1.50x)"),
+            "{t}"
+        );
+        assert!(lines[3].contains("700.00"), "{t}");
     }
 
     #[test]
