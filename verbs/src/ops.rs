@@ -29,6 +29,8 @@ enum State<L: Send + 'static> {
         pin: WorkPin,
         /// What was posted, named by a failed completion.
         posted: WcOpcode,
+        /// Inline polls this wait has made (see `CqInner::spin_turn`).
+        spun: u32,
     },
     Failed(Option<(Error, L)>),
     Done,
@@ -74,6 +76,7 @@ impl<L: Send + 'static> OpFuture<L> {
                 cq,
                 pin,
                 posted,
+                spun: 0,
             },
         }
     }
@@ -110,7 +113,13 @@ impl<L: Send + 'static> Future for OpFuture<L> {
         // `State` holds nothing self-referential; `OpFuture` is Unpin.
         let this = self.get_mut();
         match &mut this.state {
-            State::Posted { op, cq, posted, .. } => {
+            State::Posted {
+                op,
+                cq,
+                posted,
+                spun,
+                ..
+            } => {
                 // tokio's cooperative budget, as tokio's own resources do: a task whose
                 // operations keep completing (found by the inline polls, never `Pending`)
                 // yields after its budget, so it cannot starve the others on its thread.
@@ -123,16 +132,25 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                 // registration and no self-wake.
                 let mut ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
                 if ready.is_pending() {
-                    let mut budget = cq.inline_budget();
+                    let spin = cq.spin_turn(*spun);
+                    let start = spin.unwrap_or_else(|| cq.inline_budget());
+                    let mut budget = start;
                     while ready.is_pending() && cq.poll_inline(&mut budget) {
                         ready = op.try_complete().map_or(Poll::Pending, Poll::Ready);
                     }
                     if ready.is_ready() {
                         cq.inline_outcome(Some(true));
                     } else {
+                        // Registers the waker (the driver may find the completion first).
                         ready = Pin::new(&mut *op).poll(cx);
                         if ready.is_pending() {
-                            cq.inline_outcome(Some(false));
+                            *spun = spun.saturating_add(start - budget);
+                            if spin.is_some() {
+                                // Spinning: run again after every other ready task.
+                                cx.waker().wake_by_ref();
+                            } else {
+                                cq.inline_outcome(Some(false));
+                            }
                         }
                     }
                 }

@@ -176,8 +176,10 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                         return fallback(&chan, &format!("ibv_get_cq_event: {e}")).await;
                     }
                 }
+                chan.registry.set_active(ex.policy.active().len());
             }
             DriverStep::Yield => {
+                chan.registry.set_active(ex.policy.active().len());
                 yield_to_tasks().await;
                 ex.sync_registry();
                 if chan.faulted.load(Ordering::Acquire) {
@@ -191,6 +193,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 }
             }
             DriverStep::Park => {
+                chan.registry.set_active(0);
                 if let Err(e) = fd.readable().await {
                     return fallback(&chan, &format!("waiting on the fd: {e}")).await;
                 }

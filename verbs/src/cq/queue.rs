@@ -196,6 +196,20 @@ impl CqInner {
         self.inline_now.load(Ordering::Relaxed)
     }
 
+    /// Whether a future whose result is not there after its inline polls keeps spinning on
+    /// this CQ itself (waking its own task, so the runtime runs every other ready task before
+    /// it polls again) instead of waiting for the driver: while `spun`, the polls this wait
+    /// has made, is within the driver's spin budget (`DriverConfig::spin_iterations`; so
+    /// never in event mode) and the driver has at most one CQ active (this one: with more,
+    /// the driver's rounds serve every waiter better than each task polling its own). The
+    /// completion is then found by the task that awaits it, without the wake-up hop through
+    /// the driver task. The turn's polls are the full `inline_polls`, not the adapted
+    /// budget.
+    pub(crate) fn spin_turn(&self, spun: u32) -> Option<u32> {
+        (spun < self.config.spin_iterations && self.registry.active() <= 1)
+            .then(|| self.config.inline_polls.max(1))
+    }
+
     /// What a future's inline polls came to: `Some(true)` when they found its completion
     /// (the budget doubles back, up to `inline_polls`), `Some(false)` when it spent the whole
     /// budget and is about to wait (the budget halves, down to 1 poll), `None` when no inline

@@ -11,6 +11,9 @@ pub(crate) struct Registry {
     next_key: AtomicUsize,
     changed: AtomicBool,
     changes: Mutex<Changes>,
+    /// How many CQs the driver polls now (its active set), published at each of its yields
+    /// and parks: a hint for futures deciding whether to spin on their own CQ.
+    active: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -25,6 +28,18 @@ impl Registry {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.change(|c| c.added.push(key));
         key
+    }
+
+    /// The driver's active set has `n` CQs.
+    pub(super) fn set_active(&self, n: usize) {
+        if self.active.load(Ordering::Relaxed) != n {
+            self.active.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// How many CQs the driver polls now (as last published).
+    pub(super) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// A CQ is gone (its own drop acked its events).

@@ -27,6 +27,8 @@ pub struct RecvStream {
     rx: InboxReceiver<Delivery<Parked>>,
     pool: Arc<RecvPool>,
     cq: Arc<CqInner>,
+    /// Inline polls the current wait has made (see `CqInner::spin_turn`).
+    spun: u32,
 }
 
 impl fmt::Debug for RecvStream {
@@ -44,7 +46,12 @@ impl RecvStream {
         pool: Arc<RecvPool>,
         cq: Arc<CqInner>,
     ) -> Self {
-        Self { rx, pool, cq }
+        Self {
+            rx,
+            pool,
+            cq,
+            spun: 0,
+        }
     }
 
     /// Receive buffers currently posted (not yet delivered).
@@ -70,7 +77,8 @@ impl Stream for RecvStream {
                 return Poll::Ready(Some(Err(e)));
             }
         }
-        let start = this.cq.inline_budget();
+        let spin = this.cq.spin_turn(this.spun);
+        let start = spin.unwrap_or_else(|| this.cq.inline_budget());
         let mut budget = start;
         // Inline polls take deliveries without registering the waker; it is registered (and
         // the inbox re-checked) only when about to return `Pending`.
@@ -88,7 +96,11 @@ impl Stream for RecvStream {
                     Poll::Ready(d) => d,
                     Poll::Pending if pool.is_spent() => return Poll::Ready(None),
                     Poll::Pending => {
-                        if budget == 0 {
+                        this.spun = this.spun.saturating_add(start - budget);
+                        if spin.is_some() {
+                            // Spinning: run again after every other ready task.
+                            cx.waker().wake_by_ref();
+                        } else if budget == 0 {
                             this.cq.inline_outcome(Some(false));
                         }
                         return Poll::Pending;
@@ -109,6 +121,7 @@ impl Stream for RecvStream {
                 continue;
             };
             coop.made_progress();
+            this.spun = 0;
             return Poll::Ready(Some(match check(d.completion, WcOpcode::Recv) {
                 Ok(c) => Ok(RecvMessage {
                     pool: chunk_pool,
