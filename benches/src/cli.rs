@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::modes::future::DEFAULT_STALL;
 use crate::protocol::{Mode, Test};
 use crate::session::client::RunSpec;
+use tokio_rdma_verbs::DriverConfig;
 
 /// perftest's default port.
 pub const DEFAULT_PORT: u16 = 18515;
@@ -85,6 +86,14 @@ pub struct RunArgs {
     /// other modes run on one thread whatever this says.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Tuning of the client's completion driver in the async modes (`DriverConfig::
+    /// spin_iterations`; the server keeps its mode's): empty polls before it parks.
+    #[arg(long)]
+    pub spin: Option<u32>,
+    /// Tuning of the client's futures in the async modes (`DriverConfig::inline_polls`):
+    /// how often an awaiting future polls the CQ itself before it waits.
+    #[arg(long)]
+    pub inline_polls: Option<u32>,
     /// Write every run's figures as JSON (perftest's --out_json keys).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -113,6 +122,11 @@ pub struct CompareArgs {
     /// The modes to run, in order (default: all; the ratios are to busy-poll).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub modes: Vec<Mode>,
+    /// Run the modes this many times, taking turns (each round starts one mode later), and
+    /// report each mode over all its rounds: on a shared or emulated machine the noise then
+    /// falls on every mode alike. `--iters` is per round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
     /// The run.
     #[command(flatten)]
     pub run: RunArgs,
@@ -143,6 +157,14 @@ impl RunArgs {
             flows: self.flows,
             shared_state: self.shared_state,
             threads: self.threads.map(usize::from),
+            tuning: (self.spin.is_some() || self.inline_polls.is_some()).then(|| {
+                let base = mode.driver().unwrap_or_default();
+                DriverConfig {
+                    spin_iterations: self.spin.unwrap_or(base.spin_iterations),
+                    inline_polls: self.inline_polls.unwrap_or(base.inline_polls),
+                    ..base
+                }
+            }),
             stall: Duration::from_secs(self.stall.max(1)),
         }
     }

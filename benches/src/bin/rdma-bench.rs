@@ -35,18 +35,29 @@ fn main() -> Result<()> {
                 a.modes.clone()
             };
             let sizes = a.run.sizes();
+            let rounds = a.rounds as usize;
             // One step per run, between runs: nothing is drawn while one measures.
-            let bar = progress::bar((sizes.len() * modes.len()) as u64, "runs");
+            let bar = progress::bar((sizes.len() * modes.len() * rounds) as u64, "runs");
             let mut all = Vec::new();
             for size in sizes {
-                let mut results = Vec::new();
-                for &mode in &modes {
-                    bar.set_message(format!("{mode} {size} B"));
-                    let r = client::run(a.run.connect, &a.run.spec(mode, size))
-                        .with_context(|| format!("{mode} {size} B"))?;
-                    bar.inc(1);
-                    results.push(r);
+                let mut measured: Vec<Vec<client::Measured>> =
+                    modes.iter().map(|_| Vec::new()).collect();
+                for round in 0..rounds {
+                    for k in 0..modes.len() {
+                        let i = (k + round) % modes.len();
+                        let mode = modes[i];
+                        bar.set_message(format!("{mode} {size} B"));
+                        let m = client::measure(a.run.connect, &a.run.spec(mode, size))
+                            .with_context(|| format!("{mode} {size} B, round {}", round + 1))?;
+                        bar.inc(1);
+                        measured[i].push(m);
+                    }
                 }
+                let results: Vec<_> = modes
+                    .iter()
+                    .zip(&measured)
+                    .map(|(&mode, m)| client::assemble_rounds(&a.run.spec(mode, size), m))
+                    .collect();
                 bar.suspend(|| report::print_compare(&results, Mode::BusyPoll.name()));
                 all.extend(results);
             }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use tokio_rdma_cm::verbs::DriverConfig;
 use tokio_rdma_cm::{connect, ConnectOptions, Connection};
 
 use super::{
@@ -37,6 +38,8 @@ pub struct RunSpec {
     pub shared_state: bool,
     /// Worker threads of `async-mt` (`None`: one per CPU).
     pub threads: Option<usize>,
+    /// The client's completion-driver tuning in the async modes (`None`: the mode's).
+    pub tuning: Option<DriverConfig>,
     /// A run without progress for this long fails.
     pub stall: Duration,
 }
@@ -79,10 +82,18 @@ fn session_id() -> u32 {
 }
 
 /// Connects flow `flow` of the session.
-async fn connect_flow(addr: SocketAddr, params: Params) -> Result<Connection> {
+async fn connect_flow(
+    addr: SocketAddr,
+    params: Params,
+    tuning: Option<DriverConfig>,
+) -> Result<Connection> {
+    let mut qp = qp_options(params.mode);
+    if tuning.is_some() && !params.mode.is_raw() {
+        qp.driver = tuning;
+    }
     let opts = ConnectOptions {
         private_data: params.encode().to_vec(),
-        qp: qp_options(params.mode),
+        qp,
         ..Default::default()
     };
     let conn = match connect(addr, opts).await {
@@ -101,8 +112,56 @@ async fn connect_flow(addr: SocketAddr, params: Params) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Runs one session against the server at `addr` and returns what it measured.
+/// What one session measured, before the figures: every flow's stamps, and the process's
+/// CPU and wall time around the flows.
+#[derive(Debug)]
+pub struct Measured {
+    /// One record per flow.
+    pub records: Vec<Record>,
+    /// CPU time (user + system) of the run.
+    pub cpu: Duration,
+    /// Wall time of the run.
+    pub wall: Duration,
+}
+
+/// Runs one session against the server at `addr` and returns its figures.
 pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
+    let m = measure(addr, spec)?;
+    Ok(assemble(spec, &m.records, m.cpu, m.wall))
+}
+
+/// The figures of several sessions of the same run (`compare --rounds`: the modes take turns,
+/// so each mode's rounds are spread over the same stretch of a noisy machine): latency over
+/// every sample of every round; the rate over the sum of the rounds' measured windows;
+/// bandwidth as the mean of the rounds'; CPU per operation over all of them.
+pub fn assemble_rounds(spec: &RunSpec, rounds: &[Measured]) -> RunResult {
+    let clock = crate::modes::clock();
+    let all: Vec<Record> = rounds.iter().flat_map(|m| m.records.clone()).collect();
+    let cpu = rounds.iter().map(|m| m.cpu).sum();
+    let wall = rounds.iter().map(|m| m.wall).sum();
+    let mut r = assemble(spec, &all, cpu, wall);
+    let windows: Option<Duration> = rounds
+        .iter()
+        .map(|m| measured_window(&m.records, clock))
+        .sum();
+    r.ops_per_sec = ops_per_sec(r.iters, windows.unwrap_or(wall));
+    if r.bandwidth.is_some() {
+        let per_round: Vec<Bandwidth> = rounds
+            .iter()
+            .filter_map(|m| assemble(spec, &m.records, m.cpu, m.wall).bandwidth)
+            .collect();
+        let n = per_round.len().max(1) as f64;
+        r.bandwidth = Some(Bandwidth {
+            bw_peak: per_round.iter().map(|b| b.bw_peak).sum::<f64>() / n,
+            bw_average: per_round.iter().map(|b| b.bw_average).sum::<f64>() / n,
+            msg_rate: per_round.iter().map(|b| b.msg_rate).sum::<f64>() / n,
+        });
+    }
+    r
+}
+
+/// Runs one session against the server at `addr` and returns what it measured.
+pub fn measure(addr: SocketAddr, spec: &RunSpec) -> Result<Measured> {
     spec.check()?;
     let rt = runtime(spec.mode, spec.threads)?;
     let session = session_id();
@@ -119,7 +178,7 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
                 flow,
                 session,
             };
-            conns.push(connect_flow(addr, params).await?);
+            conns.push(connect_flow(addr, params, spec.tuning).await?);
         }
         // The server answers the hellos once every flow is connected.
         let mut flows = Vec::with_capacity(conns.len());
@@ -183,8 +242,11 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
     let (cpu, wall) = (cpu_time().saturating_sub(cpu0), wall0.elapsed());
     // Disconnect inside the runtime the connections belong to.
     rt.block_on(async move { drop(keep) });
-    let records = records?;
-    Ok(assemble(spec, &records, cpu, wall))
+    Ok(Measured {
+        records: records?,
+        cpu,
+        wall,
+    })
 }
 
 /// How long the measured part took: from the first measured post of any flow to the last
