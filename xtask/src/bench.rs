@@ -24,10 +24,15 @@ use std::time::Duration;
 /// `cargo xtask bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Measured iterations per run (per flow in the 16-flow case) [default: 2000; 200 with
-    /// --quick].
+    /// Measured iterations per round of a compare (per flow in the 16-flow case), and of
+    /// each scaling run [default: 1000; 200 with --quick].
     #[arg(long)]
     pub iters: Option<u64>,
+    /// Rounds of each compare: the modes take turns this many times and each is reported
+    /// over all its rounds, so the machine's noise falls on every mode alike [default: 5;
+    /// 1 with --quick].
+    #[arg(long)]
+    pub rounds: Option<u32>,
     /// Unmeasured iterations before each `rdma-bench` run [default: a tenth of --iters].
     #[arg(long)]
     pub warmup: Option<u64>,
@@ -47,7 +52,13 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn iters(&self) -> u64 {
-        self.iters.unwrap_or(if self.quick { 200 } else { 2000 })
+        self.iters.unwrap_or(if self.quick { 200 } else { 1000 })
+    }
+
+    fn rounds(&self) -> u32 {
+        self.rounds
+            .unwrap_or(if self.quick { 1 } else { 5 })
+            .max(1)
     }
 
     fn warmup(&self) -> u64 {
@@ -129,9 +140,10 @@ pub fn device_name(target: &Target) -> String {
 ///   `@@ KEY` and the client's latency header and row (see [`results::perftest_runs`]).
 /// - `serve NAME PORT ARGS...`: an `rdma-bench server ARGS` (`bench`) on `ip:PORT`, logging
 ///   to `NAME.server.log` in `out`, once it listens (its pid in `srv`).
-/// - `compare NAME PORT ARGS...`: a server for one session per mode of [`MODES`], once it
-///   listens `rdma-bench compare ARGS` against it, writing `NAME.json` and `NAME.svg` in
-///   `out`; prints `@@ rdma-bench NAME` first, and the server's log when something fails.
+/// - `compare NAME PORT ROUNDS ARGS...`: a server for ROUNDS sessions per mode of [`MODES`],
+///   once it listens `rdma-bench compare --rounds ROUNDS ARGS` against it, writing
+///   `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME` first, and the
+///   server's log when something fails.
 /// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers, then `async-mt`
 ///   clients (`ARGS`) on 1..=MAX worker threads, writing `scaling-K.json` in `out`.
 pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
@@ -170,11 +182,11 @@ serve() {{
   done
 }}
 compare() {{
-  name=$1 port=$2; shift 2
+  name=$1 port=$2 rounds=$3; shift 3
   rm -f "$out/$name.json" "$out/$name.svg"
-  serve $name $port --sessions {sessions} || return 0
+  serve $name $port --sessions $(({sessions} * rounds)) || return 0
   echo "@@ rdma-bench $name"
-  if {bench} compare --connect {ip}:$port --modes {modes} --json "$out/$name.json" --plot "$out/$name.svg" "$@"; then
+  if {bench} compare --connect {ip}:$port --modes {modes} --rounds $rounds --json "$out/$name.json" --plot "$out/$name.svg" "$@"; then
     wait $srv || {{ failed=1; echo "xtask: the rdma-bench server for $name failed:"; cat "$log"; }}
   else
     failed=1; kill $srv 2>/dev/null; wait $srv 2>/dev/null
@@ -187,7 +199,7 @@ scaling() {{
   rm -f "$out"/scaling-*.json
   serve scaling $port --threads $max --sessions $max || return 0
   for k in $(seq 1 $max); do
-    echo "@@ rdma-bench scaling $k"
+    echo "== scaling: $k worker threads"
     {bench} client --connect {ip}:$port --mode async-mt --threads $k \
       --json "$out/scaling-$k.json" "$@" || {{ failed=1; echo "xtask: scaling $k failed"; }}
   done
@@ -217,10 +229,11 @@ fn bench_steps(dev: &str, args: &BenchArgs, cpus: u32) -> String {
     );
     for c in &CASES {
         s += &format!(
-            "echo \"== rdma-bench compare: {}\"\ncompare {} {} {}\n",
+            "echo \"== rdma-bench compare: {}\"\ncompare {} {} {} {}\n",
             c.title,
             c.name,
             c.port,
+            args.rounds(),
             compare_args(c.test, size, iters, warmup, c.flows)
         );
     }
@@ -266,10 +279,12 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
 
     let perftest = results::perftest_runs(&outcome.output, args.size);
     let mut summary = format!(
-        "cargo xtask bench: {} bytes, {} iterations{}, warm-up {}, {} ({cpus} vCPUs in the VM); \
-         ratios to the busy-polling run of the same tool in this boot\n\n",
+        "cargo xtask bench: {} bytes, {} iterations x {} rounds per mode{}, warm-up {}, {} \
+         ({cpus} vCPUs in the VM); ratios to the busy-polling run of the same tool in this \
+         boot\n\n",
         args.size,
         args.iters(),
+        args.rounds(),
         if args.quick { " (--quick)" } else { "" },
         args.warmup(),
         target.describe()
@@ -342,6 +357,7 @@ mod tests {
     fn the_script_runs_perftest_both_ways_then_every_case() {
         let args = BenchArgs {
             iters: None,
+            rounds: None,
             warmup: None,
             quick: true,
             size: 2,
@@ -356,25 +372,19 @@ mod tests {
         assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
         assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
         assert!(
-            s.contains("compare send_lat 18521 --test send_lat --size 2 --iters 200 --warmup 20\n")
+            s.contains("compare send_lat 18521 1 --test send_lat --size 2 --iters 200 --warmup 20\n")
         );
-        assert!(s.contains("compare write_lat 18522 --test write_lat "));
+        assert!(s.contains("compare write_lat 18522 1 --test write_lat "));
         assert!(s.contains(
-            "compare contention 18523 --test send_lat --size 2 --iters 200 --warmup 20 \
+            "compare contention 18523 1 --test send_lat --size 2 --iters 200 --warmup 20 \
              --flows 16 --shared-state\n"
         ));
         assert!(s.ends_with("exit $failed\n"));
-        assert_eq!(
-            (
-                args.cpus(),
-                BenchArgs {
-                    quick: false,
-                    ..args
-                }
-                .iters()
-            ),
-            (4, 2000)
-        );
+        let full = BenchArgs {
+            quick: false,
+            ..args
+        };
+        assert_eq!((args.cpus(), full.iters(), full.rounds()), (4, 1000, 5));
     }
 
     #[test]
@@ -382,10 +392,10 @@ mod tests {
         let f = script_functions("/t/rdma bench", "192.0.2.1", Path::new("/p/target/bench"));
         assert!(f.contains("out=/p/target/bench\n"));
         assert!(f.contains("'/t/rdma bench' server --bind 192.0.2.1:$port \"$@\" 2>\"$log\""));
-        assert!(f.contains("serve $name $port --sessions 6 "));
+        assert!(f.contains("serve $name $port --sessions $((6 * rounds)) "));
         assert!(f.contains(
             "compare --connect 192.0.2.1:$port --modes busy-poll,event,callback,async,async-mt,async-event \
-             --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""
+             --rounds $rounds --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""
         ));
         assert!(f.contains("retry ib_send_lat \"$@\" 192.0.2.1 >"));
     }
@@ -407,7 +417,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let script = script_functions(&fake.to_string_lossy(), "192.0.2.1", &dir)
-            + "compare x 1 --test send_lat\necho failed=$failed\n";
+            + "compare x 1 1 --test send_lat\necho failed=$failed\n";
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
             .output()

@@ -65,7 +65,9 @@ pub fn perftest_runs(output: &[String], size: u32) -> Vec<PerftestRun> {
     let mut current: Option<String> = None;
     for line in output {
         if let Some(key) = line.trim().strip_prefix("@@ ") {
-            current = Some(key.trim().to_string());
+            // Only perftest's markers: other steps (rdma-bench's) print rows of their own.
+            let key = key.trim();
+            current = key.starts_with("perftest").then(|| key.to_string());
             continue;
         }
         if current.is_none() {
@@ -206,6 +208,9 @@ mod tests {
             "@@ perftest-event",
             "Couldn't connect to 192.0.2.1:18515",
             "@@ perftest-event",
+            " 2       500   3.0   9.0   4.0   4.5   0.1   6.0   9.0",
+            // rdma-bench's steps print rows of the same shape: not perftest's.
+            "@@ rdma-bench contention",
             " 2       500   3.0   9.0   4.0   4.5   0.1   6.0   9.0",
         ]);
         let runs = perftest_runs(&out, 2);
