@@ -33,6 +33,23 @@ pub enum Command {
     Client(ClientArgs),
     /// Run every mode back to back against one server; one table with ratios to busy-poll.
     Compare(CompareArgs),
+    /// Measure what an idle connection costs: a connected pair in this process, receives
+    /// posted and awaited, nothing sent; prints the CPU time as a share of one core.
+    Idle(IdleArgs),
+}
+
+/// `rdma-bench idle`.
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    /// An address of the RDMA device to listen on and connect to (port 0: any free one).
+    #[arg(long)]
+    pub bind: SocketAddr,
+    /// How long the pair idles, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Write the figures as JSON (`wall_sec`, `cpu_sec`, `cpu_percent_of_a_core`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `rdma-bench server`.
@@ -49,6 +66,10 @@ pub struct ServerArgs {
     /// `callback`) are then refused, as they need a runtime that stays idle.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Serve every session in this mode instead of mirroring the client's (the protocol is
+    /// the same in every mode): to see one side's share of a round trip.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
 }
 
 /// What a client runs (shared by `client` and `compare`).

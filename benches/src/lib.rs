@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod idle;
 pub mod modes;
 pub mod plot;
 pub mod progress;

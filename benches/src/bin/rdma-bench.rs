@@ -7,12 +7,19 @@ use tokio_rdma_bench::cli::{Cli, Command, RunArgs};
 use tokio_rdma_bench::protocol::Mode;
 use tokio_rdma_bench::session::{client, server};
 use tokio_rdma_bench::stats::RunResult;
-use tokio_rdma_bench::{plot, progress, report};
+use tokio_rdma_bench::{idle, plot, progress, report};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(a) => server::run(a.bind, a.sessions, a.threads.map(usize::from)),
+        Command::Server(a) => server::run(
+            a.bind,
+            server::ServeOptions {
+                sessions: a.sessions,
+                threads: a.threads.map(usize::from),
+                mode: a.mode,
+            },
+        ),
         Command::Client(a) => {
             let sizes = a.run.sizes();
             let bar = progress::bar(sizes.len() as u64, "runs");
@@ -27,6 +34,30 @@ fn main() -> Result<()> {
             }
             bar.finish_and_clear();
             outputs(&a.run, &results)
+        }
+        Command::Idle(a) => {
+            let seconds = if a.seconds.is_finite() && a.seconds > 0.0 {
+                a.seconds
+            } else {
+                anyhow::bail!("--seconds must be positive")
+            };
+            let r = idle::run(a.bind, std::time::Duration::from_secs_f64(seconds))?;
+            println!(
+                "idle connected pair for {:.2} s: {:.3} s of CPU, {:.2}% of a core",
+                r.wall.as_secs_f64(),
+                r.cpu.as_secs_f64(),
+                r.percent_of_a_core()
+            );
+            if let Some(path) = &a.json {
+                let j = serde_json::json!({
+                    "wall_sec": r.wall.as_secs_f64(),
+                    "cpu_sec": r.cpu.as_secs_f64(),
+                    "cpu_percent_of_a_core": r.percent_of_a_core(),
+                });
+                std::fs::write(path, format!("{j:#}\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
         }
         Command::Compare(a) => {
             let modes = if a.modes.is_empty() {

@@ -93,9 +93,29 @@ async fn gather(listener: &Listener, first: IncomingRequest, p: Params) -> Resul
     Ok(conns.into_iter().flatten().collect())
 }
 
-/// Serves sessions at `bind`, `sessions` of them (forever without), on one thread, or on a
-/// multi-thread runtime of `threads` workers (`async` and `async-mt` sessions only).
-pub fn run(bind: SocketAddr, sessions: Option<usize>, threads: Option<usize>) -> Result<()> {
+/// How a server serves its sessions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeOptions {
+    /// Exit after this many sessions (serve forever without).
+    pub sessions: Option<usize>,
+    /// Run on a multi-thread runtime of this many workers (`async` and `async-mt` sessions
+    /// only) instead of one thread.
+    pub threads: Option<usize>,
+    /// Serve every session in this mode instead of the client's (the wire protocol is the
+    /// same in every mode): to see one side's share of a round trip.
+    pub mode: Option<Mode>,
+}
+
+/// Serves sessions at `bind` as `opts` says.
+pub fn run(bind: SocketAddr, opts: ServeOptions) -> Result<()> {
+    let ServeOptions {
+        sessions,
+        threads,
+        mode,
+    } = opts;
+    if threads.is_some() && mode.is_some_and(Mode::is_raw) {
+        anyhow::bail!("raw-verbs modes need a server without --threads");
+    }
     let rt = match threads {
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -111,7 +131,14 @@ pub fn run(bind: SocketAddr, sessions: Option<usize>, threads: Option<usize>) ->
     eprintln!("rdma-bench server: listening on {}", listener.local_addr());
     let mut served = 0;
     while sessions.is_none_or(|n| served < n) {
-        let (req, p) = rt.block_on(first_request(&listener, threads.is_some()))?;
+        let (req, p) = rt.block_on(first_request(
+            &listener,
+            threads.is_some() && mode.is_none(),
+        ))?;
+        let p = Params {
+            mode: mode.unwrap_or(p.mode),
+            ..p
+        };
         match serve(&rt, &listener, req, p) {
             Ok(()) => eprintln!(
                 "rdma-bench server: session {:#x} done ({} {} {} B, {} flows)",
