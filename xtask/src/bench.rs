@@ -56,9 +56,7 @@ impl BenchArgs {
     }
 
     fn rounds(&self) -> u32 {
-        self.rounds
-            .unwrap_or(if self.quick { 1 } else { 5 })
-            .max(1)
+        self.rounds.unwrap_or(if self.quick { 1 } else { 5 }).max(1)
     }
 
     fn warmup(&self) -> u64 {
@@ -114,6 +112,9 @@ const CASES: [Case; 3] = [
     },
 ];
 
+/// How long the idle measurement waits (the issue's target: under 1% of a core for 10 s).
+const IDLE_SECONDS: u32 = 10;
+
 /// The RDMA CM port of the scaling series' server.
 const SCALING_PORT: u16 = 18525;
 
@@ -146,6 +147,7 @@ pub fn device_name(target: &Target) -> String {
 ///   server's log when something fails.
 /// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers, then `async-mt`
 ///   clients (`ARGS`) on 1..=MAX worker threads, writing `scaling-K.json` in `out`.
+/// - `idle SECONDS`: `rdma-bench idle` (a connected pair waiting), writing `idle.json`.
 pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
     let out = shell_quote(&out.to_string_lossy());
     let bench = shell_quote(bench);
@@ -206,6 +208,11 @@ scaling() {{
   wait $srv || {{ failed=1; echo "xtask: the scaling server failed:"; cat "$log"; }}
   return 0
 }}
+idle() {{
+  rm -f "$out/idle.json"
+  {bench} idle --bind {ip}:0 --seconds $1 --json "$out/idle.json" || {{ failed=1; echo "xtask: idle failed"; }}
+  return 0
+}}
 "#
     )
 }
@@ -242,6 +249,10 @@ fn bench_steps(dev: &str, args: &BenchArgs, cpus: u32) -> String {
          scaling {cpus} {SCALING_PORT} {}\n",
         compare_args("send_lat", size, iters, warmup, 16)
     );
+    s += &format!(
+        "echo \"== rdma-bench idle: a connected pair waiting {IDLE_SECONDS} s\"\n\
+         idle {IDLE_SECONDS}\n"
+    );
     s + "exit $failed\n"
 }
 
@@ -259,6 +270,18 @@ pub fn read_case(out: &Path, name: &str) -> Option<Vec<BenchRun>> {
             None
         }
     }
+}
+
+/// The idle measurement's CPU share in percent of a core, from `idle.json` in `out`.
+fn read_idle(out: &Path) -> Option<f64> {
+    let path = out.join("idle.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| eprintln!("xtask: no idle figures in {}: {e}", path.display()))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| eprintln!("xtask: {}: {e}", path.display()))
+        .ok()?;
+    v["cpu_percent_of_a_core"].as_f64()
 }
 
 /// `cargo xtask bench`.
@@ -318,10 +341,24 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     complete &= scaling.len() == cpus as usize;
     let callback = cases[2].iter().find(|r| r.mode == "callback");
     summary += &table::scaling(&scaling, callback);
+    let idle = read_idle(&out);
+    complete &= idle.is_some();
+    if let Some(pct) = idle {
+        summary += &format!(
+            "\n== idle: a connected pair waiting {IDLE_SECONDS} s used {pct:.2}% of a core\n"
+        );
+    }
     summary += "\n== targets (issue 10), ratios within this run\n";
     for check in table::checks(&perftest, &cases[0], &cases[2]) {
         summary += &format!("{check}\n");
     }
+    let idle_check = table::Check {
+        what: "idle connection: CPU share of a core (percent / 100)",
+        ratio: idle.map(|pct| pct / 100.0),
+        limit: 0.01,
+        at_most: true,
+    };
+    summary += &format!("{idle_check}\n");
     println!();
     print!("{summary}");
     let perftest_path = out.join("perftest.json");
@@ -371,14 +408,15 @@ mod tests {
         ));
         assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
         assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
-        assert!(
-            s.contains("compare send_lat 18521 1 --test send_lat --size 2 --iters 200 --warmup 20\n")
-        );
+        assert!(s.contains(
+            "compare send_lat 18521 1 --test send_lat --size 2 --iters 200 --warmup 20\n"
+        ));
         assert!(s.contains("compare write_lat 18522 1 --test write_lat "));
         assert!(s.contains(
             "compare contention 18523 1 --test send_lat --size 2 --iters 200 --warmup 20 \
              --flows 16 --shared-state\n"
         ));
+        assert!(s.contains("idle 10\n"));
         assert!(s.ends_with("exit $failed\n"));
         let full = BenchArgs {
             quick: false,
