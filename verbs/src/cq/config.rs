@@ -12,7 +12,11 @@ pub(crate) const MAX_BATCH: usize = 64;
 pub struct DriverConfig {
     /// How many consecutive empty polls the driver does after the last completion before it
     /// arms the CQ and parks on the channel fd (it yields to the runtime every 32 polls). `0`
-    /// parks at once (lowest CPU, highest latency). Bounded by count, never by clock.
+    /// parks at once (event mode: lowest CPU, highest latency). Bounded by count, never by
+    /// clock. It is also the budget of a future that spins on its own CQ while that CQ is the
+    /// driver's only active one (see the crate docs): it polls at most this many times per
+    /// wait, yielding to the runtime between turns of `inline_polls`, then waits for the
+    /// driver.
     pub spin_iterations: u32,
     /// How many work completions one `ibv_poll_cq` call fetches (1..=64).
     pub poll_batch: usize,
