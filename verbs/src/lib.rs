@@ -39,7 +39,9 @@
 //!   channel fd fail, the driver polls its CQs on a timer instead: nothing is released early.
 //!   While it spins, the driver yields to the runtime every 32 empty rounds by waking itself
 //!   (the task goes to the back of the run queue), not with `tokio::task::yield_now`, whose
-//!   deferred wake-up costs a non-blocking `epoll_wait` per yield when nothing else runs.
+//!   deferred wake-up costs a non-blocking `epoll_wait` per yield when nothing else runs;
+//!   after a round that dispatched completions it yields with `yield_now`, so a `block_on`
+//!   future it woke (a `#[tokio::main]` body) runs right after the round.
 //! * **Inline polling.** An operation future or receive stream that is not ready polls the CQ
 //!   itself, guarded by a per-CQ atomic `draining` flag (skipped, never waited for, when the
 //!   driver or another future holds it), and registers its waker only when it is about to
@@ -49,7 +51,9 @@
 //!   latency-critical task that owns its thread can set thousands and busy-poll inline like a
 //!   raw verbs loop.
 //! * **Spinning in the awaiting task.** When the driver's active set holds at most one CQ
-//!   (one connection busy on the channel: a ping-pong, an RPC client), a future whose
+//!   (one connection busy on the channel: a ping-pong, an RPC client), a future in a spawned
+//!   task (not a `block_on` future, which tokio polls only between rounds of its run queue)
+//!   whose
 //!   completion is not there after its inline polls does not leave the spinning to the
 //!   driver: it wakes its own task and returns `Pending`, so every other ready task runs, and
 //!   polls again on its next turn, for at most the driver's spin budget. The completion is

@@ -204,10 +204,15 @@ impl CqInner {
     /// the driver's rounds serve every waiter better than each task polling its own). The
     /// completion is then found by the task that awaits it, without the wake-up hop through
     /// the driver task. The turn's polls are the full `inline_polls`, not the adapted
-    /// budget.
+    /// budget. Only in a spawned task: a current-thread runtime polls its `block_on` future
+    /// (a `#[tokio::main]` body) only when its run queue is empty, with a non-blocking
+    /// `epoll_wait` first, or every `event_interval` ticks while the driver spins; there the
+    /// future waits for the driver, which lets it run right after the round that woke it.
     pub(crate) fn spin_turn(&self, spun: u32) -> Option<u32> {
-        (spun < self.config.spin_iterations && self.registry.active() <= 1)
-            .then(|| self.config.inline_polls.max(1))
+        (spun < self.config.spin_iterations
+            && self.registry.active() <= 1
+            && tokio::task::try_id().is_some())
+        .then(|| self.config.inline_polls.max(1))
     }
 
     /// What a future's inline polls came to: `Some(true)` when they found its completion
