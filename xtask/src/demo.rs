@@ -4,14 +4,15 @@
 //! rdma-core's both ways (our server with its client, its server with our client, `-V`), then a 2-byte RC ping-pong, several rounds,
 //! each round running side by side on the same device: perftest's `ib_send_lat` busy-polling
 //! and waiting on the completion channel (`-e`), and tokio-rdma's `pingpong` (an awaiting
-//! task) in four settings: the default (the awaiting future polls the CQ up to 32 times
-//! itself, then the spinning completion driver wakes it), woken by the driver only
-//! (`--inline-polls 1`), inline busy-poll (`--inline-polls 1000000`), and event mode (the
-//! driver parks at once and nothing spins, like `-e`). The summary gives each one's median
+//! task) in five settings: the default (the loop in a task of its own, whose awaiting future
+//! spins on the CQ itself while it is the only busy one), awaited in `main` (tokio's
+//! `block_on` future, woken by the spinning completion driver; `--in-main`), woken by the
+//! driver only (`--inline-polls 1`), inline busy-poll (`--inline-polls 1000000`), and event
+//! mode (the driver parks at once and nothing spins, like `-e`). The summary gives each one's median
 //! one-way latency (the median over rounds of each run's median) and its ratio to
 //! busy-polling (the median over rounds of the ratio within each round), and to `-e` for
 //! event mode. Last, a short `rdma-bench compare` of the same ping-pong (`send_lat`) in every
-//! dispatch mode (busy-poll, event, callback, async, async-mt): its table, with ratios to
+//! dispatch mode (busy-poll, event, callback, async, async-mt, async-event): its table, with ratios to
 //! busy-poll within the run, and the path of its latency CDF plot (`target/bench/`).
 
 use crate::device::Target;
@@ -65,7 +66,7 @@ const AWAIT_EVENT: Variant = Variant {
     args: "--spin 0 --inline-polls 1",
 };
 /// In the order they run and are reported.
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     BUSY,
     EVENT,
     Variant {
@@ -73,6 +74,12 @@ const VARIANTS: [Variant; 6] = [
         name: "tokio-rdma pingpong: awaiting task",
         pingpong: true,
         args: "",
+    },
+    Variant {
+        key: "tokio-rdma-main",
+        name: "tokio-rdma: awaiting in main (block_on)",
+        pingpong: true,
+        args: "--in-main",
     },
     Variant {
         key: "tokio-rdma-driver",

@@ -11,10 +11,16 @@
 //! and each send's completion is awaited together with the next receive, not before it: the
 //! round trip never waits for the send's acknowledgement.
 //!
-//! `--inline-polls N` lets the awaiting task poll the CQ itself up to N times before it
-//! yields (see `DriverConfig::inline_polls`): the lowest-latency setting for a task that owns
-//! its thread.
+//! The loop runs in a task of its own (`tokio::spawn`), where an awaiting future spins on the
+//! CQ itself while it is the only busy one; `--in-main` awaits it in `main` instead (tokio's
+//! `block_on` future, which the completion driver wakes). `--inline-polls N` lets the awaiting
+//! future poll the CQ itself up to N times before it yields (see
+//! `DriverConfig::inline_polls`): the lowest-latency setting for a task that owns its thread.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -25,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rdma_verbs::{
     Access, CompletionChannel, ConnectOptions, Context, DriverConfig, MemoryRegion, OpFuture,
-    QpInfo, QpType, QueuePairBuilder, RecvStream,
+    QpInfo, QpType, QueuePair, QueuePairBuilder, RecvStream,
 };
 
 #[derive(Parser, Debug)]
@@ -66,6 +72,10 @@ struct Args {
     /// Print the CQ's counters at the end (channel events, polls, completions).
     #[arg(long)]
     stats: bool,
+    /// Await the ping-pong in `main` (tokio's `block_on` future) instead of a task of its
+    /// own.
+    #[arg(long)]
+    in_main: bool,
     /// Give up when the peer is silent this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
@@ -110,7 +120,7 @@ async fn main() -> Result<()> {
     };
     qp.init(&opts)?;
     // Receives may be posted in INIT: they are in place before the peer can send.
-    let mut rx = qp.recv_stream(args.rx_depth, args.size)?;
+    let rx = qp.recv_stream(args.rx_depth, args.size)?;
     let local = qp.local_info(&opts)?;
     println!(
         "  local address:  LID {:#06x}, QPN {:#08x}, PSN {:#08x}, GID {}",
@@ -136,67 +146,49 @@ async fn main() -> Result<()> {
         .await
         .context("peer went away before the ping-pong")?;
 
-    let mut msg = Some(pd.register(vec![0u8; args.size], Access::LOCAL_WRITE)?);
-    let client = args.server.is_some();
+    let msg = pd.register(vec![0u8; args.size], Access::LOCAL_WRITE)?;
     let limit = Duration::from_secs(args.timeout);
-    // One-way latency = half of each round trip, in nanoseconds (client side).
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
     let start = Instant::now();
-    // The first (up to) 4 bytes carry the iteration number, checked by the receiver.
-    let stamp = args.size.min(4);
     // A dead or silent peer is caught by a watchdog that checks progress once per `limit`
     // (one timer in all, not one per message).
-    let progress = std::cell::Cell::new(0u32);
-    let pingpong = async {
-        // The previous send from the buffer, still completing (the server's echo of
-        // message i - 1).
-        let mut pending: Option<OpFuture<Message>> = None;
-        for i in 0..args.iters {
-            let t0 = Instant::now();
-            if !client {
-                // Our last echo's completion and the next message, in either order.
-                let (sent, ()) =
-                    tokio::try_join!(finish(pending.take()), expect(&mut rx, args.size, i))?;
-                msg = msg.or(sent);
-            }
-            let mut m = msg.take().expect("message buffer is back");
-            m[..stamp].copy_from_slice(&i.to_be_bytes()[..stamp]);
-            let send = if inline {
-                // Copied during the call: the buffer stays ours.
-                let posted = qp.send_inline_unsignaled(&m);
-                msg = Some(m);
-                posted.context("send failed")?;
-                None
-            } else {
-                Some(qp.send(m))
-            };
-            if client {
-                let (sent, ()) = tokio::try_join!(finish(send), expect(&mut rx, args.size, i))?;
-                msg = msg.or(sent);
-                latency.saturating_record(t0.elapsed().as_nanos() as u64 / 2);
-            } else {
-                pending = send;
-            }
-            progress.set(i + 1);
-        }
-        finish(pending).await?;
-        anyhow::Ok(())
+    let progress = Arc::new(AtomicU32::new(0));
+    let run = PingPong {
+        qp: qp.clone(),
+        rx,
+        msg,
+        client: args.server.is_some(),
+        inline,
+        size: args.size,
+        iters: args.iters,
+        progress: progress.clone(),
+    }
+    .run();
+    // The loop runs in a task of its own, as a server's per-connection work would: awaiting
+    // futures there spin on their CQ themselves while it is the only busy one. `--in-main`
+    // awaits it in `main` instead (tokio's `block_on` future, which the runtime polls only
+    // between rounds of its run queue: the completion driver wakes it).
+    let work: Pin<Box<dyn Future<Output = Result<Histogram<u64>>>>> = if args.in_main {
+        Box::pin(run)
+    } else {
+        let task = tokio::spawn(run);
+        Box::pin(async move { task.await.context("the ping-pong task")? })
     };
     let watchdog = async {
         let mut last = u32::MAX;
         loop {
             tokio::time::sleep(limit).await;
-            let now = progress.get();
+            let now = progress.load(Ordering::Relaxed);
             if now == last {
                 return now;
             }
             last = now;
         }
     };
-    tokio::select! {
-        r = pingpong => r?,
+    let latency = tokio::select! {
+        r = work => r?,
         stuck = watchdog => bail!("no progress from the peer for {limit:?} (after {stuck} iterations)"),
-    }
+    };
+    let client = args.server.is_some();
     let secs = start.elapsed().as_secs_f64();
     let bytes = args.size as u64 * u64::from(args.iters) * 2;
     println!(
@@ -225,6 +217,73 @@ async fn main() -> Result<()> {
     tcp.write_all(&[2]).await.ok();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut [0u8; 1])).await;
     Ok(())
+}
+
+/// One side's ping-pong over a connected QP.
+struct PingPong {
+    qp: QueuePair,
+    rx: RecvStream,
+    msg: Message,
+    client: bool,
+    inline: bool,
+    size: usize,
+    iters: u32,
+    /// Iterations done, for the watchdog.
+    progress: Arc<AtomicU32>,
+}
+
+impl PingPong {
+    /// Runs the iterations; returns the client's one-way latencies (half of each round trip,
+    /// in nanoseconds; empty on the server).
+    async fn run(self) -> Result<Histogram<u64>> {
+        let Self {
+            qp,
+            mut rx,
+            msg,
+            client,
+            inline,
+            size,
+            iters,
+            progress,
+        } = self;
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)?;
+        let mut msg = Some(msg);
+        // The first (up to) 4 bytes carry the iteration number, checked by the receiver.
+        let stamp = size.min(4);
+        // The previous send from the buffer, still completing (the server's echo of
+        // message i - 1).
+        let mut pending: Option<OpFuture<Message>> = None;
+        for i in 0..iters {
+            let t0 = Instant::now();
+            if !client {
+                // Our last echo's completion and the next message, in either order.
+                let (sent, ()) =
+                    tokio::try_join!(finish(pending.take()), expect(&mut rx, size, i))?;
+                msg = msg.or(sent);
+            }
+            let mut m = msg.take().expect("message buffer is back");
+            m[..stamp].copy_from_slice(&i.to_be_bytes()[..stamp]);
+            let send = if inline {
+                // Copied during the call: the buffer stays ours.
+                let posted = qp.send_inline_unsignaled(&m);
+                msg = Some(m);
+                posted.context("send failed")?;
+                None
+            } else {
+                Some(qp.send(m))
+            };
+            if client {
+                let (sent, ()) = tokio::try_join!(finish(send), expect(&mut rx, size, i))?;
+                msg = msg.or(sent);
+                latency.saturating_record(t0.elapsed().as_nanos() as u64 / 2);
+            } else {
+                pending = send;
+            }
+            progress.store(i + 1, Ordering::Relaxed);
+        }
+        finish(pending).await?;
+        Ok(latency)
+    }
 }
 
 async fn exchange_stream(args: &Args) -> Result<TcpStream> {
