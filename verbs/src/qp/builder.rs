@@ -219,16 +219,12 @@ impl QpInner {
 }
 
 impl QueuePair {
-    /// Test hook: the QP's RDMA READ/atomic depths as `ibv_query_qp` reports them now:
-    /// (`max_rd_atomic`, outstanding as initiator; `max_dest_rd_atomic`, as responder).
-    #[doc(hidden)]
-    pub fn query_rd_atomic(&self) -> Result<(u8, u8)> {
+    /// The attributes `mask` names as `ibv_query_qp` reports them now (`what`: for the error).
+    fn query_attr(&self, mask: ffi::ibv_qp_attr_mask, what: &str) -> Result<ffi::ibv_qp_attr> {
         // SAFETY: both are plain C data; all-zero is valid.
         let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        let mask = ffi::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC
-            | ffi::ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC;
         // SAFETY: the QP is live; `attr` and `init` are valid out-parameters.
         let rc =
             unsafe { ffi::ibv_query_qp(self.inner.as_ptr(), &mut attr, mask.0 as i32, &mut init) };
@@ -236,9 +232,19 @@ impl QueuePair {
             return Err(Error::from_ret(
                 "ibv_query_qp",
                 rc,
-                format!("rd_atomic of qp {:#x}", self.inner.qp_num),
+                format!("{what} of qp {:#x}", self.inner.qp_num),
             ));
         }
+        Ok(attr)
+    }
+
+    /// Test hook: the QP's RDMA READ/atomic depths as `ibv_query_qp` reports them now:
+    /// (`max_rd_atomic`, outstanding as initiator; `max_dest_rd_atomic`, as responder).
+    #[doc(hidden)]
+    pub fn query_rd_atomic(&self) -> Result<(u8, u8)> {
+        let mask = ffi::ibv_qp_attr_mask::IBV_QP_MAX_QP_RD_ATOMIC
+            | ffi::ibv_qp_attr_mask::IBV_QP_MAX_DEST_RD_ATOMIC;
+        let attr = self.query_attr(mask, "rd_atomic")?;
         Ok((attr.max_rd_atomic, attr.max_dest_rd_atomic))
     }
 
@@ -246,21 +252,7 @@ impl QueuePair {
     /// reports it now.
     #[doc(hidden)]
     pub fn query_min_rnr_timer(&self) -> Result<u8> {
-        // SAFETY: both are plain C data; all-zero is valid.
-        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        let mask = ffi::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER;
-        // SAFETY: the QP is live; `attr` and `init` are valid out-parameters.
-        let rc =
-            unsafe { ffi::ibv_query_qp(self.inner.as_ptr(), &mut attr, mask.0 as i32, &mut init) };
-        if rc != 0 {
-            return Err(Error::from_ret(
-                "ibv_query_qp",
-                rc,
-                format!("min_rnr_timer of qp {:#x}", self.inner.qp_num),
-            ));
-        }
+        let attr = self.query_attr(ffi::ibv_qp_attr_mask::IBV_QP_MIN_RNR_TIMER, "min_rnr_timer")?;
         Ok(attr.min_rnr_timer)
     }
 
