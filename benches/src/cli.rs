@@ -107,6 +107,12 @@ pub struct RunArgs {
     /// other modes run on one thread whatever this says.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// Work of the client's completion handler per operation: rounds of computation
+    /// (xorshift) done outside the shared state's lock, on the thread that runs the handler
+    /// (callback: the polling thread; async: the flow's task). What a consumer does with a
+    /// message; 0 (default): the handler only records.
+    #[arg(long, default_value_t = 0)]
+    pub handler_work: u32,
     /// Tuning of the client's completion driver in the async modes (`DriverConfig::
     /// spin_iterations`; the server keeps its mode's): empty polls before it parks.
     #[arg(long)]
@@ -178,6 +184,7 @@ impl RunArgs {
             flows: self.flows,
             shared_state: self.shared_state,
             threads: self.threads.map(usize::from),
+            handler_work: self.handler_work,
             tuning: (self.spin.is_some() || self.inline_polls.is_some()).then(|| {
                 let base = mode.driver().unwrap_or_default();
                 DriverConfig {

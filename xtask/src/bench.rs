@@ -86,15 +86,27 @@ struct Case {
     port: u16,
     test: &'static str,
     flows: u16,
+    /// `--handler-work` of the client (0: the handler only records).
+    handler_work: u32,
+    /// The server's mode: `mirror` (each client's), or one for every session.
+    server: &'static str,
 }
 
-const CASES: [Case; 3] = [
+/// The client handler's work in the case beyond the issue's (and in the scaling series):
+/// rounds of computation per operation, outside the shared lock (tens of microseconds on
+/// hardware, hundreds in the emulated VM: enough to keep callback mode's one polling thread
+/// busy with 16 flows).
+const HANDLER_WORK: u32 = 20000;
+
+const CASES: [Case; 4] = [
     Case {
         name: "send_lat",
         title: "send_lat, 1 flow",
         port: 18521,
         test: "send_lat",
         flows: 1,
+        handler_work: 0,
+        server: "mirror",
     },
     Case {
         name: "write_lat",
@@ -102,6 +114,8 @@ const CASES: [Case; 3] = [
         port: 18522,
         test: "write_lat",
         flows: 1,
+        handler_work: 0,
+        server: "mirror",
     },
     Case {
         name: "contention",
@@ -109,6 +123,19 @@ const CASES: [Case; 3] = [
         port: 18523,
         test: "send_lat",
         flows: 16,
+        handler_work: 0,
+        server: "mirror",
+    },
+    Case {
+        name: "contention-work",
+        title: "send_lat, 16 flows sharing state, handlers that compute (--handler-work)",
+        port: 18526,
+        test: "send_lat",
+        flows: 16,
+        handler_work: HANDLER_WORK,
+        // A server that does not spin, whatever the client's mode: the VM's vCPUs are left
+        // to the client, whose modes differ in how many of them they can use.
+        server: "async-event",
     },
 ];
 
@@ -141,12 +168,14 @@ pub fn device_name(target: &Target) -> String {
 ///   `@@ KEY` and the client's latency header and row (see [`results::perftest_runs`]).
 /// - `serve NAME PORT ARGS...`: an `rdma-bench server ARGS` (`bench`) on `ip:PORT`, logging
 ///   to `NAME.server.log` in `out`, once it listens (its pid in `srv`).
-/// - `compare NAME PORT ROUNDS ARGS...`: a server for ROUNDS sessions per mode of [`MODES`],
-///   once it listens `rdma-bench compare --rounds ROUNDS ARGS` against it, writing
-///   `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME` first, and the
-///   server's log when something fails.
-/// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers, then `async-mt`
-///   clients (`ARGS`) on 1..=MAX worker threads, writing `scaling-K.json` in `out`.
+/// - `compare NAME PORT ROUNDS SERVER ARGS...`: a server for ROUNDS sessions per mode of
+///   [`MODES`] (mirroring each client's mode when SERVER is `mirror`, else serving every
+///   session in mode SERVER), once it listens `rdma-bench compare --rounds ROUNDS ARGS`
+///   against it, writing `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME`
+///   first, and the server's log when something fails.
+/// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers in event mode (it
+///   leaves the CPUs to the client), then `async-mt` clients (`ARGS`) on 1..=MAX worker
+///   threads, writing `scaling-K.json` in `out`.
 /// - `idle SECONDS`: `rdma-bench idle` (a connected pair waiting), writing `idle.json`.
 pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
     let out = shell_quote(&out.to_string_lossy());
@@ -184,9 +213,10 @@ serve() {{
   done
 }}
 compare() {{
-  name=$1 port=$2 rounds=$3; shift 3
+  name=$1 port=$2 rounds=$3 server=$4; shift 4
   rm -f "$out/$name.json" "$out/$name.svg"
-  serve $name $port --sessions $(({sessions} * rounds)) || return 0
+  if [ "$server" = mirror ]; then set_mode=""; else set_mode="--mode $server"; fi
+  serve $name $port --sessions $(({sessions} * rounds)) $set_mode || return 0
   echo "@@ rdma-bench $name"
   if {bench} compare --connect {ip}:$port --modes {modes} --rounds $rounds --json "$out/$name.json" --plot "$out/$name.svg" "$@"; then
     wait $srv || {{ failed=1; echo "xtask: the rdma-bench server for $name failed:"; cat "$log"; }}
@@ -199,7 +229,7 @@ compare() {{
 scaling() {{
   max=$1 port=$2; shift 2
   rm -f "$out"/scaling-*.json
-  serve scaling $port --threads $max --sessions $max || return 0
+  serve scaling $port --threads $max --sessions $max --mode async-event || return 0
   for k in $(seq 1 $max); do
     echo "== scaling: $k worker threads"
     {bench} client --connect {ip}:$port --mode async-mt --threads $k \
@@ -217,11 +247,14 @@ idle() {{
     )
 }
 
-/// The `compare` arguments of a run: test, size, iterations, warm-up, flows.
-fn compare_args(test: &str, size: u32, iters: u64, warmup: u64, flows: u16) -> String {
+/// The `compare` arguments of a run: test, size, iterations, warm-up, flows, handler work.
+fn compare_args(test: &str, size: u32, iters: u64, warmup: u64, flows: u16, work: u32) -> String {
     let mut args = format!("--test {test} --size {size} --iters {iters} --warmup {warmup}");
     if flows > 1 {
         args += &format!(" --flows {flows} --shared-state");
+    }
+    if work > 0 {
+        args += &format!(" --handler-work {work}");
     }
     args
 }
@@ -236,18 +269,20 @@ fn bench_steps(dev: &str, args: &BenchArgs, cpus: u32) -> String {
     );
     for c in &CASES {
         s += &format!(
-            "echo \"== rdma-bench compare: {}\"\ncompare {} {} {} {}\n",
+            "echo \"== rdma-bench compare: {}\"\ncompare {} {} {} {} {}\n",
             c.title,
             c.name,
             c.port,
             args.rounds(),
-            compare_args(c.test, size, iters, warmup, c.flows)
+            c.server,
+            compare_args(c.test, size, iters, warmup, c.flows, c.handler_work)
         );
     }
     s += &format!(
-        "echo \"== rdma-bench async-mt, 16 flows sharing state, on 1 to {cpus} worker threads\"\n\
+        "echo \"== rdma-bench async-mt, 16 flows sharing state, handler work, on 1 to {cpus} \
+         worker threads\"\n\
          scaling {cpus} {SCALING_PORT} {}\n",
-        compare_args("send_lat", size, iters, warmup, 16)
+        compare_args("send_lat", size, iters, warmup, 16, HANDLER_WORK)
     );
     s += &format!(
         "echo \"== rdma-bench idle: a connected pair waiting {IDLE_SECONDS} s\"\n\
@@ -339,7 +374,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         })
         .collect();
     complete &= scaling.len() == cpus as usize;
-    let callback = cases[2].iter().find(|r| r.mode == "callback");
+    let callback = cases[3].iter().find(|r| r.mode == "callback");
     summary += &table::scaling(&scaling, callback);
     let idle = read_idle(&out);
     complete &= idle.is_some();
@@ -352,8 +387,12 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     for check in table::checks(&perftest, &cases[0], &cases[2]) {
         summary += &format!("{check}\n");
     }
+    summary += "  the same, with handlers that compute (a case beyond the issue's):\n";
+    for check in table::shared_checks(&cases[3], "16 flows, handler work") {
+        summary += &format!("{check}\n");
+    }
     let idle_check = table::Check {
-        what: "idle connection: CPU share of a core (percent / 100)",
+        what: "idle connection: CPU share of a core (percent / 100)".into(),
         ratio: idle.map(|pct| pct / 100.0),
         limit: 0.01,
         at_most: true,
@@ -404,16 +443,17 @@ mod tests {
         let s = bench_steps("rxe0", &args, 3);
         assert!(s.contains(
             "scaling 3 18525 --test send_lat --size 2 --iters 200 --warmup 20 --flows 16 \
-             --shared-state\n"
+             --shared-state --handler-work 20000\n"
         ));
         assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
         assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
         assert!(s.contains(
-            "compare send_lat 18521 1 --test send_lat --size 2 --iters 200 --warmup 20\n"
+            "compare send_lat 18521 1 mirror --test send_lat --size 2 --iters 200 --warmup 20\n"
         ));
-        assert!(s.contains("compare write_lat 18522 1 --test write_lat "));
+        assert!(s.contains("compare write_lat 18522 1 mirror --test write_lat "));
+        assert!(s.contains("compare contention-work 18526 1 async-event --test send_lat "));
         assert!(s.contains(
-            "compare contention 18523 1 --test send_lat --size 2 --iters 200 --warmup 20 \
+            "compare contention 18523 1 mirror --test send_lat --size 2 --iters 200 --warmup 20 \
              --flows 16 --shared-state\n"
         ));
         assert!(s.contains("idle 10\n"));
@@ -455,7 +495,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let script = script_functions(&fake.to_string_lossy(), "192.0.2.1", &dir)
-            + "compare x 1 1 --test send_lat\necho failed=$failed\n";
+            + "compare x 1 1 mirror --test send_lat\necho failed=$failed\n";
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
             .output()

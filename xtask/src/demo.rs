@@ -154,7 +154,7 @@ pair() {{
     }
     script += &format!(
         "echo \"== rdma-bench compare: {size}-byte send_lat, {iters} iterations, every dispatch mode\"\n\
-         compare {COMPARE} 18524 1 --test send_lat --size {size} --iters {iters} --warmup {} || true\n\
+         compare {COMPARE} 18524 1 mirror --test send_lat --size {size} --iters {iters} --warmup {} || true\n\
          exit $failed\n",
         iters / 10
     );

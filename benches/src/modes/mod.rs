@@ -123,26 +123,67 @@ impl SharedState {
     }
 }
 
-/// A flow's handle on the shared structure, or its own.
+/// Where a flow's handler records: the shared structure, or its own counter.
 #[derive(Clone, Debug)]
-pub enum Tally {
+pub enum TallyState {
     /// One structure for all flows, behind a lock.
     Shared(Arc<Mutex<SharedState>>),
     /// Per-flow counter only (no lock, no sharing).
     Own(u64),
 }
 
+/// A flow's completion handler: `work` rounds of computation per operation (`--handler-work`,
+/// outside any lock: what a consumer does with a message), then the record.
+#[derive(Clone, Debug)]
+pub struct Tally {
+    /// Where it records.
+    pub state: TallyState,
+    /// Rounds of computation per operation.
+    pub work: u32,
+}
+
 impl Tally {
+    /// A handler recording into `shared`.
+    pub fn shared(shared: Arc<Mutex<SharedState>>, work: u32) -> Self {
+        Self {
+            state: TallyState::Shared(shared),
+            work,
+        }
+    }
+
+    /// A handler with a counter of its own.
+    pub fn own(work: u32) -> Self {
+        Self {
+            state: TallyState::Own(0),
+            work,
+        }
+    }
+
     /// The handler's work for one completed operation.
     pub fn record(&mut self, flow: usize, cycles: u64) {
-        match self {
-            Tally::Shared(s) => s
+        if self.work > 0 {
+            handler_work(self.work, cycles);
+        }
+        match &mut self.state {
+            TallyState::Shared(s) => s
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .record(flow, cycles),
-            Tally::Own(n) => *n += 1,
+            TallyState::Own(n) => *n += 1,
         }
     }
+}
+
+/// `rounds` of xorshift over `seed`: CPU work the compiler cannot drop (the result goes
+/// through `black_box`).
+fn handler_work(rounds: u32, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x)
 }
 
 /// Whether a `--duration` run is over (looks at the clock only every [`CLOCK_EVERY`]
@@ -205,11 +246,19 @@ mod tests {
     }
 
     #[test]
+    fn handler_work_depends_on_its_rounds() {
+        assert_eq!(handler_work(0, 6), 7);
+        assert_ne!(handler_work(10, 6), handler_work(11, 6));
+    }
+
+    #[test]
     fn shared_state_counts_per_flow() {
-        let mut t = Tally::Shared(Arc::new(Mutex::new(SharedState::new(2))));
+        let mut t = Tally::shared(Arc::new(Mutex::new(SharedState::new(2))), 100);
         t.record(1, 10);
         t.record(1, 0);
-        let Tally::Shared(s) = t else { unreachable!() };
+        let TallyState::Shared(s) = t.state else {
+            unreachable!()
+        };
         let s = s.lock().unwrap();
         assert_eq!(s.counters, vec![0, 2]);
         assert_eq!(s.hist.len(), 2);

@@ -40,6 +40,8 @@ pub struct RunSpec {
     pub threads: Option<usize>,
     /// The client's completion-driver tuning in the async modes (`None`: the mode's).
     pub tuning: Option<DriverConfig>,
+    /// Rounds of computation the client's handler does per operation, outside the lock.
+    pub handler_work: u32,
     /// A run without progress for this long fails.
     pub stall: Duration,
 }
@@ -197,9 +199,9 @@ pub fn measure(addr: SocketAddr, spec: &RunSpec) -> Result<Measured> {
     let shared = Arc::new(Mutex::new(SharedState::new(usize::from(flows))));
     let tally = || {
         if spec.shared_state {
-            Tally::Shared(shared.clone())
+            Tally::shared(shared.clone(), spec.handler_work)
         } else {
-            Tally::Own(0)
+            Tally::own(spec.handler_work)
         }
     };
     let plan = spec.plan();

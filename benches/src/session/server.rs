@@ -171,9 +171,9 @@ fn serve(
     let shared = Arc::new(Mutex::new(SharedState::new(usize::from(p.flows))));
     let tally = || {
         if p.shared_state {
-            Tally::Shared(shared.clone())
+            Tally::shared(shared.clone(), 0)
         } else {
-            Tally::Own(0)
+            Tally::own(0)
         }
     };
     let plan = server_plan(&p, stall(p.test));

@@ -123,9 +123,9 @@ pub fn side_by_side(title: &str, perftest: &[PerftestRun], runs: &[BenchRun]) ->
     out
 }
 
-/// The scaling series: `async-mt` with 16 flows sharing state on 1..=N worker threads, each
-/// row's throughput with its ratio to one thread's, and callback mode's (one polling thread
-/// by design) from the contention compare for reference.
+/// The scaling series: `async-mt` with 16 flows sharing state (handlers that compute) on
+/// 1..=N worker threads, each row's throughput with its ratio to one thread's, and callback
+/// mode's (one polling thread by design) from the same case's compare for reference.
 pub fn scaling(runs: &[(u32, BenchRun)], callback: Option<&BenchRun>) -> String {
     let one = runs.iter().find(|(k, _)| *k == 1).map(|(_, r)| &r.figures);
     let mut grid = vec![["run", "ops/s", "t_typical[usec]", "99%[usec]"].map(String::from)];
@@ -151,7 +151,8 @@ pub fn scaling(runs: &[(u32, BenchRun)], callback: Option<&BenchRun>) -> String 
         .map(|c| grid.iter().map(|row| row[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::from(
-        "== async-mt throughput by worker threads (16 flows, shared state; ratios to 1 thread)\n",
+        "== async-mt throughput by worker threads (16 flows, shared state, handler work; ratios \
+         to 1 thread)\n",
     );
     for row in &grid {
         let mut line = format!(" {:<w$} ", row[0], w = widths[0]);
@@ -168,7 +169,7 @@ pub fn scaling(runs: &[(u32, BenchRun)], callback: Option<&BenchRun>) -> String 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     /// What is compared.
-    pub what: &'static str,
+    pub what: String,
     /// The measured ratio; `None` when a run it needs is missing.
     pub ratio: Option<f64>,
     /// The target.
@@ -215,63 +216,59 @@ fn mode<'a>(runs: &'a [BenchRun], mode: &str) -> Option<&'a Figures> {
 /// compare, `shared` the 16-flow compare with shared state.
 pub fn checks(perftest: &[PerftestRun], one_flow: &[BenchRun], shared: &[BenchRun]) -> Vec<Check> {
     let typical = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.t_typical, b?.t_typical);
-    let p99 = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.p99, b?.p99);
-    let ops = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.ops_per_sec?, b?.ops_per_sec?);
     let perftest_e = perftest
         .iter()
         .find(|p| p.key == PERFTEST_EVENT)
         .map(|p| &p.figures);
-    let (one, sh) = (|m| mode(one_flow, m), |m| mode(shared, m));
-    let check = |what, ratio, limit, at_most| Check {
-        what,
-        ratio,
-        limit,
-        at_most,
-    };
-    vec![
-        check(
-            "send_lat async t_typical / busy-poll",
-            typical(one("async"), one(BUSY_POLL)),
-            1.10,
-            true,
-        ),
-        check(
-            "send_lat async-event t_typical / perftest -e",
-            typical(one(ASYNC_EVENT), perftest_e),
-            1.0,
-            true,
-        ),
-        check(
-            "send_lat async t_typical / callback (1 flow)",
-            typical(one("async"), one("callback")),
-            1.05,
-            true,
-        ),
-        check(
-            "16 flows, shared state: async 99% / callback 99%",
-            p99(sh("async"), sh("callback")),
-            0.5,
-            true,
-        ),
-        check(
-            "16 flows, shared state: async-mt 99% / callback 99%",
-            p99(sh("async-mt"), sh("callback")),
-            0.5,
-            true,
-        ),
-        check(
-            "16 flows, shared state: async ops/s / callback ops/s",
-            ops(sh("async"), sh("callback")),
-            1.0,
-            false,
-        ),
-        check(
-            "16 flows, shared state: async-mt ops/s / callback ops/s",
-            ops(sh("async-mt"), sh("callback")),
-            1.0,
-            false,
-        ),
-    ]
+    let one = |m| mode(one_flow, m);
+    let mut out = vec![
+        Check {
+            what: "send_lat async t_typical / busy-poll".into(),
+            ratio: typical(one("async"), one(BUSY_POLL)),
+            limit: 1.10,
+            at_most: true,
+        },
+        Check {
+            what: "send_lat async-event t_typical / perftest -e".into(),
+            ratio: typical(one(ASYNC_EVENT), perftest_e),
+            limit: 1.0,
+            at_most: true,
+        },
+        Check {
+            what: "send_lat async t_typical / callback (1 flow)".into(),
+            ratio: typical(one("async"), one("callback")),
+            limit: 1.05,
+            at_most: true,
+        },
+    ];
+    out.extend(shared_checks(shared, "16 flows, shared state"));
+    out
+}
+
+/// The targets of a run of many flows sharing state (`label` names it): async and async-mt
+/// p99 at most half of callback's, and more operations per second.
+pub fn shared_checks(shared: &[BenchRun], label: &str) -> Vec<Check> {
+    let p99 = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.p99, b?.p99);
+    let ops = |a: Option<&Figures>, b: Option<&Figures>| ratio(a?.ops_per_sec?, b?.ops_per_sec?);
+    let sh = |m| mode(shared, m);
+    let mut out = Vec::new();
+    for m in ["async", "async-mt"] {
+        out.push(Check {
+            what: format!("{label}: {m} 99% / callback 99%"),
+            ratio: p99(sh(m), sh("callback")),
+            limit: 0.5,
+            at_most: true,
+        });
+    }
+    for m in ["async", "async-mt"] {
+        out.push(Check {
+            what: format!("{label}: {m} ops/s / callback ops/s"),
+            ratio: ops(sh(m), sh("callback")),
+            limit: 1.0,
+            at_most: false,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
