@@ -88,7 +88,7 @@ const SCALING_PORT: u16 = 18525;
 /// - `retry CMD...`: CMD until it succeeds, 10 tries a second apart (a client started
 ///   before its server listens fails at once).
 /// - `perftest KEY ARGS...`: `ib_send_lat ARGS` as server, then as client of `ip`; prints
-///   `@@ KEY` and the client's latency header and row (see [`results::perftest_runs`]).
+///   `@@ KEY` and the client's latency header and row (see [`super::results::perftest_runs`]).
 /// - `serve NAME PORT ARGS...`: an `rdma-bench server ARGS` (`bench`) on `ip:PORT`, logging
 ///   to `NAME.server.log` in `out`, once it listens (its pid in `srv`).
 /// - `compare NAME PORT ROUNDS SERVER ARGS...`: a server for ROUNDS sessions per mode of
