@@ -1,7 +1,6 @@
 //! The client side of a session: connect the flows, run them in the mode, report.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -9,11 +8,11 @@ use tokio_rdma_cm::verbs::DriverConfig;
 use tokio_rdma_cm::{connect, ConnectOptions, Connection};
 
 use super::{
-    default_threads, exposed, hello, qp_options, raw_flows, register_region, runtime, SETUP_TIMEOUT,
+    default_threads, exposed, hello, qp_options, register_region, run_flows, runtime, tallies,
+    SETUP_TIMEOUT,
 };
 use crate::clock::cpu_time;
-use crate::modes::future::{self, AsyncFlow};
-use crate::modes::{engine, Plan, Record, Role, SharedState, Tally};
+use crate::modes::{Plan, Record, Role};
 use crate::protocol::{check_accept, Mode, Params, Test};
 use crate::stats::{cpu_usec_per_op, ops_per_sec, Bandwidth, Latency, RunResult};
 
@@ -196,51 +195,11 @@ pub fn measure(addr: SocketAddr, spec: &RunSpec) -> Result<Measured> {
             .await
             .map_err(|_| anyhow!("connecting {flows} flows to {addr} timed out"))?
     })?;
-    let shared = Arc::new(Mutex::new(SharedState::new(usize::from(flows))));
-    let tally = || {
-        if spec.shared_state {
-            Tally::shared(shared.clone(), spec.handler_work)
-        } else {
-            Tally::own(spec.handler_work)
-        }
-    };
+    let tally = tallies(flows, spec.shared_state, spec.handler_work);
     let plan = spec.plan();
     let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut keep = Vec::with_capacity(conns.len());
-    let records: Result<Vec<Record>> = if spec.mode.is_raw() {
-        let flows = raw_flows(conns, Role::Client, plan, tally, &mut keep)?;
-        engine::run(spec.mode, flows, spec.stall)
-            .map(|flows| flows.into_iter().map(|f| f.record).collect())
-    } else {
-        let flows: Vec<AsyncFlow> = conns
-            .into_iter()
-            .enumerate()
-            .map(|(index, (conn, region, peer))| {
-                let f = AsyncFlow {
-                    index,
-                    qp: conn.qp().clone(),
-                    role: Role::Client,
-                    plan,
-                    target: Arc::new(region),
-                    peer,
-                    tally: tally(),
-                };
-                keep.push(conn);
-                f
-            })
-            .collect();
-        rt.block_on(async {
-            let tasks: Vec<_> = flows
-                .into_iter()
-                .map(|f| tokio::spawn(future::run(f)))
-                .collect();
-            let mut out = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                out.push(t.await.map_err(|e| anyhow!("flow task: {e}"))??);
-            }
-            anyhow::Ok(out)
-        })
-    };
+    let records = run_flows(&rt, spec.mode, conns, Role::Client, plan, tally, &mut keep);
     let (cpu, wall) = (cpu_time().saturating_sub(cpu0), wall0.elapsed());
     // Disconnect inside the runtime the connections belong to.
     rt.block_on(async move { drop(keep) });

@@ -15,15 +15,17 @@
 pub mod client;
 pub mod server;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use tokio_rdma_cm::verbs::{Access, CompletionQueue, MemoryRegion, PeerWritable, RemoteBuffer};
 use tokio_rdma_cm::{Connection, QpOptions};
 
+use crate::modes::future::{self, AsyncFlow};
 use crate::modes::raw::region_len;
 use crate::modes::raw::RawFlow;
-use crate::modes::{Plan, Role, Tally, MAX_INLINE};
+use crate::modes::{engine, Plan, Record, Role, SharedState, Tally, MAX_INLINE};
 use crate::protocol::{Hello, Mode, Params, HELLO_LEN};
 
 /// Every wait on the peer during setup is bounded by this.
@@ -137,4 +139,64 @@ pub fn raw_flows(
         keep.push(conn);
     }
     Ok(flows)
+}
+
+/// The handlers of a session's `flows`: one structure shared by all (`shared_state`) or a
+/// counter each, with `work` rounds of computation per operation.
+pub fn tallies(flows: u16, shared_state: bool, work: u32) -> impl Fn() -> Tally {
+    let shared = Arc::new(Mutex::new(SharedState::new(usize::from(flows))));
+    move || {
+        if shared_state {
+            Tally::shared(shared.clone(), work)
+        } else {
+            Tally::own(work)
+        }
+    }
+}
+
+/// Runs a session's flows over `conns` to their end in `mode`, as `role`: raw-verbs flows on
+/// the calling thread (the engine), async ones as tasks of `rt`. Returns each flow's record,
+/// in flow order; the connections go to `keep`, which the caller drops inside `rt`.
+pub fn run_flows(
+    rt: &tokio::runtime::Runtime,
+    mode: Mode,
+    conns: Vec<Prepared>,
+    role: Role,
+    plan: Plan,
+    tally: impl Fn() -> Tally,
+    keep: &mut Vec<Connection>,
+) -> Result<Vec<Record>> {
+    if mode.is_raw() {
+        let flows = raw_flows(conns, role, plan, tally, keep)?;
+        return engine::run(mode, flows, plan.stall)
+            .map(|flows| flows.into_iter().map(|f| f.record).collect());
+    }
+    let flows: Vec<AsyncFlow> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(index, (conn, region, peer))| {
+            let qp = conn.qp().clone();
+            keep.push(conn);
+            AsyncFlow {
+                index,
+                qp,
+                role,
+                plan,
+                target: Arc::new(region),
+                peer,
+                tally: tally(),
+            }
+        })
+        .collect();
+    rt.block_on(async {
+        let tasks: Vec<_> = flows
+            .into_iter()
+            .map(|f| tokio::spawn(future::run(f)))
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await.map_err(|e| anyhow!("flow task: {e}"))??);
+        }
+        Ok(out)
+    })
 }

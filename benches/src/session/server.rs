@@ -6,15 +6,15 @@
 //! runtime, so it mirrors `async-mt` with the same futures on one thread.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use tokio_rdma_cm::{AcceptOptions, Connection, IncomingRequest, Listener};
 
-use super::{exposed, hello, qp_options, raw_flows, register_region, server_plan, SETUP_TIMEOUT};
-use crate::modes::future::{self, AsyncFlow};
-use crate::modes::{engine, Role, SharedState, Tally};
+use super::{
+    exposed, hello, qp_options, register_region, run_flows, server_plan, tallies, SETUP_TIMEOUT,
+};
+use crate::modes::Role;
 use crate::protocol::{accept_data, Mode, Params, Test};
 
 /// How long the server's flows may see nothing: the ping-pong and SEND tests hear from the
@@ -168,48 +168,10 @@ fn serve(
         }
         anyhow::Ok(out)
     })?;
-    let shared = Arc::new(Mutex::new(SharedState::new(usize::from(p.flows))));
-    let tally = || {
-        if p.shared_state {
-            Tally::shared(shared.clone(), 0)
-        } else {
-            Tally::own(0)
-        }
-    };
+    let tally = tallies(p.flows, p.shared_state, 0);
     let plan = server_plan(&p, stall(p.test));
     let mut keep = Vec::with_capacity(conns.len());
-    let r = if p.mode.is_raw() {
-        let flows = raw_flows(conns, Role::Server, plan, tally, &mut keep)?;
-        engine::run(p.mode, flows, plan.stall).map(drop)
-    } else {
-        let flows: Vec<AsyncFlow> = conns
-            .into_iter()
-            .enumerate()
-            .map(|(index, (conn, region, peer))| {
-                let qp = conn.qp().clone();
-                keep.push(conn);
-                AsyncFlow {
-                    index,
-                    qp,
-                    role: Role::Server,
-                    plan,
-                    target: Arc::new(region),
-                    peer,
-                    tally: tally(),
-                }
-            })
-            .collect();
-        rt.block_on(async {
-            let tasks: Vec<_> = flows
-                .into_iter()
-                .map(|f| tokio::spawn(future::run(f)))
-                .collect();
-            for t in tasks {
-                t.await.map_err(|e| anyhow!("flow task: {e}"))??;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let r = run_flows(rt, p.mode, conns, Role::Server, plan, tally, &mut keep).map(drop);
     // Let the client see our last messages before the QPs go, then disconnect.
     rt.block_on(async move {
         tokio::time::sleep(Duration::from_millis(10)).await;
