@@ -88,6 +88,8 @@ pub(super) async fn send_message(
     let qp = conn.qp().clone();
     match until_closed(conn, side, qp.send_inline(&msg)).await {
         None => Err(Error::Disconnected("before our SEND completed")),
+        // Flushed: the QP left RTS because the connection went.
+        Some((Err(e), ())) if is_flush(&e) => Err(Error::Disconnected("before our SEND completed")),
         Some((res, ())) => res.map(drop).map_err(Error::verbs(what)),
     }
 }
