@@ -164,7 +164,7 @@ impl Channel {
                         self.land();
                     }
                     assert!(!self.events.is_empty());
-                    p.on_readable();
+                    p.on_woken();
                 }
             }
         }
@@ -197,6 +197,7 @@ fn cfg(spin_polls: u32, tight_polls: u32, ack_batch: u32) -> DriverPolicyConfig 
         spin_polls,
         tight_polls,
         ack_batch,
+        wake_polls: 4,
     }
 }
 
@@ -229,9 +230,10 @@ fn idling_costs_the_spin_budget_then_parks() {
         let (mut ch, mut p) = setup(3, cfg(spin, tight, 64));
         ch.spurious.push_back((0, 1));
         ch.run(&mut p);
-        // One spurious event: `max(spin, 1)` empty polls, one arm and its poll, then park.
+        // One spurious event: the wake-up polls the 3 parked CQs, then `max(spin, 1)` empty
+        // polls, one arm and its poll, then park.
         let rounds = u64::from(spin.max(1));
-        assert_eq!(ch.polls, rounds + 1, "spin {spin}");
+        assert_eq!(ch.polls, 3 + rounds + 1, "spin {spin}");
         assert_eq!(
             ch.yields,
             (rounds - 1) / u64::from(tight),
@@ -313,8 +315,10 @@ proptest! {
         arrivals in prop::collection::vec(prop::collection::vec(0u64..3000, 0..40), 1..4),
         spurious in prop::collection::vec((0u64..3000, 0usize..4), 0..20),
         races in prop::collection::vec((0usize..4, 0u32..20), 0..30),
+        wake_polls in 0u32..4,
     ) {
-        let (mut ch, mut p) = setup(arrivals.len(), cfg(spin, tight, ack_batch));
+        let config = DriverPolicyConfig { wake_polls, ..cfg(spin, tight, ack_batch) };
+        let (mut ch, mut p) = setup(arrivals.len(), config);
         let mut total = 0;
         for (c, mut a) in ch.cqs.iter_mut().zip(arrivals) {
             a.sort_unstable();

@@ -17,6 +17,12 @@
 //!   before `ibv_destroy_cq`, which blocks until acks match events.
 //! * **count-bounded:** idling costs `spin_polls` rounds of polls then one arm and poll per
 //!   CQ; no clock is read.
+//! * **completions before events on a wake-up:** when the driver wakes from parking
+//!   ([`DriverPolicy::on_woken`]) and at most `wake_polls` CQs are parked, those CQs are polled
+//!   first, and the events are read only after the tasks they woke had their turn. The event
+//!   read (`ibv_get_cq_event` and the `EAGAIN` read after it) is off the path from completion
+//!   to consumer. A parked CQ is armed, so a completion in it has raised an event: the drain
+//!   that follows makes it active, and the usual poll-arm-poll parks it again.
 
 /// Tuning of a [`DriverPolicy`]. Counts, never clock time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +35,10 @@ pub struct DriverPolicyConfig {
     pub tight_polls: u32,
     /// Acknowledge a CQ's events once this many are unacknowledged (at least 1).
     pub ack_batch: u32,
+    /// On a wake-up from parking, poll the parked CQs before reading the events when there
+    /// are at most this many (`0`: read the events first). The events say which CQs to poll,
+    /// so with many parked CQs reading them is cheaper than polling every one.
+    pub wake_polls: u32,
 }
 
 impl Default for DriverPolicyConfig {
@@ -37,6 +47,7 @@ impl Default for DriverPolicyConfig {
             spin_polls: 16384,
             tight_polls: 32,
             ack_batch: 64,
+            wake_polls: 4,
         }
     }
 }
@@ -64,7 +75,7 @@ pub enum DriverStep<K> {
     /// check), report it with [`DriverPolicy::on_readable`].
     Yield,
     /// Nothing is active (every CQ is armed and was found empty after its arm): wait until
-    /// the channel fd is readable, then call [`DriverPolicy::on_readable`]. Parking gives the
+    /// the channel fd is readable, then call [`DriverPolicy::on_woken`]. Parking gives the
     /// runtime control, so no [`DriverStep::Yield`] precedes it.
     Park,
 }
@@ -90,6 +101,8 @@ enum Phase {
     Arming { pos: usize, end: usize },
     /// Yield before the next round.
     Yield,
+    /// Woken from parking: `parked[pos]` is polled next, before the events are read.
+    Waking { pos: usize, found: bool },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -106,8 +119,8 @@ struct Entry<K> {
 /// Feed it what the executor observed (`on_*`), ask [`next_step`](Self::next_step) what to do. Inputs
 /// that answer a step ([`on_polled`](Self::on_polled), [`on_polled_after_arm`](
 /// Self::on_polled_after_arm)) must answer the last step handed out; a report that does not
-/// is ignored. Allocation-free after the CQs are registered: the active set and the table are
-/// `Vec`s that only grow when a CQ is added.
+/// is ignored. Allocation-free after the CQs are registered: the active and parked sets and
+/// the table are `Vec`s that only grow when a CQ is added.
 ///
 /// # Example: an executor loop
 ///
@@ -149,7 +162,7 @@ struct Entry<K> {
 ///         }
 ///         DriverStep::Ack { .. } => { /* ibv_ack_cq_events(cq, n) */ }
 ///         DriverStep::Yield => { /* yield_now().await; if fd readable: policy.on_readable() */ }
-///         DriverStep::Park => parks += 1, // fd.readable().await; policy.on_readable()
+///         DriverStep::Park => parks += 1, // fd.readable().await; policy.on_woken()
 ///     }
 /// }
 /// assert_eq!(cqs, [0, 0]);
@@ -162,6 +175,8 @@ pub struct DriverPolicy<K = usize> {
     config: DriverPolicyConfig,
     entries: Vec<Entry<K>>,
     active: Vec<K>,
+    /// CQs parked by the poll after their arm (armed, not active), in parking order.
+    parked: Vec<K>,
     phase: Phase,
     /// Consecutive empty rounds since the last completion or arm.
     idle: u32,
@@ -188,6 +203,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
             },
             entries: Vec::with_capacity(cqs),
             active: Vec::with_capacity(cqs),
+            parked: Vec::with_capacity(cqs),
             phase: Phase::Idle,
             idle: 0,
             tight: 0,
@@ -213,6 +229,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
             ack_due: false,
             active: false,
         });
+        self.parked.push(cq);
         true
     }
 
@@ -242,13 +259,43 @@ impl<K: Copy + Eq> DriverPolicy<K> {
                 _ => {}
             }
         }
+        self.unpark(cq);
         e.unacked
+    }
+
+    /// Drops `cq` from the parked set (it became active or was removed), keeping a wake-up's
+    /// position.
+    fn unpark(&mut self, cq: K) {
+        if let Some(i) = self.parked.iter().position(|&p| p == cq) {
+            self.parked.remove(i);
+            if let Phase::Waking { pos, .. } = &mut self.phase {
+                if i < *pos {
+                    *pos -= 1;
+                }
+            }
+        }
     }
 
     /// The channel fd is readable (seen after [`DriverStep::Park`], or by a non-blocking check
     /// after a [`DriverStep::Yield`]): the next step drains the events.
     pub fn on_readable(&mut self) {
         self.readable = true;
+    }
+
+    /// The channel fd became readable while the driver was parked ([`DriverStep::Park`]):
+    /// like [`on_readable`](Self::on_readable), but when at most
+    /// [`wake_polls`](DriverPolicyConfig::wake_polls) CQs are parked, the next steps poll
+    /// them first ([`DriverStep::Poll`]), then yield if that found completions, and only then
+    /// drain the events.
+    pub fn on_woken(&mut self) {
+        self.readable = true;
+        let few = self.parked.len() <= self.config.wake_polls as usize;
+        if self.phase == Phase::Idle && self.active.is_empty() && !self.parked.is_empty() && few {
+            self.phase = Phase::Waking {
+                pos: 0,
+                found: false,
+            };
+        }
     }
 
     /// One CQ event read from the channel (during [`DriverStep::DrainEvents`]): counts it for
@@ -267,6 +314,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         self.acks_due += usize::from(due);
         if activate {
             self.active.push(cq);
+            self.unpark(cq);
         }
         EventOutcome::Counted
     }
@@ -275,6 +323,14 @@ impl<K: Copy + Eq> DriverPolicy<K> {
     /// because another thread was polling that CQ must be reported with `n > 0`: the CQ must
     /// not be concluded empty.
     pub fn on_polled(&mut self, cq: K, n: usize) {
+        if let Phase::Waking { pos, found } = self.phase {
+            if self.parked.get(pos) == Some(&cq) {
+                self.phase = Phase::Waking {
+                    pos: pos + 1,
+                    found: found || n > 0,
+                };
+            }
+        }
         if let Phase::Polling { pos, found } = self.phase {
             if self.active.get(pos) == Some(&cq) {
                 self.phase = Phase::Polling {
@@ -304,6 +360,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         self.phase = Phase::Arming { pos, end: end - 1 };
         if let Some(e) = self.entry(cq) {
             e.active = false;
+            self.parked.push(cq);
         }
     }
 
@@ -318,6 +375,16 @@ impl<K: Copy + Eq> DriverPolicy<K> {
                 return DriverStep::Ack { cq: e.cq, n };
             }
         }
+        if let Phase::Waking { pos, found } = self.phase {
+            if let Some(&cq) = self.parked.get(pos) {
+                return DriverStep::Poll(cq);
+            }
+            // The tasks those completions woke run before the events are read.
+            self.phase = Phase::Idle;
+            if found {
+                return DriverStep::Yield;
+            }
+        }
         if std::mem::take(&mut self.readable) {
             return DriverStep::DrainEvents;
         }
@@ -327,6 +394,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
                     self.phase = Phase::Idle;
                     return DriverStep::Yield;
                 }
+                Phase::Waking { .. } => self.phase = Phase::Idle,
                 Phase::Idle | Phase::Polling { .. } | Phase::Arming { .. }
                     if self.active.is_empty() =>
                 {

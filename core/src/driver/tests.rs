@@ -7,6 +7,7 @@ fn cfg(spin_polls: u32, tight_polls: u32, ack_batch: u32) -> DriverPolicyConfig 
         spin_polls,
         tight_polls,
         ack_batch,
+        wake_polls: 0,
     }
 }
 
@@ -198,4 +199,87 @@ fn reports_that_answer_no_step_are_ignored() {
     assert_eq!(p.next_step(), Poll(0));
     p.on_polled(7, 1); // not the CQ asked for
     assert_eq!(p.next_step(), Poll(0));
+}
+
+fn waking(wake_polls: u32) -> DriverPolicy {
+    DriverPolicy::new(DriverPolicyConfig {
+        wake_polls,
+        ..cfg(0, 32, 64)
+    })
+}
+
+#[test]
+fn a_wake_up_polls_the_parked_cqs_and_yields_before_reading_the_events() {
+    let mut p = waking(4);
+    p.add_cq(0);
+    p.add_cq(1);
+    assert_eq!(p.next_step(), Park);
+    p.on_woken();
+    assert_eq!(p.next_step(), Poll(0));
+    p.on_polled(0, 0);
+    assert_eq!(p.next_step(), Poll(1));
+    p.on_polled(1, 1);
+    // The woken consumer runs before `ibv_get_cq_event` is read.
+    assert_eq!(p.next_step(), Yield);
+    assert_eq!(p.next_step(), DrainEvents);
+    assert_eq!(p.on_event(1), EventOutcome::Counted);
+    // The CQ with the event goes through the usual poll-arm-poll and parks again.
+    assert_eq!(run_to_park(&mut p, &mut [0, 0]), [Poll(1), Arm(1), Park]);
+    p.on_woken();
+    assert_eq!(p.next_step(), Poll(0));
+    p.on_polled(0, 0);
+    assert_eq!(p.next_step(), Poll(1));
+}
+
+#[test]
+fn a_wake_up_that_finds_nothing_reads_the_events_at_once() {
+    let mut p = waking(4);
+    p.add_cq(0);
+    assert_eq!(p.next_step(), Park);
+    p.on_woken();
+    assert_eq!(p.next_step(), Poll(0));
+    p.on_polled(0, 0);
+    assert_eq!(p.next_step(), DrainEvents);
+}
+
+#[test]
+fn with_more_parked_cqs_than_wake_polls_the_events_are_read_first() {
+    let mut p = waking(2);
+    for cq in 0..3 {
+        p.add_cq(cq);
+    }
+    assert_eq!(p.next_step(), Park);
+    p.on_woken();
+    assert_eq!(p.next_step(), DrainEvents);
+    let mut p = waking(0);
+    p.add_cq(0);
+    p.on_woken();
+    assert_eq!(p.next_step(), DrainEvents);
+}
+
+#[test]
+fn only_parked_cqs_are_polled_on_a_wake_up_and_removal_keeps_the_place() {
+    let mut p = waking(4);
+    for cq in 0..3 {
+        p.add_cq(cq);
+    }
+    // CQ 1 is active (an event, a completion): it is not parked.
+    wake(&mut p, &[1]);
+    assert_eq!(p.next_step(), Poll(1));
+    p.on_polled(1, 1);
+    assert_eq!(p.next_step(), Yield);
+    // A wake-up while a CQ is active is a plain `on_readable`.
+    p.on_woken();
+    assert_eq!(p.next_step(), DrainEvents);
+    assert_eq!(run_to_park(&mut p, &mut [0; 3]), [Poll(1), Arm(1), Park]);
+    // Parked now: 0, 2, 1. Removing 0 after its poll keeps the wake-up's place.
+    p.on_woken();
+    assert_eq!(p.next_step(), Poll(0));
+    p.on_polled(0, 0);
+    assert_eq!(p.on_cq_removed(0), 0);
+    assert_eq!(p.next_step(), Poll(2));
+    p.on_polled(2, 0);
+    assert_eq!(p.next_step(), Poll(1));
+    p.on_polled(1, 0);
+    assert_eq!(p.next_step(), DrainEvents);
 }

@@ -4,6 +4,10 @@
 /// default number of inline polls of an awaiting future.
 pub(crate) const TIGHT_POLLS: u32 = 32;
 
+/// On a wake-up from parking, the driver polls its parked CQs before reading the channel's
+/// events when there are at most this many (a connection's own channel has one).
+pub(crate) const WAKE_POLLS: u32 = 4;
+
 /// Max [`DriverConfig::poll_batch`].
 pub(crate) const MAX_BATCH: usize = 64;
 

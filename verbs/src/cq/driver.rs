@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
@@ -31,6 +31,9 @@ struct Executor<'a> {
     policy: DriverPolicy<usize>,
     /// The active CQs (by key), held strongly while the policy polls them.
     held: Vec<Arc<CqInner>>,
+    /// Every registered CQ, weakly: a parked one is polled through it on a wake-up, before
+    /// its event is read (and so before it is held).
+    known: Vec<(usize, Weak<CqInner>)>,
     /// Whether a poll since the last yield dispatched completions (and so may have woken
     /// tasks).
     dispatched: bool,
@@ -42,20 +45,31 @@ impl Executor<'_> {
     }
 
     fn sync_registry(&mut self) {
-        sync_registry(&self.chan.registry, &mut self.policy, &mut self.held);
+        let Self {
+            chan,
+            policy,
+            held,
+            known,
+            ..
+        } = self;
+        sync_registry(&chan.registry, policy, held, known);
     }
 
     /// Reads every pending event (readiness is cleared only on EAGAIN, by `try_io`).
     fn drain(&mut self, guard: &mut AsyncFdReadyGuard<'_, Fd>) -> io::Result<()> {
         let Self {
-            chan, policy, held, ..
+            chan,
+            policy,
+            held,
+            known,
+            ..
         } = self;
         let r = guard.try_io(|_| {
             chan.drain_events(|cq| {
                 let mut outcome = policy.on_event(cq.key);
                 if outcome == EventOutcome::AckNow {
                     // A CQ created since the last sync: register it and count again.
-                    sync_registry(&chan.registry, policy, held);
+                    sync_registry(&chan.registry, policy, held, known);
                     outcome = policy.on_event(cq.key);
                 }
                 if outcome == EventOutcome::AckNow {
@@ -72,7 +86,17 @@ impl Executor<'_> {
     }
 
     fn poll(&mut self, key: usize) {
-        let n = match self.cq(key).map(|cq| cq.poll_once()) {
+        let polled = match self.cq(key) {
+            Some(cq) => Some(cq.poll_once()),
+            // A parked CQ, polled on a wake-up before its event is read.
+            None => self
+                .known
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, cq)| cq.upgrade())
+                .map(|cq| cq.poll_once()),
+        };
+        let n = match polled {
             // Another thread is polling it: it must not be concluded empty.
             Some(Ok(None)) => 1,
             Some(Ok(Some(n))) => {
@@ -124,15 +148,18 @@ fn sync_registry(
     registry: &Registry,
     policy: &mut DriverPolicy<usize>,
     held: &mut Vec<Arc<CqInner>>,
+    known: &mut Vec<(usize, Weak<CqInner>)>,
 ) {
     if let Some(changes) = registry.take() {
-        for key in changes.added {
+        for (key, cq) in changes.added {
             policy.add_cq(key);
+            known.push((key, cq));
         }
         for key in changes.removed {
             // Its drop acked what it had read; the policy's count is the same events.
             let _ = policy.on_cq_removed(key);
             held.retain(|c| c.key != key);
+            known.retain(|(k, _)| *k != key);
         }
     }
 }
@@ -183,8 +210,10 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
             spin_polls: cfg.spin_iterations,
             tight_polls: super::config::TIGHT_POLLS,
             ack_batch: cfg.ack_batch,
+            wake_polls: super::config::WAKE_POLLS,
         }),
         held: Vec::new(),
+        known: Vec::new(),
         dispatched: false,
     };
     loop {
@@ -226,8 +255,10 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;
                 }
-                ex.policy.on_readable();
+                // CQs created while parked are registered (parked) first, so a wake-up
+                // polls them too.
                 ex.sync_registry();
+                ex.policy.on_woken();
             }
         }
     }

@@ -128,7 +128,7 @@ impl CqInner {
             dispatcher: Dispatcher::new(cqe as usize),
             draining: AtomicBool::new(false),
             unacked: AtomicU32::new(0),
-            key: registry.add(),
+            key: registry.add(weak.clone()),
             registry,
             events: AtomicU64::new(0),
             polls: AtomicU64::new(0),

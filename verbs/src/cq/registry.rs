@@ -3,7 +3,9 @@
 //! atomic load per round).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
+
+use super::queue::CqInner;
 
 /// CQ keys added and removed since the driver last looked.
 #[derive(Default)]
@@ -18,15 +20,16 @@ pub(crate) struct Registry {
 
 #[derive(Default)]
 pub(super) struct Changes {
-    pub(super) added: Vec<usize>,
+    /// New CQs, with a weak reference the driver polls them through while they are parked.
+    pub(super) added: Vec<(usize, Weak<CqInner>)>,
     pub(super) removed: Vec<usize>,
 }
 
 impl Registry {
     /// A key for a new CQ (never reused: a stale step for a dropped CQ names nobody).
-    pub(super) fn add(&self) -> usize {
+    pub(super) fn add(&self, cq: Weak<CqInner>) -> usize {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        self.change(|c| c.added.push(key));
+        self.change(|c| c.added.push((key, cq)));
         key
     }
 
