@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: perftest and `rdma-bench` side by side, in one VM boot.
 //!
 //! On the default device (the soft-RoCE VM with up to 4 vCPUs, unless the machine has a
-//! real device): perftest's `ib_send_lat` busy-polling and with `-e` (completion channel),
-//! then `rdma-bench compare` (every dispatch mode, release build, in rounds) for `send_lat`,
+//! real device): perftest's `ib_send_lat` busy-polling and with `-e` (completion channel), in
+//! as many rounds as the compares, half before the `send_lat` compare and half after it
+//! (its rows are each kind's median run); `rdma-bench compare` (every dispatch mode, release
+//! build, in rounds) for `send_lat`,
 //! `write_lat`, the contention case (16 flows updating one shared state) and the same with
 //! handlers that compute; the computing flows on 1..=N worker threads of `async-mt`; and an
 //! idle connected pair. The script is in `script`. It prints one table per case, perftest's
@@ -131,17 +133,19 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         + &bench_steps(&device_name(&target), args, cpus);
     let outcome = target.run_with_cpus(&script, Duration::from_secs(args.timeout), cpus)?;
 
-    let perftest = results::perftest_runs(&outcome.output, args.size);
+    let perftest_all = results::perftest_runs(&outcome.output, args.size);
+    let perftest = results::medians(&perftest_all);
     let mut summary = format!(
         "cargo xtask bench: {} bytes, {} iterations x {} rounds per mode{}, warm-up {}, {} \
          ({cpus} vCPUs in the VM); ratios to the busy-polling run of the same tool in this \
-         boot\n\n",
+         boot; perftest's rows: the median of its {} runs each\n\n",
         args.size,
         args.iters(),
         args.rounds(),
         if args.quick { " (--quick)" } else { "" },
         args.warmup(),
-        target.describe()
+        target.describe(),
+        args.rounds()
     );
     let mut cases: Vec<Vec<BenchRun>> = Vec::new();
     let mut complete = true;
@@ -199,7 +203,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let perftest_path = out.join("perftest.json");
     std::fs::write(
         &perftest_path,
-        serde_json::to_string_pretty(&results::perftest_json(&perftest, args.size))? + "\n",
+        serde_json::to_string_pretty(&results::perftest_json(&perftest_all, args.size))? + "\n",
     )
     .with_context(|| format!("writing {}", perftest_path.display()))?;
     let summary_path = out.join("summary.txt");
@@ -210,11 +214,13 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         perftest_path.display(),
         summary_path.display()
     );
-    if outcome.status != 0 || !complete || perftest.len() < 2 {
+    let perftest_expected = 2 * args.rounds() as usize;
+    if outcome.status != 0 || !complete || perftest_all.len() < perftest_expected {
         eprintln!(
-            "xtask: the bench failed (exit status {}, {} of 2 perftest runs read)",
+            "xtask: the bench failed (exit status {}, {} of {perftest_expected} perftest runs \
+             read)",
             outcome.status,
-            perftest.len()
+            perftest_all.len()
         );
         return Ok(1);
     }

@@ -186,20 +186,31 @@ fn compare_args(test: &str, size: u32, iters: u64, warmup: u64, flows: u16, work
 pub(super) fn bench_steps(dev: &str, args: &BenchArgs, cpus: u32) -> String {
     let (size, iters, warmup) = (args.size, args.iters(), args.warmup());
     let perftest = format!("-d {dev} -x 1 -n {iters} -s {size}");
-    let mut s = format!(
-        "echo \"== perftest ib_send_lat, {size} bytes, {iters} iterations: busy polling, then -e\"\n\
-         perftest perftest-busy {perftest}\nperftest perftest-event {perftest} -e\n"
-    );
+    // perftest's rounds: half before the send_lat compare, the rest right after it, so their
+    // median sits where that compare's pooled rounds do (see `results::medians`).
+    let rounds = args.rounds();
+    let before = rounds.div_ceil(2);
+    let perftest_rounds = |n: u32, when: &str| {
+        format!(
+            "echo \"== perftest ib_send_lat, {size} bytes, {iters} iterations, {n} of {rounds} \
+             rounds {when}: busy polling, then -e\"\n"
+        ) + &format!("perftest perftest-busy {perftest}\nperftest perftest-event {perftest} -e\n")
+            .repeat(n as usize)
+    };
+    let mut s = perftest_rounds(before, "before the send_lat compare");
     for c in &CASES {
         s += &format!(
             "echo \"== rdma-bench compare: {}\"\ncompare {} {} {} {} {}\n",
             c.title,
             c.name,
             c.port,
-            args.rounds(),
+            rounds,
             c.server,
             compare_args(c.test, size, iters, warmup, c.flows, c.handler_work)
         );
+        if c.name == "send_lat" && rounds > before {
+            s += &perftest_rounds(rounds - before, "after it");
+        }
     }
     s += &format!(
         "echo \"== rdma-bench async-mt, 16 flows sharing state, handler work, on 1 to {cpus} \
@@ -236,6 +247,7 @@ mod tests {
         ));
         assert!(s.contains("perftest perftest-busy -d rxe0 -x 1 -n 200 -s 2\n"));
         assert!(s.contains("perftest perftest-event -d rxe0 -x 1 -n 200 -s 2 -e\n"));
+        assert_eq!(s.matches("perftest perftest-event ").count(), 1);
         assert!(s.contains(
             "compare send_lat 18521 1 mirror --test send_lat --size 2 --iters 200 --warmup 20\n"
         ));
@@ -252,6 +264,15 @@ mod tests {
             ..args
         };
         assert_eq!((args.cpus(), full.iters(), full.rounds()), (4, 1000, 5));
+        // Full runs: perftest's 5 rounds, 3 before the send_lat compare and 2 right after it.
+        let s = bench_steps("rxe0", &full, 3);
+        let busy = "perftest perftest-busy -d rxe0 -x 1 -n 1000 -s 2\n";
+        let (head, tail) = s.split_once("compare send_lat ").unwrap();
+        let (send_lat, rest) = tail.split_once("compare write_lat ").unwrap();
+        assert_eq!(head.matches(busy).count(), 3);
+        assert_eq!(send_lat.matches(busy).count(), 2);
+        assert_eq!(send_lat.matches("perftest perftest-event ").count(), 2);
+        assert_eq!(rest.matches("perftest ").count(), 0);
     }
 
     #[test]
