@@ -150,6 +150,7 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                                 cx.waker().wake_by_ref();
                             } else {
                                 cq.inline_outcome(Some(false));
+                                cq.wait_on_channel(cx);
                             }
                         }
                     }

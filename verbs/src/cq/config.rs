@@ -16,7 +16,8 @@ pub(crate) const MAX_BATCH: usize = 64;
 pub struct DriverConfig {
     /// How many consecutive empty polls the driver does after the last completion before it
     /// arms the CQ and parks on the channel fd (it yields to the runtime every 32 polls). `0`
-    /// parks at once (event mode: lowest CPU, highest latency). Bounded by count, never by
+    /// parks at once (event mode: lowest CPU, highest latency; a waiting future then also
+    /// waits on the channel fd itself, so its task is woken first). Bounded by count, never by
     /// clock. It is also the budget of a future that spins on its own CQ while that CQ is the
     /// driver's only active one (see the crate docs): it polls at most this many times per
     /// wait, yielding to the runtime between turns of `inline_polls`, then waits for the

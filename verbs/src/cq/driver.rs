@@ -85,16 +85,29 @@ impl Executor<'_> {
         }
     }
 
+    /// About to park with the fd's readiness cleared: futures that found it still readable
+    /// (before the events were read) wait on the fd themselves now (`CqInner::wait_on_channel`).
+    /// Only with few CQs, as for the polls on a wake-up.
+    fn wake_channel_waiters(&self) {
+        if self.known.len() <= super::config::WAKE_POLLS as usize {
+            for (_, cq) in &self.known {
+                if let Some(cq) = cq.upgrade() {
+                    cq.channel_waiter.wake();
+                }
+            }
+        }
+    }
+
     fn poll(&mut self, key: usize) {
         let polled = match self.cq(key) {
-            Some(cq) => Some(cq.poll_once()),
+            Some(cq) => Some(cq.driver_poll()),
             // A parked CQ, polled on a wake-up before its event is read.
             None => self
                 .known
                 .iter()
                 .find(|(k, _)| *k == key)
                 .and_then(|(_, cq)| cq.upgrade())
-                .map(|cq| cq.poll_once()),
+                .map(|cq| cq.driver_poll()),
         };
         let n = match polled {
             // Another thread is polling it: it must not be concluded empty.
@@ -123,7 +136,7 @@ impl Executor<'_> {
                 tracing::warn!(error = %e, "arming failed");
                 1
             }
-            Ok(()) => match cq.poll_once() {
+            Ok(()) => match cq.driver_poll() {
                 Ok(Some(n)) => {
                     self.dispatched |= n > 0;
                     n
@@ -249,6 +262,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
             }
             DriverStep::Park => {
                 chan.registry.set_active(0);
+                ex.wake_channel_waiters();
                 if let Err(e) = fd.readable().await {
                     return fallback(&chan, &format!("waiting on the fd: {e}")).await;
                 }

@@ -99,15 +99,7 @@ impl CompletionChannel {
     /// can be in flight.
     pub fn create_cq(&self, cqe: u32) -> Result<CompletionQueue> {
         let chan = &self.owner.inner;
-        let inner = CqInner::create(
-            chan.ctx.clone(),
-            chan.ch.as_ptr(),
-            self.owner.clone(),
-            chan.reaper.clone(),
-            chan.registry.clone(),
-            chan.config,
-            cqe,
-        )?;
+        let inner = CqInner::create(chan, self.owner.clone(), cqe)?;
         chan.add_cq(&inner);
         Ok(CompletionQueue { inner })
     }
@@ -145,6 +137,9 @@ pub struct CqStats {
     pub events: u64,
     /// `ibv_poll_cq` calls.
     pub polls: u64,
+    /// Completions the driver task's polls found. The others were found by the futures'
+    /// own inline polls; each of these reached its task through a wake-up by the driver.
+    pub driver_completions: u64,
     /// Error (or flush) completions of unsignaled sends
     /// ([`QueuePair::send_inline_unsignaled`](crate::QueuePair::send_inline_unsignaled)):
     /// not dispatched, only counted.
@@ -172,6 +167,7 @@ impl CompletionQueue {
         CqStats {
             events: self.inner.events.load(Ordering::Relaxed),
             polls: self.inner.polls.load(Ordering::Relaxed),
+            driver_completions: self.inner.driver_completions.load(Ordering::Relaxed),
             unsignaled_errors: self.inner.unsignaled_errors.load(Ordering::Relaxed),
             raw_unclaimed: self.inner.raw_unclaimed.load(Ordering::Relaxed),
             dispatch: self.inner.dispatcher.stats(),

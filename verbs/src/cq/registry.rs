@@ -11,6 +11,8 @@ use super::queue::CqInner;
 #[derive(Default)]
 pub(crate) struct Registry {
     next_key: AtomicUsize,
+    /// Live CQs of the channel.
+    live: AtomicUsize,
     changed: AtomicBool,
     changes: Mutex<Changes>,
     /// How many CQs the driver polls now (its active set), published at each of its yields
@@ -29,6 +31,7 @@ impl Registry {
     /// A key for a new CQ (never reused: a stale step for a dropped CQ names nobody).
     pub(super) fn add(&self, cq: Weak<CqInner>) -> usize {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.live.fetch_add(1, Ordering::Relaxed);
         self.change(|c| c.added.push((key, cq)));
         key
     }
@@ -40,6 +43,11 @@ impl Registry {
         }
     }
 
+    /// How many CQs the channel has.
+    pub(super) fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
     /// How many CQs the driver polls now (as last published).
     pub(super) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
@@ -47,6 +55,7 @@ impl Registry {
 
     /// A CQ is gone (its own drop acked its events).
     pub(super) fn remove(&self, key: usize) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
         self.change(|c| c.removed.push(key));
     }
 

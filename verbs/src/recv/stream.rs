@@ -100,8 +100,11 @@ impl Stream for RecvStream {
                         if spin.is_some() {
                             // Spinning: run again after every other ready task.
                             cx.waker().wake_by_ref();
-                        } else if budget == 0 {
-                            this.cq.inline_outcome(Some(false));
+                        } else {
+                            if budget == 0 {
+                                this.cq.inline_outcome(Some(false));
+                            }
+                            this.cq.wait_on_channel(cx);
                         }
                         return Poll::Pending;
                     }
