@@ -1,6 +1,7 @@
 //! The owner of one `ibv_comp_channel`: its non-blocking fd in tokio's reactor, the CQs it
 //! serves (a cold-path list, for the fatal-error fallback) and event draining.
 
+use std::any::Any;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicBool;
@@ -11,9 +12,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
 
 use super::config::DriverConfig;
-use super::queue::CqInner;
+use super::queue::{ChannelParts, ChannelReadiness, CqInner, CqRegistry};
 use super::reaper::Reaper;
-use super::registry::Registry;
 use crate::device::{Context, ContextInner};
 use crate::error::{Error, Result};
 use crate::sys::{async_fd, set_nonblocking, Fd};
@@ -31,7 +31,7 @@ pub(crate) struct ChannelInner {
     /// Teardowns waiting for flushes (QPs dropped with work in flight).
     pub(super) reaper: Arc<Reaper>,
     /// CQs added and removed, for the driver's policy.
-    pub(super) registry: Arc<Registry>,
+    pub(super) registry: Arc<CqRegistry>,
     pub(super) ctx: Arc<ContextInner>,
 }
 
@@ -75,6 +75,20 @@ impl ChannelInner {
         Ok(inner)
     }
 
+    /// What a CQ created on this channel takes from it; `keep` keeps the channel (and its
+    /// driver task) alive as long as the CQ.
+    pub(super) fn parts(self: &Arc<Self>, keep: Arc<dyn Any + Send + Sync>) -> ChannelParts {
+        ChannelParts {
+            ctx: self.ctx.clone(),
+            channel: self.ch.as_ptr(),
+            reaper: self.reaper.clone(),
+            registry: self.registry.clone(),
+            config: self.config,
+            readiness: self.clone(),
+            keep,
+        }
+    }
+
     /// Remembers a new CQ (cold path).
     pub(super) fn add_cq(&self, cq: &Arc<CqInner>) {
         let mut cqs = self.cqs.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,5 +128,13 @@ impl ChannelInner {
                 }
             }
         }
+    }
+}
+
+impl ChannelReadiness for ChannelInner {
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.fd
+            .as_ref()
+            .is_none_or(|fd| fd.poll_read_ready(cx).is_ready())
     }
 }

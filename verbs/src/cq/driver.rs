@@ -12,7 +12,7 @@ use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome
 
 use super::channel::ChannelInner;
 use super::queue::CqInner;
-use super::registry::Registry;
+use super::queue::CqRegistry;
 use crate::sys::Fd;
 
 /// The fd's readiness as the reactor knows it, without waiting (and without a system call).
@@ -158,7 +158,7 @@ impl Executor<'_> {
 
 /// Applies CQs created and dropped since the last look.
 fn sync_registry(
-    registry: &Registry,
+    registry: &CqRegistry,
     policy: &mut DriverPolicy<usize>,
     held: &mut Vec<Arc<CqInner>>,
     known: &mut Vec<(usize, Weak<CqInner>)>,

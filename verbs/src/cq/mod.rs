@@ -99,7 +99,7 @@ impl CompletionChannel {
     /// can be in flight.
     pub fn create_cq(&self, cqe: u32) -> Result<CompletionQueue> {
         let chan = &self.owner.inner;
-        let inner = CqInner::create(chan, self.owner.clone(), cqe)?;
+        let inner = CqInner::create(chan.parts(self.owner.clone()), cqe)?;
         chan.add_cq(&inner);
         Ok(CompletionQueue { inner })
     }

@@ -12,7 +12,6 @@ use rdma_sys as ffi;
 use tokio_rdma_core::sync::AtomicWaker;
 use tokio_rdma_core::{Aftermath, Completion, Dispatcher, WcStatus};
 
-use super::channel::ChannelInner;
 use super::config::{DriverConfig, MAX_BATCH, WAKE_POLLS};
 use super::reaper::Reaper;
 use super::registry::Registry;
@@ -59,6 +58,30 @@ thread_local! {
     static AFTERMATH: RefCell<Aftermath<Parked>> = RefCell::new(Aftermath::new());
 }
 
+/// The driver's registry of a channel's CQs: each CQ is announced with a weak reference.
+pub(super) type CqRegistry = Registry<Weak<CqInner>>;
+
+/// A completion channel's fd as a future waiting on it sees it (implemented by the channel).
+pub(super) trait ChannelReadiness: Send + Sync {
+    /// Whether the fd is readable now; if not, `cx`'s waker is woken when it becomes so
+    /// (tokio's single reader waker of the fd's `AsyncFd`: the last caller's is kept). Also
+    /// `true` when the fd cannot be waited on.
+    fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> bool;
+}
+
+/// What a CQ takes from the channel it is created on.
+pub(super) struct ChannelParts {
+    pub(super) ctx: Arc<ContextInner>,
+    pub(super) channel: *mut ffi::ibv_comp_channel,
+    pub(super) reaper: Arc<Reaper>,
+    pub(super) registry: Arc<CqRegistry>,
+    pub(super) config: DriverConfig,
+    /// The channel's fd, for futures that wait on it in event mode.
+    pub(super) readiness: Arc<dyn ChannelReadiness>,
+    /// Keeps the channel (and its driver task) alive as long as the CQ.
+    pub(super) keep: Arc<dyn Any + Send + Sync>,
+}
+
 pub(crate) struct CqInner {
     cq: NonNull<ffi::ibv_cq>,
     pub(crate) dispatcher: Dispatcher<Parked>,
@@ -70,7 +93,7 @@ pub(crate) struct CqInner {
     unacked: AtomicU32,
     /// This CQ's key in its channel driver's policy.
     pub(super) key: usize,
-    registry: Arc<Registry>,
+    registry: Arc<CqRegistry>,
     pub(super) events: AtomicU64,
     pub(super) polls: AtomicU64,
     pub(super) unsignaled_errors: AtomicU64,
@@ -89,8 +112,8 @@ pub(crate) struct CqInner {
     /// still readable, the driver not yet done with the events); the driver wakes it when it
     /// parks, so it registers then (see [`CqInner::wait_on_channel`]).
     pub(super) channel_waiter: AtomicWaker,
-    /// The channel's fd (for [`CqInner::wait_on_channel`]), when this CQ's channel has one.
-    channel: Option<Arc<ChannelInner>>,
+    /// The channel's fd (for [`CqInner::wait_on_channel`]; in event mode only).
+    readiness: Option<Arc<dyn ChannelReadiness>>,
     /// Completions the driver's polls found (`CqStats::driver_completions`).
     pub(super) driver_completions: AtomicU64,
     /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
@@ -105,17 +128,19 @@ pub(crate) struct CqInner {
 ibverbs_thread_safe!(CqInner);
 
 impl CqInner {
-    /// Creates the CQ on `chan` (`ibv_create_cq` with the channel's own context), stores a
-    /// weak reference to itself in `cq_context` (so the driver finds it from an event without
-    /// a lookup) and arms it once. `keep_channel` (the channel's owner) keeps the channel and
-    /// its driver task alive as long as the CQ.
-    pub(super) fn create(
-        chan: &Arc<ChannelInner>,
-        keep_channel: Arc<dyn Any + Send + Sync>,
-        cqe: u32,
-    ) -> Result<Arc<Self>> {
-        let (ctx, channel, config) = (chan.ctx.clone(), chan.ch.as_ptr(), chan.config);
-        let (reaper, registry) = (chan.reaper.clone(), chan.registry.clone());
+    /// Creates the CQ on the channel (`ibv_create_cq` with the channel's own context), stores
+    /// a weak reference to itself in `cq_context` (so the driver finds it from an event
+    /// without a lookup) and arms it once.
+    pub(super) fn create(chan: ChannelParts, cqe: u32) -> Result<Arc<Self>> {
+        let ChannelParts {
+            ctx,
+            channel,
+            reaper,
+            registry,
+            config,
+            readiness,
+            keep: keep_channel,
+        } = chan;
         if cqe == 0 || cqe > i32::MAX as u32 {
             return Err(Error::InvalidArgument(format!("cqe {cqe}")));
         }
@@ -147,7 +172,7 @@ impl CqInner {
             headroom_claimed: AtomicUsize::new(0),
             inline_now: AtomicU32::new(config.inline_polls.max(1)),
             channel_waiter: AtomicWaker::new(),
-            channel: (config.spin_iterations == 0).then(|| chan.clone()),
+            readiness: (config.spin_iterations == 0).then_some(readiness),
             driver_completions: AtomicU64::new(0),
             config,
             context_ref: weak.clone().into_raw(),
@@ -240,13 +265,13 @@ impl CqInner {
     /// Only on a channel with few CQs (as many as the driver polls on a wake-up, which also
     /// wakes these futures when it parks): with many, the events say which CQ to poll.
     pub(crate) fn wait_on_channel(&self, cx: &mut std::task::Context<'_>) {
-        let Some(fd) = self.channel.as_ref().and_then(|c| c.fd.as_ref()) else {
+        let Some(readiness) = self.readiness.as_ref() else {
             return;
         };
         if self.registry.live() > WAKE_POLLS as usize {
             return;
         }
-        if fd.poll_read_ready(cx).is_ready() {
+        if readiness.poll_readable(cx) {
             self.channel_waiter.register(cx.waker());
         }
     }

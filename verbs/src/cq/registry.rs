@@ -3,33 +3,51 @@
 //! atomic load per round).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, Weak};
+use std::sync::Mutex;
 
-use super::queue::CqInner;
-
-/// CQ keys added and removed since the driver last looked.
-#[derive(Default)]
-pub(crate) struct Registry {
+/// CQ keys added (each with a `T`, the driver's handle on the CQ) and removed since the driver
+/// last looked.
+pub(crate) struct Registry<T> {
     next_key: AtomicUsize,
     /// Live CQs of the channel.
     live: AtomicUsize,
     changed: AtomicBool,
-    changes: Mutex<Changes>,
+    changes: Mutex<Changes<T>>,
     /// How many CQs the driver polls now (its active set), published at each of its yields
     /// and parks: a hint for futures deciding whether to spin on their own CQ.
     active: AtomicUsize,
 }
 
-#[derive(Default)]
-pub(super) struct Changes {
-    /// New CQs, with a weak reference the driver polls them through while they are parked.
-    pub(super) added: Vec<(usize, Weak<CqInner>)>,
+pub(super) struct Changes<T> {
+    /// New CQs, with the handle the driver polls them through while they are parked.
+    pub(super) added: Vec<(usize, T)>,
     pub(super) removed: Vec<usize>,
 }
 
-impl Registry {
+impl<T> Default for Changes<T> {
+    fn default() -> Self {
+        Self {
+            added: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self {
+            next_key: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            changed: AtomicBool::new(false),
+            changes: Mutex::new(Changes::default()),
+            active: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<T> Registry<T> {
     /// A key for a new CQ (never reused: a stale step for a dropped CQ names nobody).
-    pub(super) fn add(&self, cq: Weak<CqInner>) -> usize {
+    pub(super) fn add(&self, cq: T) -> usize {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         self.live.fetch_add(1, Ordering::Relaxed);
         self.change(|c| c.added.push((key, cq)));
@@ -59,13 +77,13 @@ impl Registry {
         self.change(|c| c.removed.push(key));
     }
 
-    fn change(&self, f: impl FnOnce(&mut Changes)) {
+    fn change(&self, f: impl FnOnce(&mut Changes<T>)) {
         f(&mut self.changes.lock().unwrap_or_else(|e| e.into_inner()));
         self.changed.store(true, Ordering::Release);
     }
 
     /// The changes since the last call, if any (one atomic load when there are none).
-    pub(super) fn take(&self) -> Option<Changes> {
+    pub(super) fn take(&self) -> Option<Changes<T>> {
         if !self.changed.load(Ordering::Acquire) {
             return None;
         }
