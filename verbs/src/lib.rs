@@ -52,10 +52,11 @@
 //!   own inline poll finds the completion: the driver's turn and its wake-up of the task
 //!   (about 14 us in the VM, against 2.6 us for raw verbs' whole wake-up path) are not on
 //!   the way. If the fd is still readable then (the driver has not read the events yet), the
-//!   future asks the driver to wake it when it parks, and registers then. This only gets
-//!   there first: the future's slot waker stays registered, so a registration replaced by
-//!   another future's (the last one wins) or by the driver's readiness check costs only the
-//!   shortcut.
+//!   future asks the driver to wake it when it parks, and registers then. Only on a channel
+//!   with one CQ (a connection's own); the driver's own readiness checks register no waker
+//!   (`AsyncFd::try_io`). This only gets there first: the future's slot waker stays
+//!   registered, so a registration replaced by another future's (the last one wins) costs
+//!   only the shortcut.
 //! * **Inline polling.** An operation future or receive stream that is not ready polls the CQ
 //!   itself, guarded by a per-CQ atomic `draining` flag (skipped, never waited for, when the
 //!   driver or another future holds it), and registers its waker only when it is about to

@@ -8,11 +8,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bounded, pattern, rig};
+use common::{bounded, event_mode_channel, pattern, rig};
 use futures::StreamExt;
 use tokio_rdma_verbs::{
-    Access, CompletionChannel, CompletionQueue, DriverConfig, Error, QpType, QueuePair,
-    QueuePairBuilder, RegisterBuffer,
+    Access, CompletionQueue, Error, QpType, QueuePair, QueuePairBuilder, RegisterBuffer,
 };
 
 /// A buffer that records its drop (with its id), to check each is dropped exactly once.
@@ -240,15 +239,7 @@ async fn unrepostable_buffer_ends_the_stream_with_an_error() {
 #[ignore = "needs an RDMA device"]
 async fn failed_channel_keeps_delivering_without_freeing_buffers() {
     let r = rig(64);
-    let chan = CompletionChannel::with_config(
-        &r.ctx,
-        DriverConfig {
-            spin_iterations: 0,
-            inline_polls: 1,
-            ..DriverConfig::default()
-        },
-    )
-    .unwrap();
+    let chan = event_mode_channel(&r.ctx);
     let cq = chan.create_cq(64).unwrap();
     let (a, b) = r.rc_pair_on(&cq);
     let log = Arc::new(Mutex::new(Vec::new()));

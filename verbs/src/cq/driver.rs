@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 
 use super::channel::ChannelInner;
@@ -15,14 +16,12 @@ use super::queue::CqInner;
 use super::queue::CqRegistry;
 use crate::sys::Fd;
 
-/// The fd's readiness as the reactor knows it, without waiting (and without a system call).
-/// The no-op waker it leaves registered is replaced when the driver parks on the fd.
-fn ready_now(fd: &AsyncFd<Fd>) -> Option<io::Result<AsyncFdReadyGuard<'_, Fd>>> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match fd.poll_read_ready(&mut cx) {
-        std::task::Poll::Ready(r) => Some(r),
-        std::task::Poll::Pending => None,
-    }
+/// Whether the reactor has seen the fd readable, without waiting, without a system call and
+/// without registering a waker (`AsyncFd::try_io` only checks the readiness it has): the fd's
+/// single reader waker belongs to a future waiting on it in event mode
+/// (`CqInner::wait_on_channel`).
+fn readable_now(fd: &AsyncFd<Fd>) -> bool {
+    fd.try_io(Interest::READABLE, |_| Ok(())).is_ok()
 }
 
 /// The executor's state: the policy and the CQs it holds while they are active.
@@ -55,8 +54,9 @@ impl Executor<'_> {
         sync_registry(&chan.registry, policy, held, known);
     }
 
-    /// Reads every pending event (readiness is cleared only on EAGAIN, by `try_io`).
-    fn drain(&mut self, guard: &mut AsyncFdReadyGuard<'_, Fd>) -> io::Result<()> {
+    /// Reads every pending event if the reactor has seen the fd readable (readiness is cleared
+    /// only on EAGAIN, by `try_io`, which registers no waker).
+    fn drain(&mut self, fd: &AsyncFd<Fd>) -> io::Result<()> {
         let Self {
             chan,
             policy,
@@ -64,7 +64,7 @@ impl Executor<'_> {
             known,
             ..
         } = self;
-        let r = guard.try_io(|_| {
+        let r = fd.try_io(Interest::READABLE, |_| {
             chan.drain_events(|cq| {
                 let mut outcome = policy.on_event(cq.key);
                 if outcome == EventOutcome::AckNow {
@@ -80,7 +80,7 @@ impl Executor<'_> {
             })
         });
         match r {
-            Ok(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),
         }
     }
@@ -89,7 +89,7 @@ impl Executor<'_> {
     /// (before the events were read) wait on the fd themselves now (`CqInner::wait_on_channel`).
     /// Only with few CQs, as for the polls on a wake-up.
     fn wake_channel_waiters(&self) {
-        if self.known.len() <= super::config::WAKE_POLLS as usize {
+        if self.chan.registry.live() <= super::config::WAKE_POLLS as usize {
             for (_, cq) in &self.known {
                 if let Some(cq) = cq.upgrade() {
                     cq.channel_waiter.wake();
@@ -239,10 +239,8 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 }
             }
             DriverStep::DrainEvents => {
-                if let Some(Ok(mut guard)) = ready_now(fd) {
-                    if let Err(e) = ex.drain(&mut guard) {
-                        return fallback(&chan, &format!("ibv_get_cq_event: {e}")).await;
-                    }
+                if let Err(e) = ex.drain(fd) {
+                    return fallback(&chan, &format!("ibv_get_cq_event: {e}")).await;
                 }
                 chan.registry.set_active(ex.policy.active().len());
             }
@@ -256,7 +254,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 // Picking up events costs no system call when the reactor already saw the fd
                 // readable (an armed CQ got a completion), unlike an `ibv_get_cq_event` that
                 // finds nothing.
-                if matches!(ready_now(fd), Some(Ok(_))) {
+                if readable_now(fd) {
                     ex.policy.on_readable();
                 }
             }

@@ -12,7 +12,7 @@ use rdma_sys as ffi;
 use tokio_rdma_core::sync::AtomicWaker;
 use tokio_rdma_core::{Aftermath, Completion, Dispatcher, WcStatus};
 
-use super::config::{DriverConfig, MAX_BATCH, WAKE_POLLS};
+use super::config::{DriverConfig, MAX_BATCH};
 use super::reaper::Reaper;
 use super::registry::Registry;
 use super::wc::convert_wc;
@@ -262,17 +262,20 @@ impl CqInner {
     /// it waits with `readable()`); while it is still readable (the driver has not read the
     /// events yet), the future asks the driver to wake it when it parks, and registers then.
     /// With several futures, the last one's waker is kept; the others wait for the driver.
-    /// Only on a channel with few CQs (as many as the driver polls on a wake-up, which also
-    /// wakes these futures when it parks): with many, the events say which CQ to poll.
+    /// Only on a channel with one CQ (a connection's own channel): with more, a future
+    /// waiting on an idle CQ would be woken by every event of the others.
     pub(crate) fn wait_on_channel(&self, cx: &mut std::task::Context<'_>) {
         let Some(readiness) = self.readiness.as_ref() else {
             return;
         };
-        if self.registry.live() > WAKE_POLLS as usize {
+        if self.registry.live() != 1 || !readiness.poll_readable(cx) {
             return;
         }
-        if readiness.poll_readable(cx) {
-            self.channel_waiter.register(cx.waker());
+        self.channel_waiter.register(cx.waker());
+        // The driver may have read the events and parked (waking nobody) between the check
+        // and the registration: check again; registered with the fd now, take ours back.
+        if !readiness.poll_readable(cx) {
+            drop(self.channel_waiter.take());
         }
     }
 

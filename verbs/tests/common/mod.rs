@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio_rdma_verbs::{
-    CompletionChannel, CompletionQueue, ConnectOptions, Context, ProtectionDomain, QpType,
-    QueuePair, QueuePairBuilder,
+    CompletionChannel, CompletionQueue, ConnectOptions, Context, DriverConfig, ProtectionDomain,
+    QpType, QueuePair, QueuePairBuilder,
 };
 
 pub struct Rig {
@@ -57,6 +57,19 @@ impl Rig {
     pub fn rc_pair(&self) -> (QueuePair, QueuePair) {
         self.rc_pair_on(&self.cq)
     }
+}
+
+/// A channel in event mode: nothing spins, futures poll once before they wait.
+pub fn event_mode_channel(ctx: &Context) -> CompletionChannel {
+    CompletionChannel::with_config(
+        ctx,
+        DriverConfig {
+            spin_iterations: 0,
+            inline_polls: 1,
+            ..DriverConfig::default()
+        },
+    )
+    .expect("event-mode channel")
 }
 
 pub fn connect(opts: &ConnectOptions, a: &QueuePair, b: &QueuePair) {
