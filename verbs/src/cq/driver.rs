@@ -44,38 +44,30 @@ impl Executor<'_> {
     }
 
     fn sync_registry(&mut self) {
-        let Self {
-            chan,
-            policy,
-            held,
-            known,
-            ..
-        } = self;
-        sync_registry(&chan.registry, policy, held, known);
+        sync_registry(
+            &self.chan.registry,
+            &mut self.policy,
+            &mut self.held,
+            &mut self.known,
+        );
     }
 
     /// Reads every pending event if the reactor has seen the fd readable (readiness is cleared
     /// only on EAGAIN, by `try_io`, which registers no waker).
     fn drain(&mut self, fd: &AsyncFd<Fd>) -> io::Result<()> {
-        let Self {
-            chan,
-            policy,
-            held,
-            known,
-            ..
-        } = self;
+        let chan = self.chan;
         let r = fd.try_io(Interest::READABLE, |_| {
             chan.drain_events(|cq| {
-                let mut outcome = policy.on_event(cq.key);
+                let mut outcome = self.policy.on_event(cq.key);
                 if outcome == EventOutcome::AckNow {
                     // A CQ created since the last sync: register it and count again.
-                    sync_registry(&chan.registry, policy, held, known);
-                    outcome = policy.on_event(cq.key);
+                    self.sync_registry();
+                    outcome = self.policy.on_event(cq.key);
                 }
                 if outcome == EventOutcome::AckNow {
                     cq.ack(1);
-                } else if !held.iter().any(|h| Arc::ptr_eq(h, &cq)) {
-                    held.push(cq);
+                } else if !self.held.iter().any(|h| Arc::ptr_eq(h, &cq)) {
+                    self.held.push(cq);
                 }
             })
         });
@@ -87,9 +79,9 @@ impl Executor<'_> {
 
     /// About to park with the fd's readiness cleared: futures that found it still readable
     /// (before the events were read) wait on the fd themselves now (`CqInner::wait_on_channel`).
-    /// Only with few CQs, as for the polls on a wake-up.
+    /// Only on a one-CQ channel, the only one where futures do that.
     fn wake_channel_waiters(&self) {
-        if self.chan.registry.live() <= super::config::WAKE_POLLS as usize {
+        if self.chan.registry.is_lone() {
             for (_, cq) in &self.known {
                 if let Some(cq) = cq.upgrade() {
                     cq.channel_waiter.wake();

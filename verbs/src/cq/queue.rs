@@ -268,7 +268,7 @@ impl CqInner {
         let Some(readiness) = self.readiness.as_ref() else {
             return;
         };
-        if self.registry.live() != 1 || !readiness.poll_readable(cx) {
+        if !self.registry.is_lone() || !readiness.poll_readable(cx) {
             return;
         }
         self.channel_waiter.register(cx.waker());

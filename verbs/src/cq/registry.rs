@@ -61,9 +61,10 @@ impl<T> Registry<T> {
         }
     }
 
-    /// How many CQs the channel has.
-    pub(super) fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+    /// Whether the channel has exactly one CQ (a connection's own channel): only then do
+    /// futures in event mode wait on the channel fd themselves (`CqInner::wait_on_channel`).
+    pub(super) fn is_lone(&self) -> bool {
+        self.live.load(Ordering::Relaxed) == 1
     }
 
     /// How many CQs the driver polls now (as last published).
