@@ -40,8 +40,10 @@
 //!   While it spins, the driver yields to the runtime every 32 empty rounds by waking itself
 //!   (the task goes to the back of the run queue), not with `tokio::task::yield_now`, whose
 //!   deferred wake-up costs a non-blocking `epoll_wait` per yield when nothing else runs;
-//!   after a round that dispatched completions it yields with `yield_now`, so a `block_on`
-//!   future it woke (a `#[tokio::main]` body) runs right after the round. When it wakes from
+//!   after a round that dispatched completions on a current-thread runtime it yields with
+//!   `yield_now`, so a `block_on` future it woke (a `#[tokio::main]` body) runs right after
+//!   the round (a multi-thread worker would defer that wake-up until it has nothing else to
+//!   run, up to 61 tasks later, so there the driver wakes itself then too). When it wakes from
 //!   parking and the channel has at most 4 parked CQs (a connection's own channel has one),
 //!   it polls them first, yields if that woke a task, and reads the events only then: the
 //!   event read (`ibv_get_cq_event` and its `EAGAIN` read, about 11 us in the soft-RoCE VM)

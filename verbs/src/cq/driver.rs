@@ -169,14 +169,18 @@ fn sync_registry(
     }
 }
 
-/// The driver's yield between rounds. After a round that dispatched completions, tokio's
-/// `yield_now`: its wake-up is deferred until the runtime has run every ready task and polled
-/// its I/O driver, and on a current-thread runtime that is also when the `block_on` future
+/// The driver's yield between rounds. After a round that dispatched completions on a
+/// current-thread runtime, tokio's `yield_now`: its wake-up is deferred until the runtime has
+/// run every ready task and polled its I/O driver, which is also when the `block_on` future
 /// (a `#[tokio::main]` body awaiting an operation) is polled again, so a future the round
-/// woke there runs right after it. After an empty round (spinning), [`yield_to_tasks`], which
-/// costs no system call.
-async fn yield_after_round(dispatched: bool) {
-    if dispatched {
+/// woke there runs right after it. Otherwise [`yield_to_tasks`], which costs no system call:
+/// after an empty round (spinning), and on a multi-thread runtime, whose workers defer a
+/// `yield_now` wake-up until they have nothing else to run or to steal (or until their next
+/// maintenance, 61 tasks later): next to tasks that are always ready, the driver would poll
+/// again only that late, while the completions it could hand over wait. A multi-thread
+/// runtime runs no `block_on` future on its workers, so nothing is gained by deferring there.
+async fn yield_after_round(dispatched: bool, current_thread: bool) {
+    if dispatched && current_thread {
         tokio::task::yield_now().await;
     } else {
         yield_to_tasks().await;
@@ -221,6 +225,9 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         known: Vec::new(),
         dispatched: false,
     };
+    // The task runs on the runtime that spawned it, for good.
+    let current_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
     loop {
         match ex.policy.next_step() {
             DriverStep::Poll(key) => ex.poll(key),
@@ -238,7 +245,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
             }
             DriverStep::Yield => {
                 chan.registry.set_active(ex.policy.active().len());
-                yield_after_round(std::mem::take(&mut ex.dispatched)).await;
+                yield_after_round(std::mem::take(&mut ex.dispatched), current_thread).await;
                 ex.sync_registry();
                 if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;
@@ -316,7 +323,7 @@ mod tests {
                     if t.fetch_add(1, Ordering::Relaxed) == 3 {
                         n.notify_one();
                     }
-                    yield_after_round(dispatched).await;
+                    yield_after_round(dispatched, true).await;
                 }
             });
             notify.notified().await;
@@ -335,5 +342,49 @@ mod tests {
         // While spinning on empty rounds the `block_on` future gets its turn every
         // `event_interval` ticks: bounded, never starved.
         assert!(turns_until_block_on_runs(false) <= 62);
+    }
+
+    /// The most turns an always-ready task makes between two turns of a task yielding with
+    /// `yield_after_round(true, current_thread)` on a one-worker multi-thread runtime.
+    fn busy_turns_between_yields_on_a_multi_thread_runtime(current_thread: bool) -> u32 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let busy = Arc::new(AtomicU32::new(0));
+            let b = busy.clone();
+            let spinner = tokio::spawn(async move {
+                loop {
+                    b.fetch_add(1, Ordering::Relaxed);
+                    super::yield_to_tasks().await;
+                }
+            });
+            let yielder = tokio::spawn(async move {
+                let (mut worst, mut last) = (0, busy.load(Ordering::Relaxed));
+                for _ in 0..200 {
+                    yield_after_round(true, current_thread).await;
+                    let now = busy.load(Ordering::Relaxed);
+                    worst = worst.max(now - last);
+                    last = now;
+                }
+                worst
+            });
+            let worst = yielder.await.unwrap();
+            spinner.abort();
+            worst
+        })
+    }
+
+    #[test]
+    fn on_a_multi_thread_runtime_a_driver_that_dispatched_is_not_deferred_behind_ready_tasks() {
+        // A multi-thread worker defers `yield_now` until it has nothing else to run (or its
+        // next maintenance, 61 tasks later): the driver polled again only after ~60 turns of
+        // an always-ready task. Its own yield puts it behind that task, once.
+        let worst = busy_turns_between_yields_on_a_multi_thread_runtime(false);
+        assert!(
+            worst <= 2,
+            "{worst} turns of the ready task between two driver turns"
+        );
     }
 }
