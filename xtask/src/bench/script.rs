@@ -109,8 +109,9 @@ const SCALING_PORT: u16 = 18525;
 ///   session in mode SERVER), once it listens `rdma-bench compare --rounds ROUNDS ARGS`
 ///   against it, writing `NAME.json` and `NAME.svg` in `out`; prints `@@ rdma-bench NAME`
 ///   first, and the server's log when something fails.
-/// - `scaling MAX PORT ARGS...`: a multi-thread server of MAX workers in event mode (it
-///   leaves the CPUs to the client), then `async-mt` clients (`ARGS`) on 1..=MAX worker
+/// - `scaling MAX PORT ARGS...`: the computing case's server (one thread in event mode: it
+///   leaves the CPUs to the client; a server of MAX workers took them from it, and 2 client
+///   threads ran at 0.90x of 1), then `async-mt` clients (`ARGS`) on 1..=MAX worker
 ///   threads, writing `scaling-K.json` in `out`.
 /// - `idle SECONDS`: `rdma-bench idle` (a connected pair waiting), writing `idle.json`.
 pub fn script_functions(bench: &str, ip: &str, out: &Path) -> String {
@@ -165,7 +166,7 @@ compare() {{
 scaling() {{
   max=$1 port=$2; shift 2
   rm -f "$out"/scaling-*.json
-  serve scaling $port --threads $max --sessions $max --mode async-event || return 0
+  serve scaling $port --sessions $max --mode async-event || return 0
   for k in $(seq 1 $max); do
     echo "== scaling: $k worker threads"
     {bench} client --connect {ip}:$port --mode async-mt --threads $k \
@@ -316,6 +317,8 @@ mod tests {
              --rounds $rounds --json \"$out/$name.json\" --plot \"$out/$name.svg\" \"$@\""
         ));
         assert!(f.contains("retry ib_send_lat \"$@\" 192.0.2.1 >"));
+        // The scaling series' server is one thread, as the computing case's.
+        assert!(f.contains("serve scaling $port --sessions $max --mode async-event ||"));
     }
 
     /// Runs `compare x 1` of [`script_functions`] with a fake `rdma-bench` (a shell script
