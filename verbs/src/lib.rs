@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Modules, each importing only the ones before it: `error`, `sys` (fd helpers), `device`,
-//! `mr`, `cq` (`config`, `wc`, `reaper`, `registry`, `queue`, `channel`, `driver`), `ops`,
+//! `mr`, `cq` (`config`, `wc`, `reaper`, `registry`, `queue`, `poll`, `channel`, `driver`), `ops`,
 //! `info`, `ah`, `wr` (work-request validation and encoding, host-tested), `recv` (`pool`,
 //! `stream`, behind a small `PostRecv` trait that QPs and SRQs implement), `srq`, `qp`
 //! (`builder`, `transition`, `post`, `receive`, `teardown`), `event`.

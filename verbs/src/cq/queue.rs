@@ -2,20 +2,17 @@
 //! arming and event acknowledgement.
 
 use std::any::Any;
-use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use rdma_sys as ffi;
 use tokio_rdma_core::sync::AtomicWaker;
-use tokio_rdma_core::{Aftermath, Completion, Dispatcher, WcStatus};
+use tokio_rdma_core::{Dispatcher, WcStatus};
 
-use super::config::{DriverConfig, MAX_BATCH};
+use super::config::DriverConfig;
 use super::reaper::Reaper;
 use super::registry::Registry;
-use super::wc::convert_wc;
 use crate::device::ContextInner;
 use crate::error::{Error, Result};
 
@@ -34,12 +31,6 @@ pub(crate) const UNSIGNALED_WR_ID: u64 = u64::MAX;
 /// slot. [`UNSIGNALED_WR_ID`] has it set too and is checked first.
 pub(crate) const RAW_WR_BIT: u64 = 1 << 31;
 
-/// Where a [`RawPoller`](super::RawPoller)'s poll puts the raw completions it finds.
-pub(crate) struct RawSink<'a> {
-    pub(crate) out: &'a mut [Completion],
-    pub(crate) n: usize,
-}
-
 /// Resources parked in a dispatcher slot while the NIC may still touch them.
 pub(crate) enum Parked {
     /// Nothing (inline sends, or already handed back).
@@ -51,11 +42,6 @@ pub(crate) enum Parked {
     /// A receive-pool chunk (the pool, type-erased so the CQ does not name the receive
     /// module, and the chunk's index), routed to its stream's inbox.
     Recv(Arc<dyn Any + Send + Sync>, u32),
-}
-
-thread_local! {
-    /// Per thread: what a poll's routing left to do, run once the CQ's flag is released.
-    static AFTERMATH: RefCell<Aftermath<Parked>> = RefCell::new(Aftermath::new());
 }
 
 /// The driver's registry of a channel's CQs: each CQ is announced with a weak reference.
@@ -87,7 +73,7 @@ pub(crate) struct CqInner {
     pub(crate) dispatcher: Dispatcher<Parked>,
     /// Held by whoever polls the CQ right now (driver or an inline-polling future): one
     /// poller at a time, and a poller never waits for another.
-    draining: AtomicBool,
+    pub(super) draining: AtomicBool,
     /// Events read for this CQ and not yet acked (the driver's policy decides when to ack;
     /// `Drop` acks the rest before destroying).
     unacked: AtomicU32,
@@ -310,105 +296,6 @@ impl CqInner {
         }
     }
 
-    /// Polls up to one batch and feeds the dispatcher. `None` when another thread is
-    /// draining right now (the caller must not conclude the CQ is empty).
-    pub(crate) fn poll_once(&self) -> Result<Option<usize>> {
-        if self
-            .draining
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return Ok(None);
-        }
-        // Consumer code (dropping parked buffers, waking tasks) runs only after the flag is
-        // released: a drop may even release the last reference to a QP or to this CQ. The
-        // thread's own `Aftermath` collects it (a few kilobytes: not made per poll); a poll
-        // that consumer code starts while it is being finished uses a fresh one.
-        let batch = self.config.poll_batch.min(MAX_BATCH);
-        let run = |after: &mut Aftermath<Parked>| {
-            let r = self.poll_locked(batch, after, None);
-            self.draining.store(false, Ordering::Release);
-            if !after.is_empty() {
-                after.finish();
-            }
-            r
-        };
-        let r = AFTERMATH
-            .try_with(|cell| cell.try_borrow_mut().ok().map(|mut after| run(&mut after)))
-            .ok()
-            .flatten();
-        // Re-entered from consumer code, or the thread is exiting: a fresh one.
-        let r = r.unwrap_or_else(|| run(&mut Aftermath::new()));
-        r.map(Some)
-    }
-
-    /// Polls one batch while holding the draining flag; what routing left to do (drops and
-    /// wake-ups) goes into `after`, raw completions into `raw` (with their marker bit
-    /// cleared; `batch` must not exceed its free room) or, without one, are counted as
-    /// unclaimed.
-    pub(super) fn poll_locked(
-        &self,
-        batch: usize,
-        after: &mut Aftermath<Parked>,
-        mut raw: Option<&mut RawSink<'_>>,
-    ) -> Result<usize> {
-        let mut wc: [MaybeUninit<ffi::ibv_wc>; MAX_BATCH] =
-            [const { MaybeUninit::uninit() }; MAX_BATCH];
-        // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; we hold the
-        // draining flag so no other thread polls concurrently.
-        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), batch as i32, wc.as_mut_ptr().cast()) };
-        if n < 0 {
-            return Err(Error::from_ret("ibv_poll_cq", n, "polling a CQ"));
-        }
-        let n = n as usize;
-        // Only the holder of the draining flag counts, so a load and a store suffice (no
-        // read-modify-write on every spin poll).
-        self.polls
-            .store(self.polls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        if n == 0 {
-            return Ok(0);
-        }
-        // Converted in place of a zero-initialised array: only the `n` entries polled are
-        // written (zeroing all 64 would cost more than the dispatch on a small batch).
-        let mut out: [MaybeUninit<Completion>; MAX_BATCH] =
-            [const { MaybeUninit::uninit() }; MAX_BATCH];
-        let mut m = 0;
-        for w in &wc[..n] {
-            // SAFETY: ibv_poll_cq initialised the first `n` entries.
-            let w = unsafe { w.assume_init_ref() };
-            if w.wr_id == UNSIGNALED_WR_ID {
-                self.unsignaled_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(status = w.status, qp = w.qp_num, "unsignaled send failed");
-                continue;
-            }
-            if w.wr_id & RAW_WR_BIT != 0 {
-                let mut c = convert_wc(w);
-                c.wr_id &= !RAW_WR_BIT;
-                match raw.as_deref_mut() {
-                    Some(sink) if sink.n < sink.out.len() => {
-                        sink.out[sink.n] = c;
-                        sink.n += 1;
-                    }
-                    _ => {
-                        self.raw_unclaimed.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(
-                            wr_id = c.wr_id,
-                            "raw completion polled without a RawPoller"
-                        );
-                    }
-                }
-                continue;
-            }
-            out[m].write(convert_wc(w));
-            m += 1;
-        }
-        // SAFETY: the loop above initialised `out[..m]` (m <= n <= MAX_BATCH), and
-        // `MaybeUninit<Completion>` has the layout of `Completion`.
-        let out = unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<Completion>(), m) };
-        self.dispatcher.handle_completions_deferred(out, after);
-        Ok(n)
-    }
-
     /// Requests a notification for the next completion.
     pub(crate) fn arm(&self) -> Result<()> {
         // SAFETY: the CQ is live and has a completion channel.
@@ -508,6 +395,3 @@ impl Drop for CqInner {
         drop(unsafe { Weak::from_raw(self.context_ref) });
     }
 }
-
-// A poll batch's consumer code always fits one `Aftermath`.
-const _: () = assert!(MAX_BATCH <= Aftermath::<Parked>::CAPACITY);

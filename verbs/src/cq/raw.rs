@@ -16,7 +16,8 @@ use rdma_sys as ffi;
 use tokio_rdma_core::{Aftermath, Completion};
 
 use super::config::MAX_BATCH;
-use super::queue::{CqInner, Parked, RawSink};
+use super::poll::RawSink;
+use super::queue::{CqInner, Parked};
 use super::CompletionQueue;
 use crate::error::{Error, Result};
 
