@@ -99,16 +99,7 @@ async fn fairness_a_driver_that_dispatched_polls_again_soon_on_a_multi_thread_ru
                 seen = s.driver_completions;
                 waiting = Some((s.polls, 0));
             }
-            let mut yielded = false;
-            std::future::poll_fn(|cx| {
-                if std::mem::replace(&mut yielded, true) {
-                    std::task::Poll::Ready(())
-                } else {
-                    cx.waker().wake_by_ref();
-                    std::task::Poll::Pending
-                }
-            })
-            .await;
+            Turn(false).await;
         }
         gaps
     });
@@ -138,4 +129,24 @@ async fn fairness_a_driver_that_dispatched_polls_again_soon_on_a_multi_thread_ru
         "after dispatching, the driver polled again only after {worst} turns of a ready task \
          (each round: {gaps:?})"
     );
+}
+
+/// One turn at the back of the run queue: wakes its task and returns `Pending` once (a
+/// multi-thread worker does not defer that wake-up, unlike `tokio::task::yield_now`'s).
+struct Turn(bool);
+
+impl std::future::Future for Turn {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
