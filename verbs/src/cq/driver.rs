@@ -187,6 +187,13 @@ async fn yield_after_round(dispatched: bool, current_thread: bool) {
     }
 }
 
+/// Whether the calling task runs on a current-thread runtime (where the driver's yield after a
+/// dispatching round is `yield_now`; see [`yield_after_round`]).
+fn on_current_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 /// Gives every other ready task of the runtime a turn: the task wakes itself and returns
 /// `Pending` once, which tokio's schedulers (both flavors) treat as a yield, putting it at the
 /// back of the run queue. Unlike `tokio::task::yield_now`, the wake-up is not deferred until
@@ -226,8 +233,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         dispatched: false,
     };
     // The task runs on the runtime that spawned it, for good.
-    let current_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+    let current_thread = on_current_thread_runtime();
     loop {
         match ex.policy.next_step() {
             DriverStep::Poll(key) => ex.poll(key),
@@ -380,11 +386,37 @@ mod tests {
     fn on_a_multi_thread_runtime_a_driver_that_dispatched_is_not_deferred_behind_ready_tasks() {
         // A multi-thread worker defers `yield_now` until it has nothing else to run (or its
         // next maintenance, 61 tasks later): the driver polled again only after ~60 turns of
-        // an always-ready task. Its own yield puts it behind that task, once.
+        // an always-ready task.
+        let deferred = busy_turns_between_yields_on_a_multi_thread_runtime(true);
+        assert!(
+            deferred > 2,
+            "yield_now is no longer deferred ({deferred} turns): revisit yield_after_round"
+        );
+        // Its own yield puts it behind that task, once.
         let worst = busy_turns_between_yields_on_a_multi_thread_runtime(false);
         assert!(
             worst <= 2,
             "{worst} turns of the ready task between two driver turns"
         );
+    }
+
+    #[test]
+    fn the_driver_knows_its_runtime_flavor() {
+        let flavor_seen_by_a_task = |rt: tokio::runtime::Runtime| {
+            rt.block_on(async {
+                tokio::spawn(async { super::on_current_thread_runtime() })
+                    .await
+                    .unwrap()
+            })
+        };
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        assert!(flavor_seen_by_a_task(current));
+        assert!(!flavor_seen_by_a_task(multi));
     }
 }

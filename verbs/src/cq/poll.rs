@@ -20,15 +20,6 @@ pub(crate) struct RawSink<'a> {
     pub(crate) n: usize,
 }
 
-/// Room for one `ibv_poll_cq` batch, left uninitialised (only what a poll wrote is read).
-struct WcBatch([MaybeUninit<ffi::ibv_wc>; MAX_BATCH]);
-
-impl WcBatch {
-    fn new() -> Self {
-        Self([const { MaybeUninit::uninit() }; MAX_BATCH])
-    }
-}
-
 thread_local! {
     /// Per thread: what a poll's routing left to do, run once the CQ's flag is released.
     static AFTERMATH: RefCell<Aftermath<Parked>> = RefCell::new(Aftermath::new());
@@ -46,8 +37,9 @@ impl CqInner {
             return Ok(None);
         }
         let batch = self.config.poll_batch.min(MAX_BATCH);
-        let mut wc = WcBatch::new();
-        let polled = match self.poll_wc(batch, &mut wc) {
+        // SAFETY: we hold the draining flag, and the last use of `polled` is in `run`, before
+        // the flag is released.
+        let polled = match unsafe { self.poll_wc(batch) } {
             // Empty (a spinning driver's usual poll): nothing to route, nothing left to do.
             Ok([]) => {
                 self.draining.store(false, Ordering::Release);
@@ -59,6 +51,7 @@ impl CqInner {
                 return Err(e);
             }
         };
+        let n = polled.len();
         // Consumer code (dropping parked buffers, waking tasks) runs only after the flag is
         // released: a drop may even release the last reference to a QP or to this CQ. The
         // thread's own `Aftermath` collects it (a few kilobytes: not made per poll); a poll
@@ -78,7 +71,7 @@ impl CqInner {
         if done.is_none() {
             run(&mut Aftermath::new());
         }
-        Ok(Some(polled.len()))
+        Ok(Some(n))
     }
 
     /// Polls one batch while holding the draining flag; what routing left to do (drops and
@@ -91,21 +84,28 @@ impl CqInner {
         after: &mut Aftermath<Parked>,
         raw: Option<&mut RawSink<'_>>,
     ) -> Result<usize> {
-        let mut wc = WcBatch::new();
-        let polled = self.poll_wc(batch, &mut wc)?;
+        // SAFETY: the caller holds the draining flag for the whole call, and `polled` does not
+        // outlive it.
+        let polled = unsafe { self.poll_wc(batch) }?;
         if !polled.is_empty() {
             self.route(polled, after, raw);
         }
         Ok(polled.len())
     }
 
-    /// One `ibv_poll_cq` of up to `batch` entries into `wc`, counted: the entries it wrote.
-    /// The caller holds the draining flag.
-    fn poll_wc<'w>(&self, batch: usize, wc: &'w mut WcBatch) -> Result<&'w [ffi::ibv_wc]> {
+    /// One `ibv_poll_cq` of up to `batch` entries into the CQ's batch buffer, counted: the
+    /// entries it wrote.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the draining flag, and releases it only after its last use of the
+    /// returned slice (the next holder's poll writes the same buffer).
+    unsafe fn poll_wc(&self, batch: usize) -> Result<&[ffi::ibv_wc]> {
         let batch = batch.min(MAX_BATCH);
-        // SAFETY: the CQ is live; `wc` has room for `batch` <= MAX_BATCH entries; the caller
-        // holds the draining flag so no other thread polls concurrently.
-        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), batch as i32, wc.0.as_mut_ptr().cast()) };
+        let buf = self.wc.as_mut_ptr();
+        // SAFETY: the CQ is live; the buffer has room for MAX_BATCH >= `batch` entries; the
+        // caller holds the draining flag, so no other thread polls the CQ or uses the buffer.
+        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), batch as i32, buf) };
         if n < 0 {
             return Err(Error::from_ret("ibv_poll_cq", n, "polling a CQ"));
         }
@@ -113,10 +113,12 @@ impl CqInner {
         // read-modify-write on every spin poll).
         self.polls
             .store(self.polls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        debug_assert!(n as usize <= batch, "ibv_poll_cq returned more than asked");
         let n = (n as usize).min(batch);
-        // SAFETY: ibv_poll_cq wrote the first `n` (<= batch <= MAX_BATCH) entries, and
-        // `MaybeUninit<ibv_wc>` has the layout of `ibv_wc`.
-        Ok(unsafe { std::slice::from_raw_parts(wc.0.as_ptr().cast::<ffi::ibv_wc>(), n) })
+        // SAFETY: the buffer's entries are always initialised (zeroed at creation, then only
+        // written by `ibv_poll_cq`); n <= MAX_BATCH; the caller keeps the draining flag while it
+        // uses the slice, so nothing writes the buffer meanwhile.
+        Ok(unsafe { std::slice::from_raw_parts(buf, n) })
     }
 
     /// Routes polled work completions: dispatched into slots (what is left to do goes into

@@ -13,6 +13,7 @@ use tokio_rdma_core::{Dispatcher, WcStatus};
 use super::config::DriverConfig;
 use super::reaper::Reaper;
 use super::registry::Registry;
+use super::wc::WcBuffer;
 use crate::device::ContextInner;
 use crate::error::{Error, Result};
 
@@ -74,6 +75,8 @@ pub(crate) struct CqInner {
     /// Held by whoever polls the CQ right now (driver or an inline-polling future): one
     /// poller at a time, and a poller never waits for another.
     pub(super) draining: AtomicBool,
+    /// Where polls write their batch; used only by the holder of `draining`.
+    pub(super) wc: WcBuffer,
     /// Events read for this CQ and not yet acked (the driver's policy decides when to ack;
     /// `Drop` acks the rest before destroying).
     unacked: AtomicU32,
@@ -155,6 +158,7 @@ impl CqInner {
             unsignaled_errors: AtomicU64::new(0),
             raw_unclaimed: AtomicU64::new(0),
             raw_owned: AtomicBool::new(false),
+            wc: WcBuffer::new(),
             headroom_claimed: AtomicUsize::new(0),
             inline_now: AtomicU32::new(config.inline_polls.max(1)),
             channel_waiter: AtomicWaker::new(),

@@ -1,7 +1,35 @@
 //! Converting `ibv_wc` into core's plain [`Completion`].
 
+use std::cell::UnsafeCell;
+
 use rdma_sys as ffi;
 use tokio_rdma_core::{Completion, WcFlags, WcOpcode, WcStatus};
+
+use super::config::MAX_BATCH;
+
+/// A CQ's room for one `ibv_poll_cq` batch, zeroed once when the CQ is created and reused by
+/// every poll. A provider need not write every field of an entry (of a failed completion only
+/// `wr_id`, `status`, `qp_num` and `vendor_err` are defined), and [`convert_wc`] reads them
+/// all: in a fresh uninitialised array the others could be uninitialised memory; here they
+/// are at worst stale values of an earlier entry.
+pub(crate) struct WcBuffer(UnsafeCell<[ffi::ibv_wc; MAX_BATCH]>);
+
+// SAFETY: the buffer is only reached through `as_mut_ptr`, and its one user (the CQ) touches
+// it only while holding its draining flag, which one thread at a time can hold.
+unsafe impl Sync for WcBuffer {}
+
+impl WcBuffer {
+    pub(crate) fn new() -> Self {
+        // SAFETY: `ibv_wc` is integers and a union of two `u32`s: all zeroes is a valid value.
+        Self(UnsafeCell::new(unsafe { std::mem::zeroed() }))
+    }
+
+    /// The first of its [`MAX_BATCH`] entries, always initialised. Reading or writing through
+    /// it needs exclusive access (the CQ's draining flag).
+    pub(crate) fn as_mut_ptr(&self) -> *mut ffi::ibv_wc {
+        self.0.get().cast()
+    }
+}
 
 /// Converts one raw work completion.
 pub(crate) fn convert_wc(w: &ffi::ibv_wc) -> Completion {
