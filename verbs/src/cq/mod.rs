@@ -1,8 +1,9 @@
 //! Completion channels, completion queues and the completion driver.
 //!
 //! Modules, each depending only on those above it: `config` (driver tuning), `wc` (converting
-//! work completions), `queue` (the `ibv_cq` owner: arming, acks), `poll` (a batch polled and routed), `channel` (the
-//! `ibv_comp_channel` owner: fd, event draining), `driver` (the task). This file holds the
+//! work completions, the batch buffer), `queue` (the `ibv_cq` owner: arming, acks), `poll` (a
+//! batch polled and routed), `channel` (the `ibv_comp_channel` owner: fd, event draining),
+//! `driver` (the task). This file holds the
 //! public handles. See the crate docs for the driver's design (poll-arm-poll, adaptive spin,
 //! inline polling).
 

@@ -74,6 +74,18 @@ impl CqInner {
         Ok(Some(n))
     }
 
+    /// The driver's poll: [`Self::poll_once`], counting the completions it found.
+    pub(super) fn driver_poll(&self) -> Result<Option<usize>> {
+        let r = self.poll_once();
+        if let Ok(Some(n)) = r {
+            if n > 0 {
+                self.driver_completions
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
     /// Polls one batch while holding the draining flag; what routing left to do (drops and
     /// wake-ups) goes into `after`, raw completions into `raw` (with their marker bit
     /// cleared; `batch` must not exceed its free room) or, without one, are counted as

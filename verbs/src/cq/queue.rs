@@ -1,5 +1,6 @@
-//! The owner of one `ibv_cq`: its dispatcher, polling (by the driver or inline by futures),
-//! arming and event acknowledgement.
+//! The owner of one `ibv_cq`: its dispatcher, its draining flag and batch buffer (used by
+//! `poll`), inline-polling and spinning decisions of the futures waiting on it, arming and
+//! event acknowledgement.
 
 use std::any::Any;
 use std::ptr::NonNull;
@@ -267,18 +268,6 @@ impl CqInner {
         if !readiness.poll_readable(cx) {
             drop(self.channel_waiter.take());
         }
-    }
-
-    /// The driver's poll: [`Self::poll_once`], counting the completions it found.
-    pub(super) fn driver_poll(&self) -> Result<Option<usize>> {
-        let r = self.poll_once();
-        if let Ok(Some(n)) = r {
-            if n > 0 {
-                self.driver_completions
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-        r
     }
 
     /// What a future's inline polls came to: `Some(true)` when they found its completion
