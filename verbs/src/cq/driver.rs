@@ -101,20 +101,25 @@ impl Executor<'_> {
                 .and_then(|(_, cq)| cq.upgrade())
                 .map(|cq| cq.driver_poll()),
         };
-        let n = match polled {
-            // Another thread is polling it: it must not be concluded empty.
-            Some(Ok(None)) => 1,
-            Some(Ok(Some(n))) => {
+        let n = polled.map_or(0, |r| self.found(r));
+        self.policy.on_polled(key, n);
+    }
+
+    /// What a driver poll tells the policy: the completions it found, noted as dispatched;
+    /// 1 when another thread was polling the CQ (it must not be concluded empty); 0 when the
+    /// poll failed.
+    fn found(&mut self, polled: crate::error::Result<Option<usize>>) -> usize {
+        match polled {
+            Ok(Some(n)) => {
                 self.dispatched |= n > 0;
                 n
             }
-            Some(Err(e)) => {
+            Ok(None) => 1,
+            Err(e) => {
                 tracing::warn!(error = %e, "poll failed");
                 0
             }
-            None => 0,
-        };
-        self.policy.on_polled(key, n);
+        }
     }
 
     fn arm(&mut self, key: usize) {
@@ -128,17 +133,10 @@ impl Executor<'_> {
                 tracing::warn!(error = %e, "arming failed");
                 1
             }
-            Ok(()) => match cq.driver_poll() {
-                Ok(Some(n)) => {
-                    self.dispatched |= n > 0;
-                    n
-                }
-                Ok(None) => 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, "poll failed");
-                    0
-                }
-            },
+            Ok(()) => {
+                let r = cq.driver_poll();
+                self.found(r)
+            }
         };
         self.policy.on_polled_after_arm(key, n);
         if n == 0 {
