@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Modules, each importing only the ones before it: `error`, `sys` (fd helpers), `device`,
-//! `mr`, `cq` (`config`, `wc`, `reaper`, `registry`, `queue`, `poll`, `channel`, `driver`), `ops`,
+//! `mr`, `cq` (`config`, `wc`, `reaper`, `registry`, `queue`, `poll`, `channel`, `aside`,
+//! `driver`), `ops`,
 //! `info`, `ah`, `wr` (work-request validation and encoding, host-tested), `recv` (`pool`,
 //! `stream`, behind a small `PostRecv` trait that QPs and SRQs implement), `srq`, `qp`
 //! (`builder`, `transition`, `post`, `receive`, `teardown`), `event`.
@@ -78,16 +79,22 @@
 //!   (measured in the soft-RoCE VM: `send_lat` 0.96x raw busy-polling, was about 2x). With
 //!   several CQs active, the driver's rounds serve all waiters and the futures wait for it.
 //!   In event mode (`spin_iterations: 0`) nothing spins.
-//! * **Choosing a runtime.** On a current-thread runtime the awaiting task and the driver take
-//!   turns on one thread, so a busy connection keeps one thread polling: the lowest latency
-//!   and CPU per operation (several busy connections: one such runtime per core). On the
-//!   multi-thread runtime (`#[tokio::main]`'s default) one busy connection keeps two workers
-//!   polling, the awaiting task on one and the driver on another, until the driver's spin
-//!   budget runs out. Where cores are scarce that costs a lot: in the soft-RoCE VM (2 vCPUs,
-//!   shared with the peer, which waits on its channel), a 2-byte ping-pong on the
-//!   multi-thread runtime had a 99th percentile of 4.0-4.7 ms against 0.15-0.31 ms on a
-//!   current-thread runtime, and used 0.8-1.5 ms of CPU per operation against 0.09-0.17 ms
-//!   (5 rounds each, taking turns). Where CPU matters more than latency, event mode
+//! * **The driver stands aside for a spinning future (multi-thread runtime).** On a
+//!   current-thread runtime the spinning future and the driver take turns on one thread. On a
+//!   multi-thread runtime they would run on two workers and both poll the same CQ, so one
+//!   busy connection kept two workers polling. So there, after a round that found nothing,
+//!   a driver whose only active CQ has had spin turns since its last yield stops polling and
+//!   waits. It waits for a nudge, the channel fd, or 1 ms on a timerfd of its own (no tokio
+//!   timer needed). A nudge comes when a future stops spinning to wait for it, a CQ is added
+//!   or removed, or a fault is injected. The bound covers what no future waits for: buffers
+//!   of dropped futures, a teardown's flushes, a waiter whose spinning neighbour left.
+//!   [`CqStats::driver_polls`] counts the driver's polls.
+//! * **Choosing a runtime.** A current-thread runtime (one per core for several busy
+//!   connections) gives the lowest latency and CPU per operation: the awaiting task and the
+//!   driver share one thread. The multi-thread runtime (`#[tokio::main]`'s default) moves tasks
+//!   between workers, and a worker that parks is woken again when a task yields. Measured in
+//!   the soft-RoCE VM (2 vCPUs shared with a peer that waits on its channel): see the README
+//!   for the figures. Where CPU matters more than latency, event mode
 //!   (`spin_iterations: 0`) polls nothing between completions on either runtime.
 //! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`] posts an inline SEND
 //!   without a completion (as perftest does); every `max_send_wr / 2`-th one is signaled to

@@ -147,9 +147,11 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                             *spun = spun.saturating_add(start - budget);
                             if spin.is_some() {
                                 // Spinning: run again after every other ready task.
+                                cq.note_spin();
                                 cx.waker().wake_by_ref();
                             } else {
                                 cq.inline_outcome(Some(false));
+                                cq.nudge_driver();
                                 cq.wait_on_channel(cx);
                             }
                         }

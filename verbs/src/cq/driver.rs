@@ -11,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_rdma_core::{DriverPolicy, DriverPolicyConfig, DriverStep, EventOutcome};
 
+use super::aside::{stand_aside, AsideTimer, ASIDE_BOUND};
 use super::channel::ChannelInner;
 use super::queue::CqInner;
 use super::queue::CqRegistry;
@@ -36,11 +37,52 @@ struct Executor<'a> {
     /// Whether a poll since the last yield dispatched completions (and so may have woken
     /// tasks).
     dispatched: bool,
+    /// At the last yield: the lone active CQ (by key), its spin turns, and the channel's
+    /// nudges (see [`Executor::spinner`]).
+    seen: Option<(usize, u32, u32)>,
+    /// The timer the driver stands aside with (made on first use; `Err` if it could not be,
+    /// and then the driver never stands aside).
+    timer: Option<io::Result<AsideTimer>>,
 }
 
 impl Executor<'_> {
     fn cq(&self, key: usize) -> Option<&Arc<CqInner>> {
         self.held.iter().find(|c| c.key == key)
+    }
+
+    /// The channel's nudges, when a future has taken spin turns on the lone active CQ since
+    /// the last yield and nothing has nudged the driver since then (so the driver may stand
+    /// aside: `cq::aside`).
+    fn spinner(&mut self) -> Option<u32> {
+        let nudges = self.chan.registry.nudges();
+        let lone = match (self.held.as_slice(), self.policy.active().len()) {
+            ([cq], 1) => Some((cq.key, cq.spins.load(Ordering::Relaxed), nudges)),
+            _ => None,
+        };
+        let before = std::mem::replace(&mut self.seen, lone);
+        match (before, lone) {
+            (Some((key, spins, n)), Some((k, s, _))) if key == k && spins != s && n == nudges => {
+                Some(nudges)
+            }
+            _ => None,
+        }
+    }
+
+    /// Stands aside while a future spins on the lone active CQ (`cq::aside`); whether it
+    /// waited.
+    async fn stand_aside(&mut self, fd: &AsyncFd<Fd>) -> bool {
+        let Some(nudges) = self.spinner() else {
+            return false;
+        };
+        let timer = self.timer.get_or_insert_with(|| {
+            AsideTimer::new().inspect_err(|e| {
+                tracing::debug!(error = %e, "no timerfd: the driver does not stand aside");
+            })
+        });
+        match timer {
+            Ok(timer) => stand_aside(&self.chan.registry, nudges, fd, timer, ASIDE_BOUND).await,
+            Err(_) => false,
+        }
     }
 
     fn sync_registry(&mut self) {
@@ -229,6 +271,8 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         held: Vec::new(),
         known: Vec::new(),
         dispatched: false,
+        seen: None,
+        timer: None,
     };
     // The task runs on the runtime that spawned it, for good.
     let current_thread = on_current_thread_runtime();
@@ -249,7 +293,13 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
             }
             DriverStep::Yield => {
                 chan.registry.set_active(ex.policy.active().len());
-                yield_after_round(std::mem::take(&mut ex.dispatched), current_thread).await;
+                let dispatched = std::mem::take(&mut ex.dispatched);
+                // On a multi-thread runtime, a future spinning on the lone active CQ runs on
+                // another worker: stand aside rather than poll the same CQ there too.
+                let waited = !current_thread && !dispatched && ex.stand_aside(fd).await;
+                if !waited {
+                    yield_after_round(dispatched, current_thread).await;
+                }
                 ex.sync_registry();
                 if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;

@@ -3,10 +3,11 @@
 //! Modules, each depending only on those above it: `config` (driver tuning), `wc` (converting
 //! work completions, the batch buffer), `queue` (the `ibv_cq` owner: arming, acks), `poll` (a
 //! batch polled and routed), `channel` (the `ibv_comp_channel` owner: fd, event draining),
-//! `driver` (the task). This file holds the
-//! public handles. See the crate docs for the driver's design (poll-arm-poll, adaptive spin,
+//! `aside` (the driver standing aside while a future spins, on a multi-thread runtime),
+//! `driver` (the task). This file holds the public handles. See the crate docs for the driver's design (poll-arm-poll, adaptive spin,
 //! inline polling).
 
+mod aside;
 mod channel;
 mod config;
 mod driver;
@@ -112,6 +113,7 @@ impl CompletionChannel {
     #[doc(hidden)]
     pub fn inject_fault(&self) {
         self.owner.inner.faulted.store(true, Ordering::Release);
+        self.owner.inner.registry.nudge_driver();
     }
 }
 
@@ -142,6 +144,9 @@ pub struct CqStats {
     /// Completions the driver task's polls found. The others were found by the futures'
     /// own inline polls; each of these reached its task through a wake-up by the driver.
     pub driver_completions: u64,
+    /// `ibv_poll_cq` calls by the driver task (the others, up to `polls`, were the futures'
+    /// inline polls).
+    pub driver_polls: u64,
     /// Error (or flush) completions of unsignaled sends
     /// ([`QueuePair::send_inline_unsignaled`](crate::QueuePair::send_inline_unsignaled)):
     /// not dispatched, only counted.
@@ -170,6 +175,7 @@ impl CompletionQueue {
             events: self.inner.events.load(Ordering::Relaxed),
             polls: self.inner.polls.load(Ordering::Relaxed),
             driver_completions: self.inner.driver_completions.load(Ordering::Relaxed),
+            driver_polls: self.inner.driver_polls.load(Ordering::Relaxed),
             unsignaled_errors: self.inner.unsignaled_errors.load(Ordering::Relaxed),
             raw_unclaimed: self.inner.raw_unclaimed.load(Ordering::Relaxed),
             dispatch: self.inner.dispatcher.stats(),

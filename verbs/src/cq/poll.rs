@@ -74,10 +74,15 @@ impl CqInner {
         Ok(Some(n))
     }
 
-    /// The driver's poll: [`Self::poll_once`], counting the completions it found.
+    /// The driver's poll: [`Self::poll_once`], counting it and the completions it found.
     pub(super) fn driver_poll(&self) -> Result<Option<usize>> {
         let r = self.poll_once();
         if let Ok(Some(n)) = r {
+            // Only the driver task writes it: a load and a store suffice.
+            self.driver_polls.store(
+                self.driver_polls.load(Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
             if n > 0 {
                 self.driver_completions
                     .fetch_add(n as u64, Ordering::Relaxed);

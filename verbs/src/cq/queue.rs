@@ -102,10 +102,14 @@ pub(crate) struct CqInner {
     /// still readable, the driver not yet done with the events); the driver wakes it when it
     /// parks, so it registers then (see [`CqInner::wait_on_channel`]).
     pub(super) channel_waiter: AtomicWaker,
+    /// Spin turns futures have taken on this CQ (see [`CqInner::note_spin`]).
+    pub(super) spins: AtomicU32,
     /// The channel's fd (for [`CqInner::wait_on_channel`]; in event mode only).
     readiness: Option<Arc<dyn ChannelReadiness>>,
     /// Completions the driver's polls found (`CqStats::driver_completions`).
     pub(super) driver_completions: AtomicU64,
+    /// The driver's polls (`CqStats::driver_polls`); only the driver task writes it.
+    pub(super) driver_polls: AtomicU64,
     /// The weak reference stored in the CQ's `cq_context`, released after `ibv_destroy_cq`.
     context_ref: *const CqInner,
     /// The channel driver's pending teardowns.
@@ -163,8 +167,10 @@ impl CqInner {
             headroom_claimed: AtomicUsize::new(0),
             inline_now: AtomicU32::new(config.inline_polls.max(1)),
             channel_waiter: AtomicWaker::new(),
+            spins: AtomicU32::new(0),
             readiness: (config.spin_iterations == 0).then_some(readiness),
             driver_completions: AtomicU64::new(0),
+            driver_polls: AtomicU64::new(0),
             config,
             context_ref: weak.clone().into_raw(),
             reaper,
@@ -241,6 +247,17 @@ impl CqInner {
             && self.registry.active() <= 1
             && tokio::task::try_id().is_some())
         .then(|| self.config.inline_polls.max(1))
+    }
+
+    /// A future is about to return `Pending` for another spin turn on this CQ: while futures
+    /// keep doing so, a driver on a multi-thread runtime may stand aside (`cq::aside`).
+    pub(crate) fn note_spin(&self) {
+        self.spins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A future is about to wait for the driver: wakes it if it stands aside.
+    pub(crate) fn nudge_driver(&self) {
+        self.registry.nudge_driver();
     }
 
     /// Event mode (`spin_iterations: 0`; a no-op otherwise): a future about to return

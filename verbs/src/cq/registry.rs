@@ -2,8 +2,11 @@
 //! on any thread, and the driver learns of it at its next round (cold path: a mutex, and one
 //! atomic load per round).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::task::Waker;
+
+use tokio_rdma_core::sync::AtomicWaker;
 
 /// CQ keys added (each with a `T`, the driver's handle on the CQ) and removed since the driver
 /// last looked.
@@ -16,6 +19,12 @@ pub(crate) struct Registry<T> {
     /// How many CQs the driver polls now (its active set), published at each of its yields
     /// and parks: a hint for futures deciding whether to spin on their own CQ.
     active: AtomicUsize,
+    /// Bumped by everything that needs the driver polling while it stands aside for a
+    /// spinning future (see `cq::aside`): a future that stops spinning to wait for the
+    /// driver, a CQ added or removed, an injected fault.
+    nudges: AtomicU32,
+    /// The driver's waker while it stands aside.
+    driver: AtomicWaker,
 }
 
 pub(super) struct Changes<T> {
@@ -41,6 +50,8 @@ impl<T> Default for Registry<T> {
             changed: AtomicBool::new(false),
             changes: Mutex::new(Changes::default()),
             active: AtomicUsize::new(0),
+            nudges: AtomicU32::new(0),
+            driver: AtomicWaker::new(),
         }
     }
 }
@@ -81,6 +92,23 @@ impl<T> Registry<T> {
     fn change(&self, f: impl FnOnce(&mut Changes<T>)) {
         f(&mut self.changes.lock().unwrap_or_else(|e| e.into_inner()));
         self.changed.store(true, Ordering::Release);
+        self.nudge_driver();
+    }
+
+    /// Wakes the driver if it stands aside (and makes it not stand aside at its next yield).
+    pub(crate) fn nudge_driver(&self) {
+        self.nudges.fetch_add(1, Ordering::SeqCst);
+        self.driver.wake();
+    }
+
+    /// The nudges so far.
+    pub(super) fn nudges(&self) -> u32 {
+        self.nudges.load(Ordering::SeqCst)
+    }
+
+    /// Registers the driver's waker for the next nudge.
+    pub(super) fn register_driver(&self, waker: &Waker) {
+        self.driver.register(waker);
     }
 
     /// The changes since the last call, if any (one atomic load when there are none).

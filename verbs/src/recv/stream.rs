@@ -99,11 +99,13 @@ impl Stream for RecvStream {
                         this.spun = this.spun.saturating_add(start - budget);
                         if spin.is_some() {
                             // Spinning: run again after every other ready task.
+                            this.cq.note_spin();
                             cx.waker().wake_by_ref();
                         } else {
                             if budget == 0 {
                                 this.cq.inline_outcome(Some(false));
                             }
+                            this.cq.nudge_driver();
                             this.cq.wait_on_channel(cx);
                         }
                         return Poll::Pending;
