@@ -211,6 +211,13 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(30);
+    const SOON: Duration = Duration::from_millis(50);
+
+    /// Standing aside with a long bound is ended by `end`, run `SOON` after it started.
+    fn ended_by(s: &Setup, end: impl FnOnce() + Send) {
+        let took = stand(s, LONG, SOON, end);
+        assert!(took >= SOON && took < LONG, "{took:?}");
+    }
 
     #[test]
     fn it_ends_at_its_bound_without_tokio_timers() {
@@ -223,21 +230,17 @@ mod tests {
     fn a_nudge_ends_it() {
         let s = setup();
         let registry = s.registry.clone();
-        let took = stand(&s, LONG, Duration::from_millis(50), move || {
-            registry.nudge_driver()
-        });
-        assert!(took >= Duration::from_millis(50) && took < LONG, "{took:?}");
+        ended_by(&s, move || registry.nudge_driver());
     }
 
     #[test]
     fn the_channel_turning_readable_ends_it() {
         let s = setup();
         let fd = s.write_end.as_raw_fd();
-        let took = stand(&s, LONG, Duration::from_millis(50), move || {
+        ended_by(&s, move || {
             // SAFETY: writing one byte from a live buffer to the pipe's open write end.
             assert_eq!(unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) }, 1);
         });
-        assert!(took >= Duration::from_millis(50) && took < LONG, "{took:?}");
     }
 
     #[test]
@@ -247,9 +250,6 @@ mod tests {
         s.timer.arm(Duration::from_millis(1)).unwrap();
         std::thread::sleep(Duration::from_millis(60));
         let registry = s.registry.clone();
-        let took = stand(&s, LONG, Duration::from_millis(50), move || {
-            registry.nudge_driver()
-        });
-        assert!(took >= Duration::from_millis(50), "ended early: {took:?}");
+        ended_by(&s, move || registry.nudge_driver());
     }
 }
