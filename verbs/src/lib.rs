@@ -83,11 +83,11 @@
 //!   current-thread runtime the spinning future and the driver take turns on one thread. On a
 //!   multi-thread runtime they would run on two workers and both poll the same CQ, so one
 //!   busy connection kept two workers polling. So there, after a round that found nothing,
-//!   a driver whose only active CQ has had spin turns since its last yield stops polling and
-//!   waits. It waits for a nudge, the channel fd, or 1 ms on a timerfd of its own (no tokio
-//!   timer needed). A nudge comes when a future stops spinning to wait for it, a CQ is added
-//!   or removed, or a fault is injected. The bound covers what no future waits for: buffers
-//!   of dropped futures, a teardown's flushes, a waiter whose spinning neighbour left.
+//!   a driver whose only active CQ has had spin turns since its last yield, and on which no
+//!   future waits for the driver, stops polling and waits. It waits for a nudge, the channel
+//!   fd, or 1 ms on a timerfd of its own (no tokio timer needed). A nudge comes when a future
+//!   starts waiting for the driver, a CQ is added or removed, or a fault is injected. The
+//!   bound covers what no future waits for: buffers of dropped futures, a teardown's flushes.
 //!   [`CqStats::driver_polls`] counts the driver's polls.
 //! * **Choosing a runtime.** A current-thread runtime (one per core for several busy
 //!   connections) gives the lowest latency and CPU per operation: the awaiting task and the

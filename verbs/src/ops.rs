@@ -31,6 +31,8 @@ enum State<L: Send + 'static> {
         posted: WcOpcode,
         /// Inline polls this wait has made (see `CqInner::spin_turn`).
         spun: u32,
+        /// Counted among the CQ's futures waiting for the driver (`CqInner::begin_wait`).
+        waiting: bool,
     },
     Failed(Option<(Error, L)>),
     Done,
@@ -77,6 +79,7 @@ impl<L: Send + 'static> OpFuture<L> {
                 pin,
                 posted,
                 spun: 0,
+                waiting: false,
             },
         }
     }
@@ -118,6 +121,7 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                 cq,
                 posted,
                 spun,
+                waiting,
                 ..
             } => {
                 // tokio's cooperative budget, as tokio's own resources do: a task whose
@@ -151,7 +155,9 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                                 cx.waker().wake_by_ref();
                             } else {
                                 cq.inline_outcome(Some(false));
-                                cq.nudge_driver();
+                                if !std::mem::replace(waiting, true) {
+                                    cq.begin_wait();
+                                }
                                 cq.wait_on_channel(cx);
                             }
                         }
@@ -161,11 +167,15 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(c) => {
                         coop.made_progress();
-                        let State::Posted { buf, .. } =
-                            std::mem::replace(&mut this.state, State::Done)
+                        let State::Posted {
+                            buf, cq, waiting, ..
+                        } = std::mem::replace(&mut this.state, State::Done)
                         else {
                             unreachable!("state checked above")
                         };
+                        if waiting {
+                            cq.end_wait();
+                        }
                         let buf = buf.expect("buffer present until completion");
                         Poll::Ready((check(c, posted), buf))
                     }
@@ -187,11 +197,19 @@ impl<L: Send + 'static> Drop for OpFuture<L> {
     fn drop(&mut self) {
         if let State::Posted { .. } = self.state {
             let State::Posted {
-                mut op, buf, pin, ..
+                mut op,
+                buf,
+                pin,
+                cq,
+                waiting,
+                ..
             } = std::mem::replace(&mut self.state, State::Done)
             else {
                 return;
             };
+            if waiting {
+                cq.end_wait();
+            }
             if op.try_complete().is_some() {
                 // Completed: the NIC is done with the buffer; drop it normally.
                 return;

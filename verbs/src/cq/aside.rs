@@ -8,19 +8,21 @@
 //! wait for a core. In the soft-RoCE VM (2 vCPUs), a 2-byte ping-pong's p99 was about 4 ms,
 //! against 0.2 ms on a current-thread runtime.
 //!
-//! So, after a round that found nothing, a driver on a multi-thread runtime whose only active
-//! CQ has had spin turns since its last yield (and no nudge since then) stops polling and
-//! waits for the first of:
-//! - a nudge: a future stopped spinning to wait for the driver, a CQ of the channel was added
-//!   or removed, or a fault was injected (`Registry::nudge_driver`);
+//! So, after a round that found nothing, a driver on a multi-thread runtime stands aside when
+//! three things hold: its only active CQ has had spin turns since its last yield, no future
+//! waits for the driver there (`CqInner::begin_wait`), and nothing nudged it since then. It
+//! stops polling and waits for the first of:
+//! - a nudge: a future started waiting for the driver, a CQ of the channel was added or
+//!   removed, or a fault was injected (`Registry::nudge_driver`);
 //! - the channel fd turning readable: an event of another, parked CQ;
 //! - [`ASIDE_BOUND`], on a timerfd of its own.
 //!
 //! The bound covers what no future waits for: buffers that dropped futures left in slots,
-//! flushes a teardown waits for, a waiter on the same CQ whose spinning neighbour finished
-//! and left. None of these waits longer than the bound. The timer is a timerfd, not tokio's,
-//! because a runtime built without tokio's time driver must not make the driver panic. If the
-//! timerfd cannot be made, the driver never stands aside.
+//! and flushes a teardown waits for. None of these waits longer than the bound. A future
+//! that starts waiting nudges the driver, and keeps it from standing aside until it is done.
+//! The timer is a timerfd, not tokio's, because a runtime built without tokio's time driver
+//! must not make the driver panic. If the timerfd cannot be made, the driver never stands
+//! aside.
 
 use std::future::Future;
 use std::io;
@@ -68,6 +70,12 @@ impl AsideTimer {
     /// Expires once, `after` from now (replacing any earlier setting, and with it any
     /// expiration not read yet).
     fn arm(&self, after: Duration) -> io::Result<()> {
+        // A zero `it_value` would disarm it.
+        self.set(after.max(Duration::from_nanos(1)))
+    }
+
+    /// `timerfd_settime` with `after` as the expiry (zero: disarmed).
+    fn set(&self, after: Duration) -> io::Result<()> {
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
@@ -75,7 +83,7 @@ impl AsideTimer {
             },
             it_value: libc::timespec {
                 tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(after.subsec_nanos().max(1)),
+                tv_nsec: libc::c_long::from(after.subsec_nanos()),
             },
         };
         // SAFETY: the fd is a live timerfd owned by `self`; `spec` is valid for the call; a
@@ -86,6 +94,11 @@ impl AsideTimer {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Stops the timer (an expiration not read yet is dropped with it).
+    fn disarm(&self) -> io::Result<()> {
+        self.set(Duration::ZERO)
     }
 
     /// Until the timer has expired (readiness left over from an earlier setting is cleared
@@ -106,8 +119,15 @@ impl AsideTimer {
                     Ok(())
                 }
             });
-            if matches!(read, Ok(Ok(()))) {
-                return;
+            match read {
+                Ok(Ok(())) => return,
+                // Not EAGAIN (which `try_io` turns into `Err` and clears the readiness): the
+                // readiness stays, so looping would spin. Count it as expired.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "reading the driver's timerfd failed");
+                    return;
+                }
+                Err(_would_block) => {}
             }
         }
     }
@@ -123,6 +143,9 @@ pub(super) async fn stand_aside(
     timer: &AsideTimer,
     bound: Duration,
 ) -> bool {
+    if registry.nudges() != nudges {
+        return false;
+    }
     if let Err(e) = timer.arm(bound) {
         tracing::debug!(error = %e, "arming the driver's timerfd failed");
         return false;
@@ -130,19 +153,25 @@ pub(super) async fn stand_aside(
     let mut readable = pin!(channel.readable());
     let mut expired = pin!(timer.expired());
     let mut waited = false;
-    std::future::poll_fn(|cx| {
+    let by_timer = std::future::poll_fn(|cx| {
         registry.register_driver(cx.waker());
-        let done = registry.nudges() != nudges
-            || readable.as_mut().poll(cx).is_ready()
-            || expired.as_mut().poll(cx).is_ready();
-        if done {
-            Poll::Ready(())
+        if registry.nudges() != nudges || readable.as_mut().poll(cx).is_ready() {
+            Poll::Ready(false)
+        } else if expired.as_mut().poll(cx).is_ready() {
+            Poll::Ready(true)
         } else {
             waited = true;
             Poll::Pending
         }
     })
     .await;
+    // Nothing left behind: no waker for the next nudge to wake, no expiry to come.
+    registry.take_driver();
+    if !by_timer {
+        if let Err(e) = timer.disarm() {
+            tracing::debug!(error = %e, "disarming the driver's timerfd failed");
+        }
+    }
     waited
 }
 
@@ -241,6 +270,29 @@ mod tests {
             // SAFETY: writing one byte from a live buffer to the pipe's open write end.
             assert_eq!(unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) }, 1);
         });
+    }
+
+    #[test]
+    fn a_nudge_since_the_snapshot_ends_it_at_once() {
+        let s = setup();
+        let nudges = s.registry.nudges();
+        s.registry.nudge_driver();
+        let aside = stand_aside(&s.registry, nudges, &s.channel, &s.timer, LONG);
+        assert!(!s.rt.block_on(aside), "it waited");
+    }
+
+    #[test]
+    fn ended_early_it_leaves_no_expiry_behind() {
+        let s = setup();
+        let bound = Duration::from_millis(200);
+        let registry = s.registry.clone();
+        let took = stand(&s, bound, SOON, move || registry.nudge_driver());
+        assert!(took < LONG);
+        std::thread::sleep(bound * 2);
+        let mut count = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer from the live timerfd.
+        let n = unsafe { libc::read(s.timer.fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, -1, "the timer expired after the stand-aside ended");
     }
 
     #[test]

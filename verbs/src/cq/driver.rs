@@ -51,12 +51,16 @@ impl Executor<'_> {
     }
 
     /// The channel's nudges, when a future has taken spin turns on the lone active CQ since
-    /// the last yield and nothing has nudged the driver since then (so the driver may stand
-    /// aside: `cq::aside`).
+    /// the last yield, no future waits for the driver there, and nothing has nudged the driver
+    /// since then (so the driver may stand aside: `cq::aside`).
     fn spinner(&mut self) -> Option<u32> {
+        // Nudges first: a future that starts waiting after this read nudges, and ends the
+        // stand-aside.
         let nudges = self.chan.registry.nudges();
         let lone = match (self.held.as_slice(), self.policy.active().len()) {
-            ([cq], 1) => Some((cq.key, cq.spins.load(Ordering::Relaxed), nudges)),
+            ([cq], 1) if cq.waiting.load(Ordering::SeqCst) == 0 => {
+                Some((cq.key, cq.spins.load(Ordering::Relaxed), nudges))
+            }
             _ => None,
         };
         let before = std::mem::replace(&mut self.seen, lone);
@@ -296,7 +300,15 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
                 let dispatched = std::mem::take(&mut ex.dispatched);
                 // On a multi-thread runtime, a future spinning on the lone active CQ runs on
                 // another worker: stand aside rather than poll the same CQ there too.
-                let waited = !current_thread && !dispatched && ex.stand_aside(fd).await;
+                let waited = if current_thread {
+                    false
+                } else if dispatched {
+                    // Start again: spin turns are counted from an empty round.
+                    ex.seen = None;
+                    false
+                } else {
+                    ex.stand_aside(fd).await
+                };
                 if !waited {
                     yield_after_round(dispatched, current_thread).await;
                 }

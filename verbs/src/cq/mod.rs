@@ -1,11 +1,11 @@
 //! Completion channels, completion queues and the completion driver.
 //!
-//! Modules, each depending only on those above it: `config` (driver tuning), `wc` (converting
-//! work completions, the batch buffer), `queue` (the `ibv_cq` owner: arming, acks), `poll` (a
-//! batch polled and routed), `channel` (the `ibv_comp_channel` owner: fd, event draining),
-//! `aside` (the driver standing aside while a future spins, on a multi-thread runtime),
-//! `driver` (the task). This file holds the public handles. See the crate docs for the driver's design (poll-arm-poll, adaptive spin,
-//! inline polling).
+//! Modules, each depending only on those above it: `config` (driver tuning), `wc`
+//! (converting work completions, the batch buffer), `queue` (the `ibv_cq` owner: arming,
+//! acks), `poll` (a batch polled and routed), `channel` (the `ibv_comp_channel` owner: fd,
+//! event draining), `aside` (the driver standing aside while a future spins, on a
+//! multi-thread runtime), `driver` (the task). This file holds the public handles. See the
+//! crate docs for the driver's design (poll-arm-poll, adaptive spin, inline polling).
 
 mod aside;
 mod channel;

@@ -104,6 +104,9 @@ pub(crate) struct CqInner {
     pub(super) channel_waiter: AtomicWaker,
     /// Spin turns futures have taken on this CQ (see [`CqInner::note_spin`]).
     pub(super) spins: AtomicU32,
+    /// Futures waiting for the driver on this CQ (see [`CqInner::begin_wait`]): the driver
+    /// never stands aside while there are any.
+    pub(super) waiting: AtomicU32,
     /// The channel's fd (for [`CqInner::wait_on_channel`]; in event mode only).
     readiness: Option<Arc<dyn ChannelReadiness>>,
     /// Completions the driver's polls found (`CqStats::driver_completions`).
@@ -168,6 +171,7 @@ impl CqInner {
             inline_now: AtomicU32::new(config.inline_polls.max(1)),
             channel_waiter: AtomicWaker::new(),
             spins: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
             readiness: (config.spin_iterations == 0).then_some(readiness),
             driver_completions: AtomicU64::new(0),
             driver_polls: AtomicU64::new(0),
@@ -255,9 +259,21 @@ impl CqInner {
         self.spins.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A future is about to wait for the driver: wakes it if it stands aside.
-    pub(crate) fn nudge_driver(&self) {
-        self.registry.nudge_driver();
+    /// A future starts waiting for the driver (it returns `Pending` without a spin turn):
+    /// counted until [`Self::end_wait`], and the driver is woken if it stands aside. Not in
+    /// event mode, where the driver never stands aside.
+    pub(crate) fn begin_wait(&self) {
+        if self.config.spin_iterations > 0 {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            self.registry.nudge_driver();
+        }
+    }
+
+    /// A future counted by [`Self::begin_wait`] completed or was dropped.
+    pub(crate) fn end_wait(&self) {
+        if self.config.spin_iterations > 0 {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Event mode (`spin_iterations: 0`; a no-op otherwise): a future about to return

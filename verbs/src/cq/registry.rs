@@ -111,6 +111,11 @@ impl<T> Registry<T> {
         self.driver.register(waker);
     }
 
+    /// Drops the driver's waker: it no longer stands aside.
+    pub(super) fn take_driver(&self) {
+        drop(self.driver.take());
+    }
+
     /// The changes since the last call, if any (one atomic load when there are none).
     pub(super) fn take(&self) -> Option<Changes<T>> {
         if !self.changed.load(Ordering::Acquire) {

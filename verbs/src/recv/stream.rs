@@ -29,6 +29,8 @@ pub struct RecvStream {
     cq: Arc<CqInner>,
     /// Inline polls the current wait has made (see `CqInner::spin_turn`).
     spun: u32,
+    /// Counted among the CQ's futures waiting for the driver (`CqInner::begin_wait`).
+    waiting: bool,
 }
 
 impl fmt::Debug for RecvStream {
@@ -51,6 +53,14 @@ impl RecvStream {
             pool,
             cq,
             spun: 0,
+            waiting: false,
+        }
+    }
+
+    /// No longer waiting for the driver (an item is out, or the stream is dropped).
+    fn end_wait(&mut self) {
+        if std::mem::replace(&mut self.waiting, false) {
+            self.cq.end_wait();
         }
     }
 
@@ -65,6 +75,17 @@ impl Stream for RecvStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let next = this.poll_item(cx);
+        if next.is_ready() {
+            this.end_wait();
+        }
+        next
+    }
+}
+
+impl RecvStream {
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<RecvMessage>>> {
+        let this = self;
         // tokio's cooperative budget (see `OpFuture::poll`).
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let pool = &this.pool;
@@ -105,7 +126,9 @@ impl Stream for RecvStream {
                             if budget == 0 {
                                 this.cq.inline_outcome(Some(false));
                             }
-                            this.cq.nudge_driver();
+                            if !std::mem::replace(&mut this.waiting, true) {
+                                this.cq.begin_wait();
+                            }
                             this.cq.wait_on_channel(cx);
                         }
                         return Poll::Pending;
@@ -144,6 +167,7 @@ impl Stream for RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
+        self.end_wait();
         self.pool.closed.store(true, Ordering::Release);
         // Deliveries still to come are refused and their chunks (Arc<RecvPool>) dropped by
         // the dispatcher; the pool's memory lives until the last posted chunk completes or is
