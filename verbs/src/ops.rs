@@ -155,9 +155,7 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                                 cx.waker().wake_by_ref();
                             } else {
                                 cq.inline_outcome(Some(false));
-                                if !std::mem::replace(waiting, true) {
-                                    cq.begin_wait();
-                                }
+                                cq.begin_wait(waiting);
                                 cq.wait_on_channel(cx);
                             }
                         }
@@ -168,14 +166,15 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                     Poll::Ready(c) => {
                         coop.made_progress();
                         let State::Posted {
-                            buf, cq, waiting, ..
+                            buf,
+                            cq,
+                            mut waiting,
+                            ..
                         } = std::mem::replace(&mut this.state, State::Done)
                         else {
                             unreachable!("state checked above")
                         };
-                        if waiting {
-                            cq.end_wait();
-                        }
+                        cq.end_wait(&mut waiting);
                         let buf = buf.expect("buffer present until completion");
                         Poll::Ready((check(c, posted), buf))
                     }
@@ -201,15 +200,13 @@ impl<L: Send + 'static> Drop for OpFuture<L> {
                 buf,
                 pin,
                 cq,
-                waiting,
+                mut waiting,
                 ..
             } = std::mem::replace(&mut self.state, State::Done)
             else {
                 return;
             };
-            if waiting {
-                cq.end_wait();
-            }
+            cq.end_wait(&mut waiting);
             if op.try_complete().is_some() {
                 // Completed: the NIC is done with the buffer; drop it normally.
                 return;

@@ -72,6 +72,25 @@ impl Executor<'_> {
         }
     }
 
+    /// The yield after a round. On a multi-thread runtime, a future spinning on the lone
+    /// active CQ runs on another worker: after an empty round the driver stands aside rather
+    /// than poll the same CQ there too.
+    async fn end_round(&mut self, current_thread: bool, fd: &AsyncFd<Fd>) {
+        let dispatched = std::mem::take(&mut self.dispatched);
+        let waited = if current_thread {
+            false
+        } else if dispatched {
+            // Start again: spin turns are counted from an empty round.
+            self.seen = None;
+            false
+        } else {
+            self.stand_aside(fd).await
+        };
+        if !waited {
+            yield_after_round(dispatched, current_thread).await;
+        }
+    }
+
     /// Stands aside while a future spins on the lone active CQ (`cq::aside`); whether it
     /// waited.
     async fn stand_aside(&mut self, fd: &AsyncFd<Fd>) -> bool {
@@ -297,21 +316,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
             }
             DriverStep::Yield => {
                 chan.registry.set_active(ex.policy.active().len());
-                let dispatched = std::mem::take(&mut ex.dispatched);
-                // On a multi-thread runtime, a future spinning on the lone active CQ runs on
-                // another worker: stand aside rather than poll the same CQ there too.
-                let waited = if current_thread {
-                    false
-                } else if dispatched {
-                    // Start again: spin turns are counted from an empty round.
-                    ex.seen = None;
-                    false
-                } else {
-                    ex.stand_aside(fd).await
-                };
-                if !waited {
-                    yield_after_round(dispatched, current_thread).await;
-                }
+                ex.end_round(current_thread, fd).await;
                 ex.sync_registry();
                 if chan.faulted.load(Ordering::Acquire) {
                     return fallback(&chan, "fault injected").await;

@@ -259,19 +259,20 @@ impl CqInner {
         self.spins.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A future starts waiting for the driver (it returns `Pending` without a spin turn):
-    /// counted until [`Self::end_wait`], and the driver is woken if it stands aside. Not in
-    /// event mode, where the driver never stands aside.
-    pub(crate) fn begin_wait(&self) {
-        if self.config.spin_iterations > 0 {
+    /// A future returns `Pending` to wait for the driver (not for a spin turn). The first time
+    /// (`waiting` is the future's flag), it is counted until [`Self::end_wait`], and the
+    /// driver is woken if it stands aside. Not counted in event mode, where the driver never
+    /// stands aside.
+    pub(crate) fn begin_wait(&self, waiting: &mut bool) {
+        if !std::mem::replace(waiting, true) && self.config.spin_iterations > 0 {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             self.registry.nudge_driver();
         }
     }
 
-    /// A future counted by [`Self::begin_wait`] completed or was dropped.
-    pub(crate) fn end_wait(&self) {
-        if self.config.spin_iterations > 0 {
+    /// The future with flag `waiting` completed or was dropped: no longer counted.
+    pub(crate) fn end_wait(&self, waiting: &mut bool) {
+        if std::mem::replace(waiting, false) && self.config.spin_iterations > 0 {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }

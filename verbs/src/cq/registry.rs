@@ -20,8 +20,8 @@ pub(crate) struct Registry<T> {
     /// and parks: a hint for futures deciding whether to spin on their own CQ.
     active: AtomicUsize,
     /// Bumped by everything that needs the driver polling while it stands aside for a
-    /// spinning future (see `cq::aside`): a future that stops spinning to wait for the
-    /// driver, a CQ added or removed, an injected fault.
+    /// spinning future (see `cq::aside`): a future that starts waiting for the driver, a CQ
+    /// added or removed, an injected fault.
     nudges: AtomicU32,
     /// The driver's waker while it stands aside.
     driver: AtomicWaker,

@@ -57,13 +57,6 @@ impl RecvStream {
         }
     }
 
-    /// No longer waiting for the driver (an item is out, or the stream is dropped).
-    fn end_wait(&mut self) {
-        if std::mem::replace(&mut self.waiting, false) {
-            self.cq.end_wait();
-        }
-    }
-
     /// Receive buffers currently posted (not yet delivered).
     pub fn posted(&self) -> usize {
         self.pool.posted.load(Ordering::Acquire)
@@ -77,7 +70,8 @@ impl Stream for RecvStream {
         let this = self.get_mut();
         let next = this.poll_item(cx);
         if next.is_ready() {
-            this.end_wait();
+            // An item is out: no longer waiting for the driver.
+            this.cq.end_wait(&mut this.waiting);
         }
         next
     }
@@ -126,9 +120,7 @@ impl RecvStream {
                             if budget == 0 {
                                 this.cq.inline_outcome(Some(false));
                             }
-                            if !std::mem::replace(&mut this.waiting, true) {
-                                this.cq.begin_wait();
-                            }
+                            this.cq.begin_wait(&mut this.waiting);
                             this.cq.wait_on_channel(cx);
                         }
                         return Poll::Pending;
@@ -167,7 +159,7 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        self.end_wait();
+        self.cq.end_wait(&mut self.waiting);
         self.pool.closed.store(true, Ordering::Release);
         // Deliveries still to come are refused and their chunks (Arc<RecvPool>) dropped by
         // the dispatcher; the pool's memory lives until the last posted chunk completes or is
