@@ -341,6 +341,13 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         }
     }
 
+    /// Completions were taken from an active CQ by someone else since the driver's last look
+    /// (a future's own inline polls): the CQ is busy, so the spin budget starts over. Unlike
+    /// a completion the driver found, this causes no yield (the driver woke no task).
+    pub fn on_activity(&mut self) {
+        self.idle = 0;
+    }
+
     /// The result of the poll right after a [`DriverStep::Arm`]: empty parks the CQ (its next
     /// completion raises an event); non-empty keeps it active (the event the arm will raise is
     /// then spurious, which is harmless). If arming failed, report `n > 0`: the CQ stays

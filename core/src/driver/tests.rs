@@ -91,6 +91,21 @@ fn a_completion_resets_the_spin_and_yields() {
 }
 
 #[test]
+fn activity_seen_elsewhere_restarts_the_spin_without_a_yield() {
+    let mut p = DriverPolicy::new(cfg(3, 32, 64));
+    p.add_cq(0);
+    wake(&mut p, &[0]);
+    for _ in 0..3 {
+        assert_eq!(p.next_step(), Poll(0));
+        p.on_polled(0, 0);
+    }
+    // Without it the third empty round ends the budget: [Arm(0), Park].
+    p.on_activity();
+    let steps = run_to_park(&mut p, &mut [0]);
+    assert_eq!(steps, [Poll(0), Poll(0), Arm(0), Park]);
+}
+
+#[test]
 fn a_completion_found_by_the_poll_after_arm_keeps_the_cq_active() {
     let mut p = DriverPolicy::new(cfg(1, 32, 64));
     p.add_cq(0);

@@ -38,7 +38,10 @@ pub struct DriverConfig {
     /// clock. The budget adapts per CQ: it halves (down to 1) each time a future spends it
     /// all and has to wait, and doubles back (up to this value) each time inline polls find
     /// a completion, so tasks whose completions come later than the polls last (many flows on
-    /// one thread) stop spending polls that the driver's spin makes anyway.
+    /// one thread) stop spending polls that the driver's spin makes anyway. While the driver
+    /// has more than one CQ active, a future polls once whatever this says: the driver's
+    /// rounds serve every busy CQ in turn, where a future that kept finding its completions
+    /// inline would hold its thread for one flow.
     pub inline_polls: u32,
 }
 

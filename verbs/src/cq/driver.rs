@@ -155,18 +155,24 @@ impl Executor<'_> {
         }
     }
 
+    /// Polls CQ `key`. Completions its futures found themselves since the last poll count
+    /// as activity, so a CQ whose futures take everything is not concluded idle.
     fn poll(&mut self, key: usize) {
+        let poll = |cq: &CqInner| (cq.driver_poll(), cq.take_found_inline());
         let polled = match self.cq(key) {
-            Some(cq) => Some(cq.driver_poll()),
+            Some(cq) => Some(poll(cq)),
             // A parked CQ, polled on a wake-up before its event is read.
             None => self
                 .known
                 .iter()
                 .find(|(k, _)| *k == key)
                 .and_then(|(_, cq)| cq.upgrade())
-                .map(|cq| cq.driver_poll()),
+                .map(|cq| poll(&cq)),
         };
-        let n = polled.map_or(0, |r| self.found(r));
+        let (n, busy) = polled.map_or((0, false), |(r, busy)| (self.found(r), busy));
+        if busy {
+            self.policy.on_activity();
+        }
         self.policy.on_polled(key, n);
     }
 

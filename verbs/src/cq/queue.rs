@@ -104,6 +104,9 @@ pub(crate) struct CqInner {
     pub(super) channel_waiter: AtomicWaker,
     /// Spin turns futures have taken on this CQ (see [`CqInner::note_spin`]).
     pub(super) spins: AtomicU32,
+    /// A future found its completion by polling this CQ itself since the driver last looked
+    /// (see [`CqInner::take_found_inline`]).
+    found_inline: AtomicBool,
     /// Futures waiting for the driver on this CQ (see [`CqInner::begin_wait`]): the driver
     /// never stands aside while there are any.
     pub(super) waiting: AtomicU32,
@@ -171,6 +174,7 @@ impl CqInner {
             inline_now: AtomicU32::new(config.inline_polls.max(1)),
             channel_waiter: AtomicWaker::new(),
             spins: AtomicU32::new(0),
+            found_inline: AtomicBool::new(false),
             waiting: AtomicU32::new(0),
             readiness: (config.spin_iterations == 0).then_some(readiness),
             driver_completions: AtomicU64::new(0),
@@ -229,9 +233,17 @@ impl CqInner {
     }
 
     /// A fresh inline-polling budget: at least 1, at most `DriverConfig::inline_polls`, as
-    /// adapted by [`Self::inline_outcome`].
+    /// adapted by [`Self::inline_outcome`]; 1 while the driver has several CQs active. A
+    /// future whose completion came within its polls goes on in the same task poll: with
+    /// other CQs busy, its task would take round trip after round trip (up to tokio's
+    /// cooperative budget) while their completions wait; the driver's rounds serve every CQ
+    /// in turn.
     pub(crate) fn inline_budget(&self) -> u32 {
-        self.inline_now.load(Ordering::Relaxed)
+        if self.registry.active() > 1 {
+            1
+        } else {
+            self.inline_now.load(Ordering::Relaxed)
+        }
     }
 
     /// Whether a future whose result is not there after its inline polls keeps spinning on
@@ -305,13 +317,20 @@ impl CqInner {
     }
 
     /// What a future's inline polls came to: `Some(true)` when they found its completion
-    /// (the budget doubles back, up to `inline_polls`), `Some(false)` when it spent the whole
+    /// (the budget doubles back, up to `inline_polls`, and the driver is told the CQ is busy:
+    /// [`Self::take_found_inline`]), `Some(false)` when it spent the whole
     /// budget and is about to wait (the budget halves, down to 1 poll), `None` when no inline
     /// poll decided it. So futures whose completions come later than the polls last (many
     /// flows on one thread, long round trips) stop burning polls the driver's spin makes
     /// anyway, and a CQ whose completions arrive within the polls keeps its full budget.
     /// Relaxed and racy on purpose: it is a hint.
     pub(crate) fn inline_outcome(&self, found: Option<bool>) {
+        if found == Some(true)
+            && self.config.spin_iterations > 0
+            && !self.found_inline.load(Ordering::Relaxed)
+        {
+            self.found_inline.store(true, Ordering::Relaxed);
+        }
         let now = self.inline_now.load(Ordering::Relaxed);
         let next = match found {
             Some(true) => now.saturating_mul(2).min(self.config.inline_polls.max(1)),
@@ -321,6 +340,17 @@ impl CqInner {
         if next != now {
             self.inline_now.store(next, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a future found its completion by polling this CQ itself since the last call
+    /// (never in event mode). The driver counts that as activity: futures that take every
+    /// completion themselves leave its polls empty, and it used to conclude the CQ idle, park
+    /// it, and with every CQ parked let each future spin on its own CQ (`spin_turn`), one task
+    /// holding the thread for round trip after round trip while the other CQs' completions
+    /// waited.
+    pub(super) fn take_found_inline(&self) -> bool {
+        self.found_inline.load(Ordering::Relaxed)
+            && self.found_inline.swap(false, Ordering::Relaxed)
     }
 
     /// Requests a notification for the next completion.

@@ -40,12 +40,21 @@ impl Rig {
 
     /// Two RC QPs on `cq` connected to each other.
     pub fn rc_pair_on(&self, cq: &CompletionQueue) -> (QueuePair, QueuePair) {
-        let a = QueuePairBuilder::new(&self.pd, QpType::Rc, cq)
+        self.rc_pair_between(cq, cq)
+    }
+
+    /// Two RC QPs connected to each other, the first on `a_cq`, the second on `b_cq`.
+    pub fn rc_pair_between(
+        &self,
+        a_cq: &CompletionQueue,
+        b_cq: &CompletionQueue,
+    ) -> (QueuePair, QueuePair) {
+        let a = QueuePairBuilder::new(&self.pd, QpType::Rc, a_cq)
             .max_send_wr(256)
             .max_recv_wr(256)
             .build()
             .expect("qp a");
-        let b = QueuePairBuilder::new(&self.pd, QpType::Rc, cq)
+        let b = QueuePairBuilder::new(&self.pd, QpType::Rc, b_cq)
             .max_send_wr(256)
             .max_recv_wr(256)
             .build()
