@@ -113,6 +113,24 @@ async fn misuse_ud_write_with_imm_is_refused() {
 
 #[tokio::test]
 #[ignore = "needs an RDMA device"]
+async fn misuse_ud_unsignaled_writes_are_refused() {
+    let r = rig(64);
+    let q = ud_qp(&r);
+    let target = region(&r, 64);
+    for res in [
+        q.write_inline_unsignaled(b"unsignaled", remote(&target)),
+        q.write_with_imm_inline_unsignaled(b"unsignaled", remote(&target), 1),
+    ] {
+        match res {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("UD"), "{m}"),
+            other => panic!("an unsignaled write on UD: {other:?}"),
+        }
+    }
+    assert_eq!(r.cq.in_flight(), 0);
+}
+
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
 async fn misuse_ud_read_is_refused() {
     let r = rig(64);
     let q = ud_qp(&r);

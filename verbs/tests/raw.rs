@@ -94,6 +94,27 @@ async fn raw_send_recv_write_read_busy_poll() {
     a.post_raw_send(16, SendOp::Write(remote), &src_raw, 0..8, true)
         .unwrap();
     assert_eq!(spin_for(&mut p, 1)[0].wr_id, 16);
+
+    // An inline WRITE with immediate: the data lands, the peer's receive reports the
+    // immediate; a READ cannot be inline.
+    b.post_raw_recv(17, &rx_raw, 0..0).unwrap();
+    let at = rx.remote(200..204).unwrap();
+    a.post_raw_inline_op(18, SendOp::WriteWithImm(at, 99), b"imm!", true)
+        .unwrap();
+    let mut got = spin_for(&mut p, 2);
+    got.sort_by_key(|c| c.wr_id);
+    assert_eq!(
+        (got[0].wr_id, got[0].opcode, got[0].imm_data),
+        (17, WcOpcode::RecvRdmaWithImm, Some(99))
+    );
+    assert_eq!((got[1].wr_id, got[1].opcode), (18, WcOpcode::RdmaWrite));
+    let mut four = [0u8; 4];
+    rx.read_at(200, &mut four).unwrap();
+    assert_eq!(&four, b"imm!");
+    assert!(matches!(
+        a.post_raw_inline_op(19, SendOp::Read(remote), b"no", true),
+        Err(tokio_rdma_verbs::Error::InvalidArgument(_))
+    ));
     assert_eq!(cq.stats().raw_unclaimed, 0);
 }
 

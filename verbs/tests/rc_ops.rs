@@ -417,3 +417,77 @@ async fn unsignaled_send_on_a_failed_qp_is_reported() {
     }
     assert_eq!(r.cq.stats().dispatch.unknown, 0);
 }
+
+/// Unsignaled inline RDMA WRITEs (perftest's `ib_write_lat` posts them so): each lands where
+/// it was aimed, a WRITE with immediate still completes the peer's receive with its
+/// immediate, and the writes retire themselves through every `max_send_wr / 2`-th one,
+/// signaled and consumed internally, like unsignaled SENDs.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn unsignaled_inline_writes_land_and_retire_themselves() {
+    const N: u32 = 400;
+    let r = rig(256);
+    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .max_send_wr(8)
+        .build()
+        .unwrap();
+    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
+        .max_recv_wr(64)
+        .build()
+        .unwrap();
+    common::connect(&r.opts, &a, &b);
+    let target = r.pd.register_remote(vec![0u8; 512], Access::ALL).unwrap();
+    let remote = target.remote(..).unwrap();
+    let mut rx = b.recv_stream(64, 8).unwrap();
+    let before = r.cq.stats();
+    for i in 0..N {
+        // A plain write to one place, then a write with immediate to another: RC delivers
+        // in order, so once the immediate is in, both are.
+        let at = (i % 32) * 16;
+        a.write_inline_unsignaled(&i.to_le_bytes(), remote.slice(at, 4).unwrap())
+            .unwrap_or_else(|e| panic!("unsignaled write {i}: {e}"));
+        a.write_with_imm_inline_unsignaled(
+            &(!i).to_le_bytes(),
+            remote.slice(at + 8, 4).unwrap(),
+            i,
+        )
+        .unwrap_or_else(|e| panic!("unsignaled write with immediate {i}: {e}"));
+        let m = bounded("the immediate", 30, rx.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.imm(), Some(i), "write {i}");
+        drop(m);
+        let mem = target.to_vec();
+        let at = at as usize;
+        assert_eq!(&mem[at..at + 4], &i.to_le_bytes(), "write {i}");
+        assert_eq!(&mem[at + 8..at + 12], &(!i).to_le_bytes(), "write {i}");
+    }
+    let every = u64::from(a.max_send_wr() / 2);
+    let forced = u64::from(2 * N) / every;
+    bounded("forced signals complete", 30, async {
+        while r.cq.stats().dispatch.reclaimed - before.dispatch.reclaimed < forced {
+            tokio::task::yield_now().await;
+            r.cq.poll_now().unwrap();
+        }
+    })
+    .await;
+    let st = r.cq.stats();
+    assert_eq!(st.dispatch.reclaimed - before.dispatch.reclaimed, forced);
+    assert_eq!(
+        st.dispatch.unknown, 0,
+        "no unsignaled id reached the dispatcher"
+    );
+    assert_eq!(st.unsignaled_errors, 0);
+
+    // Misuse is refused before anything is posted.
+    let short = remote.slice(0, 2).unwrap();
+    assert!(matches!(
+        a.write_inline_unsignaled(&[1u8; 4], short),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        a.write_with_imm_inline_unsignaled(&[0u8; 4096], remote, 1),
+        Err(Error::InvalidArgument(_))
+    ));
+}

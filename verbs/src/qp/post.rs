@@ -85,7 +85,7 @@ impl QueuePair {
     /// SEND with the data inlined in the work request (copied at post time; no memory region
     /// needed). At most the QP's `max_inline_data` bytes.
     pub fn send_inline(&self, data: &[u8]) -> OpFuture<()> {
-        if let Err(e) = self.check_inline(data) {
+        if let Err(e) = self.check_inline(&SendOp::Send, data) {
             return OpFuture::failed(e, ());
         }
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
@@ -138,13 +138,38 @@ impl QueuePair {
     /// headroom: each claims its `max_send_wr` of it on its first unsignaled send (and gives
     /// it back when destroyed), and a QP that finds too little left is refused.
     pub fn send_inline_unsignaled(&self, data: &[u8]) -> Result<()> {
-        self.check_inline(data)?;
+        self.post_inline_unsignaled(&SendOp::Send, data)
+    }
+
+    /// Posts an inline RDMA WRITE of `data` to `remote` **without a completion**, as
+    /// [`send_inline_unsignaled`](Self::send_inline_unsignaled) posts a SEND (perftest's
+    /// `ib_write_lat` posts its writes so): the same selective signaling, errors and CQ
+    /// headroom rule. RC and UC only; `remote` must be at least `data.len()` long.
+    pub fn write_inline_unsignaled(&self, data: &[u8], remote: RemoteBuffer) -> Result<()> {
+        self.post_inline_unsignaled(&SendOp::Write(remote), data)
+    }
+
+    /// Posts an inline RDMA WRITE with immediate data **without a completion** here (the
+    /// peer's receive still completes, with `imm`): see
+    /// [`write_inline_unsignaled`](Self::write_inline_unsignaled).
+    pub fn write_with_imm_inline_unsignaled(
+        &self,
+        data: &[u8],
+        remote: RemoteBuffer,
+        imm: u32,
+    ) -> Result<()> {
+        self.post_inline_unsignaled(&SendOp::WriteWithImm(remote, imm), data)
+    }
+
+    /// The unsignaled inline post behind the `*_inline_unsignaled` methods.
+    fn post_inline_unsignaled(&self, op: &SendOp, data: &[u8]) -> Result<()> {
+        self.check_inline(op, data)?;
         self.inner.check_unsignaled_headroom()?;
         let sge = (data.as_ptr() as u64, data.len() as u32, 0);
         let n = self.inner.unsignaled.fetch_add(1, Ordering::Relaxed) + 1;
         if n < self.inner.signal_every {
             // SAFETY: inline: the provider copies `data` during the call.
-            let r = unsafe { self.post_raw(&SendOp::Send, UNSIGNALED_WR_ID, sge, true, None) };
+            let r = unsafe { self.post_raw(op, UNSIGNALED_WR_ID, sge, true, None) };
             if r.is_err() {
                 self.inner.unsignaled.fetch_sub(1, Ordering::Relaxed);
             }
@@ -153,27 +178,27 @@ impl QueuePair {
         // This one retires the ones before it: signaled, its completion consumed by the
         // dispatcher (an abandoned slot holding nothing). Should reserving or posting fail,
         // the count stays up and the next call tries again.
-        let op = self.inner.send_slots.reserve_tagged(self.inner.tag())?;
+        let op_slot = self.inner.send_slots.reserve_tagged(self.inner.tag())?;
         // SAFETY: inline, as above.
-        let r = unsafe { self.post_raw(&SendOp::Send, op.wr_id().into_raw(), sge, true, None) };
+        let r = unsafe { self.post_raw(op, op_slot.wr_id().into_raw(), sge, true, None) };
         match r {
             Ok(()) => {
                 self.inner.unsignaled.store(0, Ordering::Relaxed);
-                op.abandon(Parked::Pinned(self.qp().clone()));
+                op_slot.abandon(Parked::Pinned(self.qp().clone()));
                 Ok(())
             }
             Err(e) => {
-                op.cancel_unposted();
+                op_slot.cancel_unposted();
                 Err(e)
             }
         }
     }
 
-    /// An inline SEND of `data` is possible on this QP: not UD (which needs `send_to`) and
-    /// within `max_inline_data`.
-    fn check_inline(&self, data: &[u8]) -> Result<()> {
+    /// An inline `op` of `data` is possible on this QP: an operation of its type (no SEND on
+    /// UD, which needs `send_to`), a remote buffer long enough, and within `max_inline_data`.
+    fn check_inline(&self, op: &SendOp, data: &[u8]) -> Result<()> {
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        validate(&SendOp::Send, len, self.inner.qp_type.raw(), false)?;
+        validate(op, len, self.inner.qp_type.raw(), false)?;
         if data.len() > self.inner.max_inline as usize {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes exceed max_inline_data {}",

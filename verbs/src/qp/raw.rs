@@ -210,8 +210,30 @@ impl QueuePair {
     /// Posts a raw inline SEND of `data` (copied during the call; at most the QP's
     /// `max_inline_data` bytes). Completion as for [`post_raw_send`](Self::post_raw_send).
     pub fn post_raw_inline(&self, id: u64, data: &[u8], signaled: bool) -> Result<()> {
+        self.post_raw_inline_op(id, SendOp::Send, data, signaled)
+    }
+
+    /// Posts a raw inline request that carries data (SEND, RDMA WRITE, either with
+    /// immediate) of `data`, copied during the call, at most the QP's `max_inline_data`
+    /// bytes. Completion as for [`post_raw_send`](Self::post_raw_send).
+    pub fn post_raw_inline_op(
+        &self,
+        id: u64,
+        op: SendOp,
+        data: &[u8],
+        signaled: bool,
+    ) -> Result<()> {
+        if !matches!(
+            op,
+            SendOp::Send | SendOp::SendWithImm(_) | SendOp::Write(_) | SendOp::WriteWithImm(..)
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "{} cannot be inline: only SENDs and RDMA WRITEs carry data",
+                op.name()
+            )));
+        }
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        validate(&SendOp::Send, len, self.inner.qp_type.raw(), false)?;
+        validate(&op, len, self.inner.qp_type.raw(), false)?;
         if len > self.inner.max_inline {
             return Err(Error::InvalidArgument(format!(
                 "{len} bytes exceed max_inline_data {}",
@@ -225,11 +247,11 @@ impl QueuePair {
             length: len,
             lkey: 0,
         };
-        let mut wr = build_wr(&SendOp::Send, wr_id, &mut sge, len, true, None);
+        let mut wr = build_wr(&op, wr_id, &mut sge, len, true, None);
         if !signaled {
             wr.send_flags &= !ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         }
-        self.post_send_wr(&mut wr, &SendOp::Send)
+        self.post_send_wr(&mut wr, &op)
     }
 
     /// Posts a raw receive into `range` of a region this QP keeps writable
