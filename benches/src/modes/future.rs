@@ -1,7 +1,8 @@
 //! One side of a flow as an `async fn` over tokio-rdma's futures (`async`, `async-mt`): the
-//! code a user of the crate would write. Small SENDs go inline and unsignaled
-//! (`send_inline_unsignaled`, as perftest does), receives come from a `RecvStream`, and a
-//! send that needs its completion is awaited together with the next receive, never before it.
+//! code a user of the crate would write. Small SENDs and WRITEs with immediate go inline and
+//! unsignaled (`send_inline_unsignaled`, `write_with_imm_inline_unsignaled`, as perftest
+//! does), receives come from a `RecvStream`, and a send that needs its completion is awaited
+//! together with the next receive, never before it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,7 +152,12 @@ async fn serve(f: &AsyncFlow, b: &Bufs, rx: &mut RecvStream, progress: &AtomicU6
             Test::SendLat => pending = Some(f.qp.send(b.tx.clone())),
             Test::WriteLat => {
                 let remote = f.peer.slice(0, size as u32)?;
-                let w = f.qp.write_with_imm(b.tx.clone(), remote, imm.unwrap_or(0));
+                let imm = imm.unwrap_or(0);
+                if inline && !stop {
+                    f.qp.write_with_imm_inline_unsignaled(&b.data, remote, imm)?;
+                    continue;
+                }
+                let w = f.qp.write_with_imm(b.tx.clone(), remote, imm);
                 if stop {
                     w.await.0?;
                     return Ok(());
@@ -210,10 +216,15 @@ async fn latency(
             Test::WriteLat => {
                 let rx = rx.as_deref_mut().expect("write_lat receives");
                 let imm = (started - 1) as u32 & 0x7fff_ffff;
-                let w = f.qp.write_with_imm(b.tx.clone(), remote, imm);
-                let (m, w) = tokio::join!(next(rx), w);
-                w.0?;
-                drop(m?);
+                if inline {
+                    f.qp.write_with_imm_inline_unsignaled(&b.data, remote, imm)?;
+                    drop(next(rx).await?);
+                } else {
+                    let w = f.qp.write_with_imm(b.tx.clone(), remote, imm);
+                    let (m, w) = tokio::join!(next(rx), w);
+                    w.0?;
+                    drop(m?);
+                }
             }
             Test::ReadLat => {
                 let buf = read_buf.take().expect("read buffer is back");

@@ -269,14 +269,13 @@ impl RawFlow {
         self.sends += 1;
         let id = self.ids.next_for(signaled)?;
         let remote = self.peer.slice(0, self.size() as u32)?;
-        let tx = self.slot(self.depth);
-        self.qp.post_raw_send(
-            id,
-            SendOp::WriteWithImm(remote, imm),
-            &self.raw,
-            tx,
-            signaled,
-        )?;
+        let op = SendOp::WriteWithImm(remote, imm);
+        if self.size() <= MAX_INLINE {
+            self.qp.post_raw_inline_op(id, op, &self.data, signaled)?;
+        } else {
+            let tx = self.slot(self.depth);
+            self.qp.post_raw_send(id, op, &self.raw, tx, signaled)?;
+        }
         Ok(())
     }
 
