@@ -100,13 +100,15 @@
 //!   the soft-RoCE VM (2 vCPUs shared with a peer that waits on its channel): see the README
 //!   for the figures. Where CPU matters more than latency, event mode
 //!   (`spin_iterations: 0`) polls nothing between completions on either runtime.
-//! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`] posts an inline SEND
-//!   without a completion (as perftest does); every `max_send_wr / 2`-th one is signaled to
-//!   retire the others. Its `wr_id` can name no slot, and the error or flush completion such a
-//!   send can still produce is counted in [`CqStats::unsignaled_errors`], never dispatched;
-//!   QPs sending unsignaled claim CQ headroom for those flushes.
-//! * **Raw work requests.** [`QueuePair::post_raw_send`], [`QueuePair::post_raw_inline`] and
-//!   [`QueuePair::post_raw_recv`] post with the caller's own `wr_id` and no future, naming
+//! * **Selective signaling.** [`QueuePair::send_inline_unsignaled`],
+//!   [`QueuePair::write_inline_unsignaled`] and [`QueuePair::write_with_imm_inline_unsignaled`]
+//!   post an inline SEND or RDMA WRITE without a completion (as perftest does); every
+//!   `max_send_wr / 2`-th one is signaled to retire the others. Its `wr_id` can name no slot,
+//!   and the error or flush completion such a request can still produce is counted in
+//!   [`CqStats::unsignaled_errors`], never dispatched; QPs posting unsignaled claim CQ
+//!   headroom for those flushes.
+//! * **Raw work requests.** [`QueuePair::post_raw_send`], [`QueuePair::post_raw_inline`],
+//!   [`QueuePair::post_raw_inline_op`] and [`QueuePair::post_raw_recv`] post with the caller's own `wr_id` and no future, naming
 //!   regions the QP keeps until it is destroyed ([`QueuePair::keep_region`]); their
 //!   completions skip the dispatcher and come back as plain [`Completion`]s from the CQ's
 //!   [`RawPoller`], which owns the CQ's polling from one thread (busy-poll, or blocking on the

@@ -486,8 +486,9 @@ async fn unsignaled_inline_writes_land_and_retire_themselves() {
         a.write_inline_unsignaled(&[1u8; 4], short),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(matches!(
-        a.write_with_imm_inline_unsignaled(&[0u8; 4096], remote, 1),
-        Err(Error::InvalidArgument(_))
-    ));
+    let big = r.pd.register_remote(vec![0u8; 4096], Access::ALL).unwrap();
+    match a.write_with_imm_inline_unsignaled(&[0u8; 4096], big.remote(..).unwrap(), 1) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("max_inline_data"), "{m}"),
+        other => panic!("4096 bytes inline: {other:?}"),
+    }
 }

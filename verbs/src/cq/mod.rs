@@ -147,7 +147,7 @@ pub struct CqStats {
     /// `ibv_poll_cq` calls by the driver task (the others, up to `polls`, were the futures'
     /// inline polls).
     pub driver_polls: u64,
-    /// Error (or flush) completions of unsignaled sends
+    /// Error (or flush) completions of unsignaled requests
     /// ([`QueuePair::send_inline_unsignaled`](crate::QueuePair::send_inline_unsignaled)):
     /// not dispatched, only counted.
     pub unsignaled_errors: u64,

@@ -154,7 +154,11 @@ impl CqInner {
         for w in wc {
             if w.wr_id == UNSIGNALED_WR_ID {
                 self.unsignaled_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(status = w.status, qp = w.qp_num, "unsignaled send failed");
+                tracing::debug!(
+                    status = w.status,
+                    qp = w.qp_num,
+                    "unsignaled request failed"
+                );
                 continue;
             }
             if w.wr_id & RAW_WR_BIT != 0 {
