@@ -344,15 +344,7 @@ async fn device_port_gid_table_memory_kinds_and_uc() {
 async fn unsignaled_inline_sends_arrive_in_order_and_retire_themselves() {
     const N: u32 = 1000;
     let r = rig(256);
-    let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
-        .max_send_wr(8)
-        .build()
-        .unwrap();
-    let b = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
-        .max_recv_wr(64)
-        .build()
-        .unwrap();
-    common::connect(&r.opts, &a, &b);
+    let (a, b) = shallow_pair(&r);
     let mut rx = b.recv_stream(64, 64).unwrap();
     let before = r.cq.stats();
     for i in 0..N {
@@ -364,13 +356,7 @@ async fn unsignaled_inline_sends_arrive_in_order_and_retire_themselves() {
     // The last forced signal may still be in flight: wait for it.
     let every = u64::from(a.max_send_wr() / 2);
     let forced = u64::from(N) / every;
-    bounded("forced signals complete", 30, async {
-        while r.cq.stats().dispatch.reclaimed - before.dispatch.reclaimed < forced {
-            tokio::task::yield_now().await;
-            r.cq.poll_now().unwrap();
-        }
-    })
-    .await;
+    forced_signals_complete(&r, before.dispatch.reclaimed + forced).await;
     let st = r.cq.stats();
     assert_eq!(st.dispatch.reclaimed - before.dispatch.reclaimed, forced);
     assert_eq!(
@@ -418,15 +404,9 @@ async fn unsignaled_send_on_a_failed_qp_is_reported() {
     assert_eq!(r.cq.stats().dispatch.unknown, 0);
 }
 
-/// Unsignaled inline RDMA WRITEs (perftest's `ib_write_lat` posts them so): each lands where
-/// it was aimed, a WRITE with immediate still completes the peer's receive with its
-/// immediate, and the writes retire themselves through every `max_send_wr / 2`-th one,
-/// signaled and consumed internally, like unsignaled SENDs.
-#[tokio::test]
-#[ignore = "needs an RDMA device"]
-async fn unsignaled_inline_writes_land_and_retire_themselves() {
-    const N: u32 = 400;
-    let r = rig(256);
+/// A pair whose sender has a send queue of 8 (every 4th unsignaled request is signaled) and
+/// whose receiver takes 64 receives, on the rig's CQ.
+fn shallow_pair(r: &common::Rig) -> (tokio_rdma_verbs::QueuePair, tokio_rdma_verbs::QueuePair) {
     let a = QueuePairBuilder::new(&r.pd, QpType::Rc, &r.cq)
         .max_send_wr(8)
         .build()
@@ -436,6 +416,31 @@ async fn unsignaled_inline_writes_land_and_retire_themselves() {
         .build()
         .unwrap();
     common::connect(&r.opts, &a, &b);
+    (a, b)
+}
+
+/// Waits until the rig's CQ has reclaimed `reclaimed` completions in all (the signaled
+/// requests among unsignaled ones, consumed internally).
+async fn forced_signals_complete(r: &common::Rig, reclaimed: u64) {
+    bounded("forced signals complete", 30, async {
+        while r.cq.stats().dispatch.reclaimed < reclaimed {
+            tokio::task::yield_now().await;
+            r.cq.poll_now().unwrap();
+        }
+    })
+    .await;
+}
+
+/// Unsignaled inline RDMA WRITEs (perftest's `ib_write_lat` posts them so): each lands where
+/// it was aimed, a WRITE with immediate still completes the peer's receive with its
+/// immediate, and the writes retire themselves through every `max_send_wr / 2`-th one,
+/// signaled and consumed internally, like unsignaled SENDs.
+#[tokio::test]
+#[ignore = "needs an RDMA device"]
+async fn unsignaled_inline_writes_land_and_retire_themselves() {
+    const N: u32 = 400;
+    let r = rig(256);
+    let (a, b) = shallow_pair(&r);
     let target = r.pd.register_remote(vec![0u8; 512], Access::ALL).unwrap();
     let remote = target.remote(..).unwrap();
     let mut rx = b.recv_stream(64, 8).unwrap();
@@ -465,13 +470,7 @@ async fn unsignaled_inline_writes_land_and_retire_themselves() {
     }
     let every = u64::from(a.max_send_wr() / 2);
     let forced = u64::from(2 * N) / every;
-    bounded("forced signals complete", 30, async {
-        while r.cq.stats().dispatch.reclaimed - before.dispatch.reclaimed < forced {
-            tokio::task::yield_now().await;
-            r.cq.poll_now().unwrap();
-        }
-    })
-    .await;
+    forced_signals_complete(&r, before.dispatch.reclaimed + forced).await;
     let st = r.cq.stats();
     assert_eq!(st.dispatch.reclaimed - before.dispatch.reclaimed, forced);
     assert_eq!(
