@@ -108,13 +108,13 @@
 //!   [`CqStats::unsignaled_errors`], never dispatched; QPs posting unsignaled claim CQ
 //!   headroom for those flushes.
 //! * **Raw work requests.** [`QueuePair::post_raw_send`], [`QueuePair::post_raw_inline`],
-//!   [`QueuePair::post_raw_inline_op`] and [`QueuePair::post_raw_recv`] post with the caller's own `wr_id` and no future, naming
-//!   regions the QP keeps until it is destroyed ([`QueuePair::keep_region`]); their
-//!   completions skip the dispatcher and come back as plain [`Completion`]s from the CQ's
-//!   [`RawPoller`], which owns the CQ's polling from one thread (busy-poll, or blocking on the
-//!   completion channel with [`RawPoller::wait`]) and still dispatches the CQ's other work.
-//!   This is the perftest-style loop (and the feed of a callback dispatcher), for benchmarks
-//!   and threads that own their CQ.
+//!   [`QueuePair::post_raw_inline_op`] and [`QueuePair::post_raw_recv`] post with the
+//!   caller's own `wr_id` and no future, naming regions the QP keeps until it is destroyed
+//!   ([`QueuePair::keep_region`]); their completions skip the dispatcher and come back as
+//!   plain [`Completion`]s from the CQ's [`RawPoller`], which owns the CQ's polling from one
+//!   thread (busy-poll, or blocking on the completion channel with [`RawPoller::wait`]) and
+//!   still dispatches the CQ's other work. This is the perftest-style loop (and the feed of a
+//!   callback dispatcher), for benchmarks and threads that own their CQ.
 //! * **Cancel safety.** Dropping an [`OpFuture`] before its completion parks the buffer (and
 //!   everything the work request references: an AH, the QP pin) in the dispatcher slot; it is
 //!   dropped when the completion or flush error arrives, never earlier.

@@ -19,9 +19,9 @@ use crate::device::ContextInner;
 use crate::error::{Error, Result};
 
 /// The `wr_id` of unsignaled requests ([`QueuePair::send_inline_unsignaled`] and the
-/// unsignaled WRITEs). Its slot index
-/// (`u32::MAX`) is beyond any dispatcher's capacity, so it can never name a slot; a completion
-/// carrying it (only an error or flush completes an unsignaled request) is counted in
+/// unsignaled WRITEs). Its slot index (`u32::MAX`) is beyond any dispatcher's capacity, so it
+/// can never name a slot; a completion carrying it (only an error or flush completes an
+/// unsignaled request) is counted in
 /// [`CqStats::unsignaled_errors`](super::CqStats::unsignaled_errors) instead of being
 /// dispatched.
 ///
