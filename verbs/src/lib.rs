@@ -67,10 +67,11 @@
 //!   (default 32, the driver's own polls between yields); the budget adapts per CQ (halved
 //!   when a wait needed the driver, doubled back when inline polls found the completion). A
 //!   latency-critical task that owns its thread can set thousands and busy-poll inline like a
-//!   raw verbs loop. While the driver has several CQs active, a future polls once: one whose
-//!   completion came within its polls goes on in the same task poll, so it took round trip
-//!   after round trip (up to tokio's cooperative budget) while the other CQs' completions
-//!   waited. A completion a future finds itself counts as activity for the driver, which
+//!   raw verbs loop. While the driver has several CQs active, a future does not poll: one
+//!   whose completion its own polls found goes on in the same task poll, so it took round
+//!   trip after round trip (up to tokio's cooperative budget) while the other CQs'
+//!   completions waited, and a single poll sufficed when the reply was back before its send
+//!   returned. A completion a future finds itself counts as activity for the driver, which
 //!   otherwise would see the CQ idle and park it.
 //! * **Spinning in the awaiting task.** When the driver's active set holds at most one CQ
 //!   (one connection busy on the channel: a ping-pong, an RPC client), a future in a spawned

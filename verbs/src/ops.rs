@@ -154,7 +154,9 @@ impl<L: Send + 'static> Future for OpFuture<L> {
                                 cq.note_spin();
                                 cx.waker().wake_by_ref();
                             } else {
-                                cq.inline_outcome(Some(false));
+                                if start > 0 {
+                                    cq.inline_outcome(Some(false));
+                                }
                                 cq.begin_wait(waiting);
                                 cq.wait_on_channel(cx);
                             }

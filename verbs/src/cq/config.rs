@@ -39,9 +39,10 @@ pub struct DriverConfig {
     /// all and has to wait, and doubles back (up to this value) each time inline polls find
     /// a completion, so tasks whose completions come later than the polls last (many flows on
     /// one thread) stop spending polls that the driver's spin makes anyway. While the driver
-    /// has more than one CQ active, a future polls once whatever this says: the driver's
-    /// rounds serve every busy CQ in turn, where a future that kept finding its completions
-    /// inline would hold its thread for one flow.
+    /// has more than one CQ active, a future does not poll at all, whatever this says: the
+    /// driver's rounds serve every busy CQ in turn, where a future that kept finding its
+    /// completions itself (even with one poll, when the reply is back before its send
+    /// returns) would hold its thread for one flow.
     pub inline_polls: u32,
 }
 

@@ -234,14 +234,15 @@ impl CqInner {
     }
 
     /// A fresh inline-polling budget: at least 1, at most `DriverConfig::inline_polls`, as
-    /// adapted by [`Self::inline_outcome`]; 1 while the driver has several CQs active. A
-    /// future whose completion came within its polls goes on in the same task poll: with
+    /// adapted by [`Self::inline_outcome`]; none while the driver has several CQs active. A
+    /// future whose completion is found by its own polls goes on in the same task poll: with
     /// other CQs busy, its task would take round trip after round trip (up to tokio's
-    /// cooperative budget) while their completions wait; the driver's rounds serve every CQ
-    /// in turn.
+    /// cooperative budget) while their completions wait, and one poll is enough for that
+    /// when the peer's reply is back before the task's send returns. The driver's rounds
+    /// serve every CQ in turn.
     pub(crate) fn inline_budget(&self) -> u32 {
         if self.registry.active() > 1 {
-            1
+            0
         } else {
             self.inline_now.load(Ordering::Relaxed)
         }

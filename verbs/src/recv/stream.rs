@@ -117,7 +117,7 @@ impl RecvStream {
                             this.cq.note_spin();
                             cx.waker().wake_by_ref();
                         } else {
-                            if budget == 0 {
+                            if budget == 0 && start > 0 {
                                 this.cq.inline_outcome(Some(false));
                             }
                             this.cq.begin_wait(&mut this.waiting);
