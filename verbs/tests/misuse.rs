@@ -7,6 +7,7 @@
 mod common;
 
 use common::{bounded, rig, Rig};
+use futures::StreamExt;
 use tokio_rdma_verbs::{
     Access, Error, MemoryRegion, OpFuture, QpType, QueuePair, QueuePairBuilder, RemoteBuffer,
     SendOp, SendRequest, SharedReceiveQueue, WcOpcode, WcStatus,
@@ -367,4 +368,57 @@ async fn misuse_modify_with_refuses_reset_and_err() {
     attr.qp_state = S::IBV_QPS_SQD;
     a.modify_with(&mut attr, M::IBV_QP_STATE)
         .expect("RTS to SQD");
+}
+
+/// Objects used after the runtime that drove their channel shut down progress through their
+/// futures' own polls (the crate's documented limit). The driver publishes how many CQs it
+/// polls, and while that is more than one a future leaves the waiting to the driver: a count
+/// left from a busy moment when the driver went away stopped such futures for good. Here two
+/// CQs are busy with a ping-pong when their runtime goes; the same pair then ping-pongs from a
+/// task on a second runtime.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn misuse_objects_outliving_their_runtime_still_complete() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (r, cqs, (a, b), mut a_rx, mut b_rx) = {
+        let _in_first = first.enter();
+        let r = rig(64);
+        let cqs = (r.cq(2048), r.cq(2048));
+        let pair = r.rc_pair_between(&cqs.0, &cqs.1);
+        let a_rx = pair.0.recv_stream(16, 64).unwrap();
+        let b_rx = pair.1.recv_stream(16, 64).unwrap();
+        (r, cqs, pair, a_rx, b_rx)
+    };
+    // Both CQs busy, every message received: nothing is in flight when the runtime goes.
+    first.block_on(bounded("ping-pong on the first runtime", 20, async {
+        for _ in 0..200 {
+            a.send_inline_unsignaled(&[1u8; 8]).unwrap();
+            drop(b_rx.next().await.unwrap().unwrap());
+            b.send_inline_unsignaled(&[2u8; 8]).unwrap();
+            drop(a_rx.next().await.unwrap().unwrap());
+        }
+    }));
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async move {
+        let flow = tokio::spawn(async move {
+            for _ in 0..50 {
+                a.send_inline_unsignaled(&[3u8; 8]).unwrap();
+                drop(b_rx.next().await.unwrap().unwrap());
+                b.send_inline_unsignaled(&[4u8; 8]).unwrap();
+                drop(a_rx.next().await.unwrap().unwrap());
+            }
+            (a, b, a_rx, b_rx)
+        });
+        let (a, b, a_rx, b_rx) = bounded("ping-pong after the runtime went", 20, flow)
+            .await
+            .unwrap();
+        drop((a_rx, b_rx, a, b, cqs, r));
+    });
 }

@@ -285,9 +285,22 @@ async fn yield_to_tasks() {
     .await;
 }
 
+/// Publishes an empty active set when the driver task ends (its runtime shut down, or it
+/// fell back to timed polls). While more than one CQ is active, futures leave the waiting to
+/// the driver's rounds (`CqInner::inline_budget`); a count left from a busy moment would
+/// have them wait for rounds that never come, instead of polling their CQs themselves.
+struct ActiveOnExit<'a>(&'a CqRegistry);
+
+impl Drop for ActiveOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.set_active(0);
+    }
+}
+
 /// The per-channel driver task.
 pub(super) async fn drive(chan: Arc<ChannelInner>) {
     let Some(fd) = chan.fd.as_ref() else { return };
+    let _active_on_exit = ActiveOnExit(&chan.registry);
     let cfg = chan.config;
     let mut ex = Executor {
         chan: &chan,
@@ -365,6 +378,8 @@ async fn fallback(chan: &ChannelInner, why: &str) {
         "completion channel failed: its CQs are polled every {FALLBACK_PERIOD:?} from now on"
     );
     chan.faulted.store(true, Ordering::Release);
+    // Futures poll their CQs themselves again (see `ActiveOnExit`).
+    chan.registry.set_active(0);
     let mut tick = tokio::time::interval(FALLBACK_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
