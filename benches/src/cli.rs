@@ -118,7 +118,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub spin: Option<u32>,
     /// Tuning of the client's futures in the async modes (`DriverConfig::inline_polls`):
-    /// how often an awaiting future polls the CQ itself before it waits.
+    /// how often an awaiting future polls the CQ itself before it waits (not at all while
+    /// the driver of its channel has several CQs active, as with several flows).
     #[arg(long)]
     pub inline_polls: Option<u32>,
     /// Write every run's figures as JSON (perftest's --out_json keys).

@@ -134,10 +134,12 @@ async fn fairness_a_driver_that_dispatched_polls_again_soon_on_a_multi_thread_ru
 
 /// The longest run of one flow in `log` (the flow of each completed round trip, in order),
 /// counted from when every flow has made `skip` round trips (the start, while the driver has
-/// not seen the flows' CQs busy yet) to when the first flow has made `last`.
-fn longest_run(log: &[usize], flows: usize, skip: usize, last: usize) -> usize {
+/// not seen the flows' CQs busy yet) to when the first flow has made `last`; and how many
+/// round trips that window holds (none when one flow made `last` before the others made
+/// `skip`).
+fn longest_run(log: &[usize], flows: usize, skip: usize, last: usize) -> (usize, usize) {
     let mut done = vec![0usize; flows];
-    let (mut from, mut run, mut longest, mut prev) = (None, 0, 0, usize::MAX);
+    let (mut from, mut run, mut longest, mut prev, mut counted) = (None, 0, 0, usize::MAX, 0);
     for (i, &f) in log.iter().enumerate() {
         done[f] += 1;
         if from.is_none() && done.iter().all(|&n| n >= skip) {
@@ -149,10 +151,11 @@ fn longest_run(log: &[usize], flows: usize, skip: usize, last: usize) -> usize {
         if from.is_some() {
             run = if f == prev { run + 1 } else { 1 };
             longest = longest.max(run);
+            counted += 1;
         }
         prev = f;
     }
-    longest
+    (longest, counted)
 }
 
 /// Flows sharing a thread and a completion channel take turns. A future polls its CQ inline
@@ -252,8 +255,13 @@ async fn longest_turn(config: DriverConfig, work: Duration) -> usize {
     })
     .await;
     let log = log.lock().unwrap().clone();
-    let longest = longest_run(&log, FLOWS, ROUNDS / 2, ROUNDS);
-    println!("longest run of one flow: {longest} round trips");
+    let (longest, counted) = longest_run(&log, FLOWS, ROUNDS / 2, ROUNDS);
+    println!("longest run of one flow: {longest} round trips (of {counted} counted)");
+    assert!(
+        counted >= FLOWS * 100,
+        "only {counted} round trips between the start and the first flow done: one flow ran \
+         ahead of the others"
+    );
     drop(pairs);
     echo_rt.shutdown_background();
     longest
@@ -263,9 +271,11 @@ async fn longest_turn(config: DriverConfig, work: Duration) -> usize {
 fn longest_run_counts_between_the_start_and_the_first_flow_done() {
     // Flow 0 alone first (skipped), then runs of 3 once every flow has made one.
     let log = [0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0];
-    assert_eq!(longest_run(&log, 2, 1, 99), 3);
+    assert_eq!(longest_run(&log, 2, 1, 99), (3, 8));
     // Counted until a flow has made `last`: flow 0 then runs alone.
-    assert_eq!(longest_run(&[0, 1, 0, 0, 0, 0], 2, 1, 3), 1);
+    assert_eq!(longest_run(&[0, 1, 0, 0, 0, 0], 2, 1, 3), (1, 2));
+    // One flow done before the other made `skip`: nothing counted.
+    assert_eq!(longest_run(&[0, 0, 0, 1], 2, 1, 3), (0, 0));
 }
 
 /// One turn at the back of the run queue: wakes its task and returns `Pending` once (a

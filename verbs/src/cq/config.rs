@@ -28,10 +28,11 @@ pub struct DriverConfig {
     /// Acknowledge CQ events in batches of this many (`ibv_ack_cq_events` takes a mutex).
     pub ack_batch: u32,
     /// How many times a future or receive stream whose result is not there yet polls the CQ
-    /// itself before it returns `Pending` (at least once). The default, 32, is the driver's
-    /// own number of polls between two yields: a completion that lands within that many polls
-    /// reaches the awaiting task without the wake-up hop through the driver task, and a task
-    /// holds its thread no longer than the driver does. 1 leaves all waiting to the driver. A
+    /// itself before it returns `Pending` (at least once while the driver has at most one CQ
+    /// active). The default, 32, is the driver's own number of polls between two yields: a
+    /// completion that lands within that many polls reaches the awaiting task without the
+    /// wake-up hop through the driver task, and a task holds its thread no longer than the
+    /// driver does. 1 leaves nearly all waiting to the driver. A
     /// latency-critical task that owns its thread (a ping-pong, a storage target's I/O loop)
     /// can set thousands: it then busy-polls inline like a raw verbs loop, for at most that
     /// many polls per `poll` before it yields to the runtime. Bounded by count, never by
@@ -42,7 +43,8 @@ pub struct DriverConfig {
     /// has more than one CQ active, a future does not poll at all, whatever this says: the
     /// driver's rounds serve every busy CQ in turn, where a future that kept finding its
     /// completions itself (even with one poll, when the reply is back before its send
-    /// returns) would hold its thread for one flow.
+    /// returns) would hold its thread for one flow. The count is the channel's: connections
+    /// on channels of their own that share a thread are not covered by this rule.
     pub inline_polls: u32,
 }
 

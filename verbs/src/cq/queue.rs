@@ -233,8 +233,9 @@ impl CqInner {
         false
     }
 
-    /// A fresh inline-polling budget: at least 1, at most `DriverConfig::inline_polls`, as
-    /// adapted by [`Self::inline_outcome`]; none while the driver has several CQs active. A
+    /// A fresh inline-polling budget: none while the driver has several CQs active, otherwise
+    /// at least 1 and at most `DriverConfig::inline_polls`, as adapted by
+    /// [`Self::inline_outcome`]. A
     /// future whose completion is found by its own polls goes on in the same task poll: with
     /// other CQs busy, its task would take round trip after round trip (up to tokio's
     /// cooperative budget) while their completions wait, and one poll is enough for that
