@@ -176,7 +176,7 @@ async fn fairness_flows_sharing_a_thread_take_turns() {
         inline_polls: 1_000_000,
         ..DriverConfig::default()
     };
-    let longest = longest_turn(config, Duration::ZERO).await;
+    let longest = longest_turn(config, Duration::ZERO, false).await;
     assert!(
         longest <= 32,
         "one flow made {longest} round trips in a row while the others waited"
@@ -188,23 +188,35 @@ async fn fairness_flows_sharing_a_thread_take_turns() {
 /// send, as a handler that computes does; in `rdma-bench --flows 16` against a server of
 /// async flows, rxe often had the reply back before the server's send returned). One inline
 /// poll found it, so a one-poll rule still let a flow chain its round trips: in 4 of 12
-/// server runs the client's median was 40 us (one flow alone) and its p99 4-15 ms. Here: runs
-/// of 19 round trips with that rule, 1 without inline polls while several CQs are active.
+/// server runs the client's median was 40 us (one flow alone) and its p99 4-15 ms. Here, with
+/// that rule: runs of 19 round trips, and with signaled pings (operation futures) one flow
+/// finished before the others had made half of theirs. Without inline polls while several
+/// CQs are active: runs of 1.
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "needs an RDMA device"]
 async fn fairness_replies_already_there_do_not_let_a_flow_chain_round_trips() {
-    let longest = longest_turn(DriverConfig::default(), Duration::from_micros(300)).await;
-    assert!(
-        longest <= 8,
-        "one flow made {longest} round trips in a row while the others waited"
-    );
+    // Receive streams, then operation futures too (each ping a signaled send, awaited).
+    for signaled in [false, true] {
+        let longest = longest_turn(
+            DriverConfig::default(),
+            Duration::from_micros(300),
+            signaled,
+        )
+        .await;
+        assert!(
+            longest <= 8,
+            "one flow made {longest} round trips in a row while the others waited \
+             (signaled pings: {signaled})"
+        );
+    }
 }
 
 /// Runs three ping-pong flows on this (current-thread) runtime and one completion channel
 /// with `config`, their peers echoing from a runtime of their own; each flow blocks its
-/// thread for `work` after each send. The longest run of one flow's round trips, counted
-/// after the start (before the driver has seen the CQs busy).
-async fn longest_turn(config: DriverConfig, work: Duration) -> usize {
+/// thread for `work` after each send, and awaits the send's completion if `signaled`. The
+/// longest run of one flow's round trips, counted after the start (before the driver has
+/// seen the CQs busy).
+async fn longest_turn(config: DriverConfig, work: Duration, signaled: bool) -> usize {
     const FLOWS: usize = 3;
     const ROUNDS: usize = 1200;
     let r = rig(64);
@@ -238,9 +250,15 @@ async fn longest_turn(config: DriverConfig, work: Duration) -> usize {
         let mut a_rx = a.recv_stream(16, 64).unwrap();
         flows.push(tokio::spawn(async move {
             for _ in 0..ROUNDS {
-                ping.send_inline_unsignaled(&[1u8; 8]).expect("ping send");
+                let send = signaled.then(|| ping.send_inline(&[1u8; 8]));
+                if !signaled {
+                    ping.send_inline_unsignaled(&[1u8; 8]).expect("ping send");
+                }
                 if !work.is_zero() {
                     std::thread::sleep(work);
+                }
+                if let Some(send) = send {
+                    send.await.0.expect("ping send");
                 }
                 drop(a_rx.next().await.expect("ping stream").expect("ping"));
                 log.lock().unwrap().push(flow);
