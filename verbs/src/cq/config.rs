@@ -32,19 +32,19 @@ pub struct DriverConfig {
     /// active). The default, 32, is the driver's own number of polls between two yields: a
     /// completion that lands within that many polls reaches the awaiting task without the
     /// wake-up hop through the driver task, and a task holds its thread no longer than the
-    /// driver does. 1 leaves nearly all waiting to the driver. A
-    /// latency-critical task that owns its thread (a ping-pong, a storage target's I/O loop)
-    /// can set thousands: it then busy-polls inline like a raw verbs loop, for at most that
-    /// many polls per `poll` before it yields to the runtime. Bounded by count, never by
-    /// clock. The budget adapts per CQ: it halves (down to 1) each time a future spends it
-    /// all and has to wait, and doubles back (up to this value) each time inline polls find
-    /// a completion, so tasks whose completions come later than the polls last (many flows on
-    /// one thread) stop spending polls that the driver's spin makes anyway. While the driver
-    /// has more than one CQ active, a future does not poll at all, whatever this says: the
-    /// driver's rounds serve every busy CQ in turn, where a future that kept finding its
-    /// completions itself (even with one poll, when the reply is back before its send
-    /// returns) would hold its thread for one flow. The count is the channel's: connections
-    /// on channels of their own that share a thread are not covered by this rule.
+    /// driver does. 1 leaves nearly all waiting to the driver. A latency-critical task that
+    /// owns its thread (a ping-pong, a storage target's I/O loop) can set thousands: it then
+    /// busy-polls inline like a raw verbs loop, for at most that many polls per `poll`
+    /// before it yields to the runtime. Bounded by count, never by clock. The budget adapts
+    /// per CQ: it halves (down to 1) each time a future spends it all and has to wait, and
+    /// doubles back (up to this value) each time inline polls find a completion, so tasks
+    /// whose completions come later than the polls last (many flows on one thread) stop
+    /// spending polls that the driver's spin makes anyway. While the driver has more than one
+    /// CQ active, a future does not poll at all, whatever this says: the driver's rounds
+    /// serve every busy CQ in turn, where a future that kept finding its completions itself
+    /// (even with one poll, when the reply is back before its send returns) would hold its
+    /// thread for one flow. The count is the channel's: connections on channels of their own
+    /// that share a thread are not covered by this rule.
     pub inline_polls: u32,
 }
 

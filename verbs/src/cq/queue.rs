@@ -235,12 +235,11 @@ impl CqInner {
 
     /// A fresh inline-polling budget: none while the driver has several CQs active, otherwise
     /// at least 1 and at most `DriverConfig::inline_polls`, as adapted by
-    /// [`Self::inline_outcome`]. A
-    /// future whose completion is found by its own polls goes on in the same task poll: with
-    /// other CQs busy, its task would take round trip after round trip (up to tokio's
-    /// cooperative budget) while their completions wait, and one poll is enough for that
-    /// when the peer's reply is back before the task's send returns. The driver's rounds
-    /// serve every CQ in turn.
+    /// [`Self::inline_outcome`]. A future whose completion is found by its own polls goes on
+    /// in the same task poll: with other CQs busy, its task would take round trip after round
+    /// trip (up to tokio's cooperative budget) while their completions wait, and one poll is
+    /// enough for that when the peer's reply is back before the task's send returns. The
+    /// driver's rounds serve every CQ in turn.
     pub(crate) fn inline_budget(&self) -> u32 {
         if self.registry.active() > 1 {
             0
