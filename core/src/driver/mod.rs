@@ -8,7 +8,8 @@
 //!
 //! * **poll-arm-poll:** a CQ is armed only after it polled empty for the whole spin budget, and
 //!   it is polled once more right after arming ([`DriverStep::Arm`]); only if that poll is
-//!   empty too is it parked. A completion that lands between the last poll and the arm raises
+//!   empty too is it parked. Each CQ counts its own empty polls: a busy CQ does not keep an
+//!   idle one active (and polled, and counted as active by the futures' polling rules). A completion that lands between the last poll and the arm raises
 //!   no event, and the poll after the arm is what finds it.
 //! * **spurious events are normal:** an event for a CQ with nothing in it makes the CQ active;
 //!   it spins for the budget and parks again.
@@ -27,8 +28,10 @@
 /// Tuning of a [`DriverPolicy`]. Counts, never clock time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverPolicyConfig {
-    /// Rounds of empty polls (every active CQ polled once per round) after the last
-    /// completion before the active CQs are armed and parked. `0` arms after one empty round.
+    /// Empty polls of an active CQ in a row (one per round) after its last completion
+    /// before it is armed and parked. Each CQ counts its own, so a CQ that went quiet is
+    /// parked after this many rounds even while others keep completing. `0` arms a CQ after
+    /// one empty poll.
     pub spin_polls: u32,
     /// Empty rounds polled back to back between two [`DriverStep::Yield`]s (at least 1): the
     /// runtime's per-yield cost is paid once per this many empty rounds.
@@ -97,7 +100,8 @@ enum Phase {
     Idle,
     /// `active[pos]` is polled next; whether this round found anything so far.
     Polling { pos: usize, found: bool },
-    /// `active[pos]` is armed next; `active[..end]` were active when the spin budget ran out.
+    /// `active[pos]` is armed next if its spin budget ran out; `active[..end]` were active
+    /// at the end of the round.
     Arming { pos: usize, end: usize },
     /// Yield before the next round.
     Yield,
@@ -175,11 +179,13 @@ pub struct DriverPolicy<K = usize> {
     config: DriverPolicyConfig,
     entries: Vec<Entry<K>>,
     active: Vec<K>,
+    /// `idle[i]`: consecutive empty polls of `active[i]` since its last completion or arm.
+    idle: Vec<u32>,
+    /// Some active CQ's `idle` reached `spin_polls` in this round: arm at its end.
+    ripe: bool,
     /// CQs parked by the poll after their arm (armed, not active), in parking order.
     parked: Vec<K>,
     phase: Phase,
-    /// Consecutive empty rounds since the last completion or arm.
-    idle: u32,
     /// Consecutive empty rounds since the last yield.
     tight: u32,
     readable: bool,
@@ -203,9 +209,10 @@ impl<K: Copy + Eq> DriverPolicy<K> {
             },
             entries: Vec::with_capacity(cqs),
             active: Vec::with_capacity(cqs),
+            idle: Vec::with_capacity(cqs),
+            ripe: false,
             parked: Vec::with_capacity(cqs),
             phase: Phase::Idle,
-            idle: 0,
             tight: 0,
             readable: false,
             acks_due: 0,
@@ -230,6 +237,10 @@ impl<K: Copy + Eq> DriverPolicy<K> {
             active: false,
         });
         self.parked.push(cq);
+        // Room for every CQ to be active: activation never allocates.
+        let room = self.entries.len() - self.active.len();
+        self.active.reserve(room);
+        self.idle.reserve(room);
         true
     }
 
@@ -246,6 +257,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         }
         if let Some(i) = self.active.iter().position(|&a| a == cq) {
             self.active.remove(i);
+            self.idle.remove(i);
             match &mut self.phase {
                 Phase::Polling { pos, .. } if i < *pos => *pos -= 1,
                 Phase::Arming { pos, end } => {
@@ -314,6 +326,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         self.acks_due += usize::from(due);
         if activate {
             self.active.push(cq);
+            self.idle.push(0);
             self.unpark(cq);
         }
         EventOutcome::Counted
@@ -333,6 +346,9 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         }
         if let Phase::Polling { pos, found } = self.phase {
             if self.active.get(pos) == Some(&cq) {
+                let idle = &mut self.idle[pos];
+                *idle = if n > 0 { 0 } else { idle.saturating_add(1) };
+                self.ripe |= *idle >= self.config.spin_polls.max(1);
                 self.phase = Phase::Polling {
                     pos: pos + 1,
                     found: found || n > 0,
@@ -341,11 +357,15 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         }
     }
 
-    /// Completions were taken from an active CQ by someone else since the driver's last look
-    /// (a future's own inline polls): the CQ is busy, so the spin budget starts over. Unlike
-    /// a completion the driver found, this causes no yield (the driver woke no task).
-    pub fn on_activity(&mut self) {
-        self.idle = 0;
+    /// Completions were taken from `cq` by someone else since the driver's last look (a
+    /// future's own inline polls): the CQ is busy, so its spin budget starts over. Unlike a
+    /// completion the driver found, this causes no yield (the driver woke no task). Report it
+    /// before the [`on_polled`](Self::on_polled) of the same look. Ignored for a CQ that is
+    /// not active.
+    pub fn on_activity(&mut self, cq: K) {
+        if let Some(i) = self.active.iter().position(|&a| a == cq) {
+            self.idle[i] = 0;
+        }
     }
 
     /// The result of the poll right after a [`DriverStep::Arm`]: empty parks the CQ (its next
@@ -360,10 +380,12 @@ impl<K: Copy + Eq> DriverPolicy<K> {
             return;
         }
         if n > 0 {
+            self.idle[pos] = 0;
             self.phase = Phase::Arming { pos: pos + 1, end };
             return;
         }
         self.active.remove(pos);
+        self.idle.remove(pos);
         self.phase = Phase::Arming { pos, end: end - 1 };
         if let Some(e) = self.entry(cq) {
             e.active = false;
@@ -372,7 +394,8 @@ impl<K: Copy + Eq> DriverPolicy<K> {
     }
 
     /// What to do next. Pending acks come first, then draining a readable fd, then the
-    /// poll/yield/arm cycle over the active CQs; [`DriverStep::Park`] when none is active.
+    /// poll/yield/arm cycle over the active CQs (a round ends with the arms of the CQs whose
+    /// spin budget ran out in it); [`DriverStep::Park`] when none is active.
     pub fn next_step(&mut self) -> DriverStep<K> {
         if self.acks_due > 0 {
             if let Some(e) = self.entries.iter_mut().find(|e| e.ack_due) {
@@ -406,7 +429,7 @@ impl<K: Copy + Eq> DriverPolicy<K> {
                     if self.active.is_empty() =>
                 {
                     self.phase = Phase::Idle;
-                    self.idle = 0;
+                    self.ripe = false;
                     self.tight = 0;
                     return DriverStep::Park;
                 }
@@ -424,9 +447,13 @@ impl<K: Copy + Eq> DriverPolicy<K> {
                 }
                 Phase::Arming { pos, end } => {
                     if pos < end {
-                        return DriverStep::Arm(self.active[pos]);
+                        if self.idle[pos] >= self.config.spin_polls.max(1) {
+                            return DriverStep::Arm(self.active[pos]);
+                        }
+                        // Still within its budget: stays active, unarmed.
+                        self.phase = Phase::Arming { pos: pos + 1, end };
+                        continue;
                     }
-                    self.idle = 0;
                     self.tight = 0;
                     self.phase = Phase::Yield;
                 }
@@ -449,20 +476,23 @@ impl<K: Copy + Eq> DriverPolicy<K> {
     }
 
     fn end_round(&mut self, found: bool) {
+        let budget = self.config.spin_polls.max(1);
+        // `on_activity` may have reset the CQ that was ripe.
+        if std::mem::take(&mut self.ripe) && self.idle.iter().any(|&i| i >= budget) {
+            // Ends with a yield too, so completions found in this round are not held up.
+            self.phase = Phase::Arming {
+                pos: 0,
+                end: self.active.len(),
+            };
+            return;
+        }
         if found {
-            self.idle = 0;
             self.tight = 0;
             self.phase = Phase::Yield;
             return;
         }
-        self.idle = self.idle.saturating_add(1);
         self.tight += 1;
-        self.phase = if self.idle >= self.config.spin_polls {
-            Phase::Arming {
-                pos: 0,
-                end: self.active.len(),
-            }
-        } else if self.tight >= self.config.tight_polls {
+        self.phase = if self.tight >= self.config.tight_polls {
             self.tight = 0;
             Phase::Yield
         } else {

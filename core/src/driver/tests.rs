@@ -95,12 +95,15 @@ fn activity_seen_elsewhere_restarts_the_spin_without_a_yield() {
     let mut p = DriverPolicy::new(cfg(3, 32, 64));
     p.add_cq(0);
     wake(&mut p, &[0]);
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(p.next_step(), Poll(0));
         p.on_polled(0, 0);
     }
-    // Without it the third empty round ends the budget: [Arm(0), Park].
-    p.on_activity();
+    // The third look found the CQ empty, but futures had taken completions from it since the
+    // second. Without the report the third empty poll ends the budget: [Arm(0), Park].
+    assert_eq!(p.next_step(), Poll(0));
+    p.on_activity(0);
+    p.on_polled(0, 0);
     let steps = run_to_park(&mut p, &mut [0]);
     assert_eq!(steps, [Poll(0), Poll(0), Arm(0), Park]);
 }
@@ -297,4 +300,65 @@ fn only_parked_cqs_are_polled_on_a_wake_up_and_removal_keeps_the_place() {
     assert_eq!(p.next_step(), Poll(1));
     p.on_polled(1, 0);
     assert_eq!(p.next_step(), DrainEvents);
+}
+
+/// A CQ that went quiet is parked after its own spin budget while another keeps completing.
+/// With one budget for the channel, every completion of the busy CQ restarted it, and the
+/// quiet CQ stayed active (polled every round, and counted by the futures' polling rules as a
+/// second busy CQ) for as long as the other was busy.
+#[test]
+fn a_busy_cq_does_not_keep_a_quiet_one_active() {
+    let mut p = DriverPolicy::new(cfg(4, 32, 64));
+    p.add_cq(0);
+    p.add_cq(1);
+    wake(&mut p, &[0, 1]);
+    let mut steps = Vec::new();
+    for _ in 0..100 {
+        let s = p.next_step();
+        steps.push(s);
+        match s {
+            Poll(0) => p.on_polled(0, 1),
+            Poll(1) => p.on_polled(1, 0),
+            Arm(cq) => p.on_polled_after_arm(cq, 0),
+            Yield => {}
+            s => panic!("unexpected step {s:?}"),
+        }
+        if p.active() == [0] {
+            break;
+        }
+    }
+    assert_eq!(p.active(), [0], "steps: {steps:?}");
+    // Four rounds, each ending with a yield (CQ 0 found completions), the fourth with the
+    // arm of CQ 1.
+    let round = [Poll(0), Poll(1), Yield];
+    let expected: Vec<_> = round
+        .iter()
+        .chain(&round)
+        .chain(&round)
+        .chain(&[Poll(0), Poll(1), Arm(1)])
+        .copied()
+        .collect();
+    assert_eq!(steps, expected);
+    assert_eq!(p.next_step(), Yield);
+    assert_eq!(p.next_step(), Poll(0));
+}
+
+/// Completions futures took from one CQ restart that CQ's budget only.
+#[test]
+fn activity_on_one_cq_does_not_restart_the_budget_of_another() {
+    let mut p = DriverPolicy::new(cfg(2, 32, 64));
+    p.add_cq(0);
+    p.add_cq(1);
+    wake(&mut p, &[0, 1]);
+    for _ in 0..2 {
+        assert_eq!(p.next_step(), Poll(0));
+        p.on_activity(0);
+        p.on_polled(0, 0);
+        assert_eq!(p.next_step(), Poll(1));
+        p.on_polled(1, 0);
+    }
+    assert_eq!(p.next_step(), Arm(1));
+    p.on_polled_after_arm(1, 0);
+    assert_eq!(p.next_step(), Yield);
+    assert_eq!(p.active(), [0]);
 }

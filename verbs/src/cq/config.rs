@@ -14,8 +14,10 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Tuning of a completion channel's driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// How many consecutive empty polls the driver does after the last completion before it
-    /// arms the CQ and parks on the channel fd (it yields to the runtime every 32 polls). `0`
+    /// How many consecutive empty polls the driver does on a CQ after its last completion
+    /// before it arms the CQ and parks it (it yields to the runtime every 32 polls). Each CQ
+    /// counts its own: a CQ that went quiet is parked after this many polls even while other
+    /// CQs of the channel stay busy. `0`
     /// parks at once (event mode: lowest CPU, highest latency; a waiting future then also
     /// waits on the channel fd itself, so its task is woken first). Bounded by count, never by
     /// clock. It is also the budget of a future that spins on its own CQ while that CQ is the

@@ -171,7 +171,7 @@ impl Executor<'_> {
         };
         let (n, busy) = polled.map_or((0, false), |(r, busy)| (self.found(r), busy));
         if busy {
-            self.policy.on_activity();
+            self.policy.on_activity(key);
         }
         self.policy.on_polled(key, n);
     }
