@@ -36,20 +36,22 @@
 //!   CQs in batches of up to 64, keeps polling a dry CQ for [`DriverConfig::spin_iterations`]
 //!   rounds (bounded by count, never by clock; each CQ counts its own, so a busy CQ does not
 //!   keep a quiet one polled), then **arms** it and **polls again**; only a CQ still empty
-//!   after that is parked. So idle CQs cost nothing, busy ones are never re-armed
-//!   per completion, and no completion can slip between the last poll and the arm. Should the
+//!   after that is parked. So idle CQs cost nothing, busy ones are never re-armed per
+//!   completion, and no completion can slip between the last poll and the arm. Should the
 //!   channel fd fail, the driver polls its CQs on a timer instead: nothing is released early.
 //!   While it spins, the driver yields to the runtime every 32 empty rounds by waking itself
 //!   (the task goes to the back of the run queue), not with `tokio::task::yield_now`, whose
 //!   deferred wake-up costs a non-blocking `epoll_wait` per yield when nothing else runs;
-//!   after a round that dispatched completions on a current-thread runtime it yields with
-//!   `yield_now`, so a `block_on` future it woke (a `#[tokio::main]` body) runs right after
-//!   the round (a multi-thread worker would defer that wake-up until it has nothing else to
-//!   run, up to 61 tasks later, so there the driver wakes itself then too). When it wakes from
-//!   parking and the channel has at most 4 parked CQs (a connection's own channel has one),
-//!   it polls them first, yields if that woke a task, and reads the events only then: the
-//!   event read (`ibv_get_cq_event` and its `EAGAIN` read, about 11 us in the soft-RoCE VM)
-//!   is off the path from completion to consumer.
+//!   after a round that dispatched completions on a current-thread runtime while a `block_on`
+//!   future (a `#[tokio::main]` body) waits for it, it yields with `yield_now`, so that future
+//!   runs right after the round; tasks it woke are in the run queue already, so for them it
+//!   wakes itself and pays no `epoll_wait` (a multi-thread worker would defer a `yield_now`
+//!   wake-up until it has nothing else to run, up to 61 tasks later, so there the driver
+//!   always wakes itself). When it wakes from parking and the channel has at most 4 parked
+//!   CQs (a connection's own channel has one), it polls them first, yields if that woke a
+//!   task, and reads the events only then: the event read (`ibv_get_cq_event` and its
+//!   `EAGAIN` read, about 11 us in the soft-RoCE VM) is off the path from completion to
+//!   consumer.
 //! * **Event mode: the lone waiter wakes first.** With `spin_iterations: 0`, a future about to
 //!   return `Pending` also waits on the channel fd itself (tokio's single reader waker of the
 //!   `AsyncFd`), so on an event the reactor wakes its task before the driver task, and its

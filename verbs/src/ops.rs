@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio_rdma_core::{Completion, Operation, WcOpcode};
 
-use crate::cq::{CqInner, Parked};
+use crate::cq::{CqInner, Parked, Waiting};
 use crate::error::{Error, Result};
 
 /// The output of an operation: the result and the buffer, which always comes back (like
@@ -32,7 +32,7 @@ enum State<L: Send + 'static> {
         /// Inline polls this wait has made (see `CqInner::spin_turn`).
         spun: u32,
         /// Counted among the CQ's futures waiting for the driver (`CqInner::begin_wait`).
-        waiting: bool,
+        waiting: Waiting,
     },
     Failed(Option<(Error, L)>),
     Done,
@@ -79,7 +79,7 @@ impl<L: Send + 'static> OpFuture<L> {
                 pin,
                 posted,
                 spun: 0,
-                waiting: false,
+                waiting: Waiting::No,
             },
         }
     }

@@ -77,6 +77,11 @@ impl Executor<'_> {
     /// than poll the same CQ there too.
     async fn end_round(&mut self, current_thread: bool, fd: &AsyncFd<Fd>) {
         let dispatched = std::mem::take(&mut self.dispatched);
+        // Only a future outside any task (counted while it waits; in event mode none is
+        // counted, so always) needs the deferred yield: tasks the round woke are in the run
+        // queue already.
+        let block_on_woken = dispatched
+            && (self.chan.config.spin_iterations == 0 || self.chan.registry.outside_tasks_wait());
         let waited = if current_thread {
             false
         } else if dispatched {
@@ -87,7 +92,7 @@ impl Executor<'_> {
             self.stand_aside(fd).await
         };
         if !waited {
-            yield_after_round(dispatched, current_thread).await;
+            yield_after_round(block_on_woken, current_thread).await;
         }
     }
 
@@ -238,18 +243,20 @@ fn sync_registry(
     }
 }
 
-/// The driver's yield between rounds. After a round that dispatched completions on a
-/// current-thread runtime, tokio's `yield_now`: its wake-up is deferred until the runtime has
-/// run every ready task and polled its I/O driver, which is also when the `block_on` future
-/// (a `#[tokio::main]` body awaiting an operation) is polled again, so a future the round
-/// woke there runs right after it. Otherwise [`yield_to_tasks`], which costs no system call:
-/// after an empty round (spinning), and on a multi-thread runtime, whose workers defer a
+/// The driver's yield between rounds. After a round that may have woken the `block_on`
+/// future of a current-thread runtime (a `#[tokio::main]` body awaiting an operation: the
+/// round dispatched completions while such a future waited), tokio's `yield_now`: its wake-up
+/// is deferred until the runtime has run every ready task and polled its I/O driver, which is
+/// also when the `block_on` future is polled again, so it runs right after the round; the
+/// price is a non-blocking `epoll_wait` per such round. Otherwise [`yield_to_tasks`], which
+/// costs no system call: after a round that woke only tasks (they are in the run queue
+/// already), after an empty round (spinning), and on a multi-thread runtime, whose workers defer a
 /// `yield_now` wake-up until they have nothing else to run or to steal (or until their next
 /// maintenance, 61 tasks later): next to tasks that are always ready, the driver would poll
 /// again only that late, while the completions it could hand over wait. A multi-thread
 /// runtime runs no `block_on` future on its workers, so nothing is gained by deferring there.
-async fn yield_after_round(dispatched: bool, current_thread: bool) {
-    if dispatched && current_thread {
+async fn yield_after_round(block_on_woken: bool, current_thread: bool) {
+    if block_on_woken && current_thread {
         tokio::task::yield_now().await;
     } else {
         yield_to_tasks().await;

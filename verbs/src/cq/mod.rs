@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use channel::ChannelInner;
 pub use config::DriverConfig;
 use config::MAX_BATCH;
-pub(crate) use queue::{CqInner, Parked, RAW_WR_BIT, UNSIGNALED_WR_ID};
+pub(crate) use queue::{CqInner, Parked, Waiting, RAW_WR_BIT, UNSIGNALED_WR_ID};
 pub use raw::RawPoller;
 pub(crate) use reaper::PendingTeardown;
 

@@ -47,6 +47,19 @@ pub(crate) enum Parked {
     Recv(Arc<dyn Any + Send + Sync>, u32),
 }
 
+/// Whether a future is counted among those waiting for the driver
+/// ([`CqInner::begin_wait`]), and from where it is polled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Not counted.
+    #[default]
+    No,
+    /// Counted; polled by a task.
+    InTask,
+    /// Counted; polled outside any task (a `block_on` future), so counted for the channel too.
+    OutsideTask,
+}
+
 /// The driver's registry of a channel's CQs: each CQ is announced with a weak reference.
 pub(super) type CqRegistry = Registry<Weak<CqInner>>;
 
@@ -274,21 +287,34 @@ impl CqInner {
     }
 
     /// A future returns `Pending` to wait for the driver (not for a spin turn). The first time
-    /// (`waiting` is the future's flag), it is counted until [`Self::end_wait`], and the
-    /// driver is woken if it stands aside. Not counted in event mode, where the driver never
-    /// stands aside.
-    pub(crate) fn begin_wait(&self, waiting: &mut bool) {
-        if !std::mem::replace(waiting, true) && self.config.spin_iterations > 0 {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            self.registry.nudge_driver();
+    /// (`waiting` is the future's state), it is counted until [`Self::end_wait`], and the
+    /// driver is woken if it stands aside. A future polled outside any task (the `block_on`
+    /// future of a current-thread runtime) is counted for the channel too: while one waits,
+    /// the driver's yield after a round that woke futures lets that future run right after
+    /// the round (`cq::driver`). Not counted in event mode, where the driver never stands
+    /// aside and always yields so.
+    pub(crate) fn begin_wait(&self, waiting: &mut Waiting) {
+        if *waiting != Waiting::No || self.config.spin_iterations == 0 {
+            return;
         }
+        if tokio::task::try_id().is_some() {
+            *waiting = Waiting::InTask;
+        } else {
+            *waiting = Waiting::OutsideTask;
+            self.registry.note_outside_task(true);
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.registry.nudge_driver();
     }
 
-    /// The future with flag `waiting` completed or was dropped: no longer counted.
-    pub(crate) fn end_wait(&self, waiting: &mut bool) {
-        if std::mem::replace(waiting, false) && self.config.spin_iterations > 0 {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+    /// The future with state `waiting` completed or was dropped: no longer counted.
+    pub(crate) fn end_wait(&self, waiting: &mut Waiting) {
+        match std::mem::take(waiting) {
+            Waiting::No => return,
+            Waiting::InTask => {}
+            Waiting::OutsideTask => self.registry.note_outside_task(false),
         }
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Event mode (`spin_iterations: 0`; a no-op otherwise): a future about to return

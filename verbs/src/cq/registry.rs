@@ -25,6 +25,9 @@ pub(crate) struct Registry<T> {
     nudges: AtomicU32,
     /// The driver's waker while it stands aside.
     driver: AtomicWaker,
+    /// Futures of the channel waiting for the driver outside any task (a current-thread
+    /// runtime's `block_on` future; see `CqInner::begin_wait`).
+    outside_tasks: AtomicU32,
 }
 
 pub(super) struct Changes<T> {
@@ -52,6 +55,7 @@ impl<T> Default for Registry<T> {
             active: AtomicUsize::new(0),
             nudges: AtomicU32::new(0),
             driver: AtomicWaker::new(),
+            outside_tasks: AtomicU32::new(0),
         }
     }
 }
@@ -99,6 +103,21 @@ impl<T> Registry<T> {
     pub(crate) fn nudge_driver(&self) {
         self.nudges.fetch_add(1, Ordering::SeqCst);
         self.driver.wake();
+    }
+
+    /// A future outside any task starts (`true`) or stops waiting for the driver.
+    pub(super) fn note_outside_task(&self, waits: bool) {
+        if waits {
+            self.outside_tasks.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.outside_tasks.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a future outside any task waits for the driver (its wake-ups are for the
+    /// `block_on` future of a current-thread runtime).
+    pub(super) fn outside_tasks_wait(&self) -> bool {
+        self.outside_tasks.load(Ordering::SeqCst) > 0
     }
 
     /// The nudges so far.

@@ -11,7 +11,7 @@ use futures_core::Stream;
 use tokio_rdma_core::{Completion, Delivery, InboxReceiver, WcOpcode};
 
 use super::pool::RecvPool;
-use crate::cq::{CqInner, Parked};
+use crate::cq::{CqInner, Parked, Waiting};
 use crate::error::Result;
 use crate::ops::check;
 
@@ -30,7 +30,7 @@ pub struct RecvStream {
     /// Inline polls the current wait has made (see `CqInner::spin_turn`).
     spun: u32,
     /// Counted among the CQ's futures waiting for the driver (`CqInner::begin_wait`).
-    waiting: bool,
+    waiting: Waiting,
 }
 
 impl fmt::Debug for RecvStream {
@@ -53,7 +53,7 @@ impl RecvStream {
             pool,
             cq,
             spun: 0,
-            waiting: false,
+            waiting: Waiting::No,
         }
     }
 
