@@ -1,6 +1,7 @@
 //! `rdma-bench` end to end on the device: a server and a client process per case, every
 //! mode and test with few iterations, the JSON parsed and checked, `compare`, several flows
-//! sharing state, `--duration`, and bad peers (which must get a clear error, never a hang).
+//! sharing state, `--duration`, and bad or frozen peers (which must get a clear error, never
+//! a hang).
 //! Every wait is bounded. Runs in the soft-RoCE VM (`cargo xtask test --quick --no-host
 //! rdma_bench`); the server address is TOKIO_RDMA_IP (default 192.0.2.1).
 
@@ -447,6 +448,43 @@ fn rdma_bench_bad_peers_get_clear_errors() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no rdma-bench server"), "{err}");
+}
+
+/// A peer that stops answering mid-run (its process frozen: its RC QPs still acknowledge
+/// at the transport level, so nothing fails, nothing arrives) fails the run after `--stall`
+/// with the reason, in a raw mode and an async mode, never a hang.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn rdma_bench_a_frozen_peer_fails_the_run_after_the_stall() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    for (mode, port) in [("callback", 18614u16), ("async", 18615)] {
+        let srv = server(port, 1);
+        let pid = srv.0.as_ref().expect("running").id().to_string();
+        let connect_to = addr(port).to_string();
+        let client = Proc::spawn(&[
+            "client",
+            "--connect",
+            &connect_to,
+            "--mode",
+            mode,
+            "--duration",
+            "120",
+            "--stall",
+            "2",
+        ]);
+        // Connected and running by then (the setup takes well under a second in the VM).
+        std::thread::sleep(Duration::from_secs(5));
+        let stop = Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(stop.expect("kill -STOP").success());
+        let out = client.finish(&format!("{mode} client of a frozen server"), 30);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: {err}");
+        assert!(
+            err.contains("no progress from the peer for 2s"),
+            "{mode}: {err}"
+        );
+        drop(srv);
+    }
 }
 
 /// Messages above the inline limit (sent from registered memory) in a raw and an async mode.
