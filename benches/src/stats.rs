@@ -280,6 +280,10 @@ pub struct RunResult {
     /// Every latency sample in microseconds ([`Latency::samples_usec`]), for the CDF plot.
     #[serde(skip)]
     pub samples_usec: Vec<f64>,
+    /// `compare --rounds` (more than 1), latency tests: each round's `t_typical`, in the
+    /// order run, so a ratio between two modes can be taken within each round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds_t_typical: Vec<f64>,
 }
 
 /// CPU time per operation in microseconds (`cpu` from the difference of two

@@ -288,12 +288,14 @@ fn rdma_bench_threads() {
     srv.finish("server", 30);
 }
 
-/// `compare` runs every mode against one server and prints one row per mode, with ratios.
+/// `compare` runs every mode against one server, in two rounds, and prints one row per mode,
+/// with ratios; the JSON has each round's median too.
 #[test]
 #[ignore = "needs an RDMA device"]
 fn rdma_bench_compare_one_row_per_mode() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let srv = server(18606, MODES.len());
+    // Two rounds of 100 iterations each.
+    let srv = server(18606, 2 * MODES.len());
     let out = tmp("compare.json");
     let svg = tmp("compare.svg");
     let connect = addr(18606).to_string();
@@ -302,7 +304,9 @@ fn rdma_bench_compare_one_row_per_mode() {
         "--connect",
         &connect,
         "--iters",
-        "200",
+        "100",
+        "--rounds",
+        "2",
         "--json",
         out.to_str().unwrap(),
         "--plot",
@@ -314,6 +318,12 @@ fn rdma_bench_compare_one_row_per_mode() {
     assert_eq!(runs.len(), MODES.len());
     for (run, mode) in runs.iter().zip(MODES) {
         check_run(run, mode, "send_lat", 2, 1, 200);
+        // Each round's median, for ratios within a round.
+        let rounds = run["rounds_t_typical"]
+            .as_array()
+            .expect("rounds_t_typical");
+        assert_eq!(rounds.len(), 2, "{run}");
+        assert!(rounds.iter().all(|t| t.as_f64() > Some(0.0)), "{run}");
     }
     for mode in MODES {
         let rows = stdout

@@ -29,6 +29,7 @@ fn lat_run(mode: &str, size: usize, deltas_usec: &[u64]) -> RunResult {
         cpu_usec_per_op: 2.0,
         ops_per_sec: 100_000.0,
         samples_usec: Latency::samples_usec(&stamps, &clock, false),
+        rounds_t_typical: Vec::new(),
     }
 }
 
@@ -46,6 +47,7 @@ fn bw_run(mode: &str) -> RunResult {
         cpu_usec_per_op: 1.5,
         ops_per_sec: 400_000.0,
         samples_usec: Vec::new(),
+        rounds_t_typical: Vec::new(),
     }
 }
 

@@ -134,7 +134,8 @@ pub fn run(addr: SocketAddr, spec: &RunSpec) -> Result<RunResult> {
 /// The figures of several sessions of the same run (`compare --rounds`: the modes take turns,
 /// so each mode's rounds are spread over the same stretch of a noisy machine): latency over
 /// every sample of every round; the rate over the sum of the rounds' measured windows;
-/// bandwidth as the mean of the rounds'; CPU per operation over all of them.
+/// bandwidth as the mean of the rounds'; CPU per operation over all of them. With more than
+/// one round, each round's `t_typical` too.
 pub fn assemble_rounds(spec: &RunSpec, rounds: &[Measured]) -> RunResult {
     let clock = crate::modes::clock();
     let all: Vec<Record> = rounds.iter().flat_map(|m| m.records.clone()).collect();
@@ -146,6 +147,13 @@ pub fn assemble_rounds(spec: &RunSpec, rounds: &[Measured]) -> RunResult {
         .map(|m| measured_window(&m.records, clock))
         .sum();
     r.ops_per_sec = ops_per_sec(r.iters, windows.unwrap_or(wall));
+    if rounds.len() > 1 && r.latency.is_some() {
+        r.rounds_t_typical = rounds
+            .iter()
+            .filter_map(|m| assemble(spec, &m.records, m.cpu, m.wall).latency)
+            .map(|l| l.t_typical)
+            .collect();
+    }
     if r.bandwidth.is_some() {
         let per_round: Vec<Bandwidth> = rounds
             .iter()
@@ -272,6 +280,7 @@ pub fn assemble(spec: &RunSpec, records: &[Record], cpu: Duration, wall: Duratio
             measured_window(records, clock).unwrap_or(wall),
         ),
         samples_usec,
+        rounds_t_typical: Vec::new(),
     }
 }
 

@@ -144,6 +144,9 @@ pub struct BenchRun {
     pub iters: u64,
     /// Its figures.
     pub figures: Figures,
+    /// Each round's `t_typical`, in the order run (`rounds_t_typical`; empty for a run of
+    /// one round).
+    pub rounds_t_typical: Vec<f64>,
 }
 
 /// Reads the file `rdma-bench --json` writes: an array of runs (one object is accepted too).
@@ -186,6 +189,15 @@ fn bench_run(v: &Value) -> Result<BenchRun> {
             p99_9: num("percentile_99.9")?,
             cpu_usec_per_op: v["cpu_usec_per_op"].as_f64(),
             ops_per_sec: v["ops_per_sec"].as_f64(),
+        },
+        rounds_t_typical: match &v["rounds_t_typical"] {
+            Value::Null => Vec::new(),
+            Value::Array(items) => items
+                .iter()
+                .map(|t| t.as_f64().filter(|t| t.is_finite() && *t > 0.0))
+                .collect::<Option<_>>()
+                .with_context(|| format!("a round's t_typical is not a positive figure: {v}"))?,
+            other => bail!("`rounds_t_typical` is not an array: {other}"),
         },
     })
 }
@@ -298,7 +310,7 @@ mod tests {
            "p50": 42.0, "cpu_usec_per_op": 122.8, "ops_per_sec": 7371.2},
           {"mode": "async", "test": "send_lat", "size": 2, "flows": 16, "n_iterations": 8000,
            "t_typical": 24.1, "t_avg": 28.4, "percentile_99": 105.0, "percentile_99.9": 132.8,
-           "cpu_usec_per_op": 95.2, "ops_per_sec": 9959.0}
+           "cpu_usec_per_op": 95.2, "ops_per_sec": 9959.0, "rounds_t_typical": [23.5, 25.0]}
         ]"#;
         let runs = read_bench_json(text).unwrap();
         assert_eq!(runs.len(), 2);
@@ -307,6 +319,8 @@ mod tests {
         assert_eq!(runs[0].figures.p99_9, 452.8);
         assert_eq!(runs[1].figures.ops_per_sec, Some(9959.0));
         assert_eq!(runs[1].flows, 16);
+        assert_eq!(runs[0].rounds_t_typical, Vec::<f64>::new());
+        assert_eq!(runs[1].rounds_t_typical, [23.5, 25.0]);
         // One object alone is one run.
         let one = read_bench_json(
             r#"{"mode": "event", "test": "write_lat", "size": 8, "flows": 1, "n_iterations": 9,
@@ -326,5 +340,12 @@ mod tests {
         assert!(err.contains("t_typical"), "{err}");
         assert!(read_bench_json("not json").is_err());
         assert!(read_bench_json("42").is_err());
+        let lat = r#"{"mode": "event", "test": "send_lat", "size": 8, "flows": 1,
+            "n_iterations": 9, "t_typical": 1.0, "t_avg": 1.0, "percentile_99": 1.0,
+            "percentile_99.9": 1.0, "rounds_t_typical": ROUNDS}"#;
+        for bad in ["[1.0, -2.0]", "[1.0, \"x\"]", "3.0"] {
+            let err = read_bench_json(&lat.replace("ROUNDS", bad)).unwrap_err();
+            assert!(format!("{err:#}").contains("round"), "{bad}: {err:#}");
+        }
     }
 }

@@ -176,6 +176,9 @@ pub struct Check {
     pub limit: f64,
     /// Whether the ratio must stay at or under the limit (else above it).
     pub at_most: bool,
+    /// The same ratio within each round (runs side by side, in the same stretch of the
+    /// machine's load), where the compare has rounds; empty otherwise.
+    pub rounds: Vec<f64>,
 }
 
 impl Check {
@@ -204,12 +207,57 @@ impl std::fmt::Display for Check {
             f,
             "  {:<58} {measured:>7}  (target {op} {:.2}x)  {verdict}",
             self.what, self.limit
-        )
+        )?;
+        if !self.rounds.is_empty() {
+            let mut sorted = self.rounds.clone();
+            sorted.sort_by(f64::total_cmp);
+            let n = sorted.len();
+            let median = if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            };
+            let within = self
+                .rounds
+                .iter()
+                .filter(|&&r| {
+                    if self.at_most {
+                        r <= self.limit
+                    } else {
+                        r > self.limit
+                    }
+                })
+                .count();
+            write!(
+                f,
+                "  [by round: median {median:.2}x, {:.2}-{:.2}x, {within} of {n} within]",
+                sorted[0],
+                sorted[n - 1]
+            )?;
+        }
+        Ok(())
     }
 }
 
+/// `a / b` within each round, when both ran the same rounds.
+fn round_ratios(a: Option<&BenchRun>, b: Option<&BenchRun>) -> Vec<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.rounds_t_typical.len() == b.rounds_t_typical.len() => a
+            .rounds_t_typical
+            .iter()
+            .zip(&b.rounds_t_typical)
+            .filter_map(|(&x, &y)| ratio(x, y))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn run_of<'a>(runs: &'a [BenchRun], mode: &str) -> Option<&'a BenchRun> {
+    runs.iter().find(|r| r.mode == mode)
+}
+
 fn mode<'a>(runs: &'a [BenchRun], mode: &str) -> Option<&'a Figures> {
-    runs.iter().find(|r| r.mode == mode).map(|r| &r.figures)
+    run_of(runs, mode).map(|r| &r.figures)
 }
 
 /// The issue's targets (issue 10) measured on this run: `one_flow` is the 1-flow send_lat
@@ -221,24 +269,28 @@ pub fn checks(perftest: &[PerftestRun], one_flow: &[BenchRun], shared: &[BenchRu
         .find(|p| p.key == PERFTEST_EVENT)
         .map(|p| &p.figures);
     let one = |m| mode(one_flow, m);
+    let rounds = |a, b| round_ratios(run_of(one_flow, a), run_of(one_flow, b));
     let mut out = vec![
         Check {
             what: "send_lat async t_typical / busy-poll".into(),
             ratio: typical(one("async"), one(BUSY_POLL)),
             limit: 1.10,
             at_most: true,
+            rounds: rounds("async", BUSY_POLL),
         },
         Check {
             what: "send_lat async-event t_typical / perftest -e".into(),
             ratio: typical(one(ASYNC_EVENT), perftest_e),
             limit: 1.0,
             at_most: true,
+            rounds: Vec::new(),
         },
         Check {
             what: "send_lat async t_typical / callback (1 flow)".into(),
             ratio: typical(one("async"), one("callback")),
             limit: 1.05,
             at_most: true,
+            rounds: rounds("async", "callback"),
         },
     ];
     out.extend(shared_checks(shared, "16 flows, shared state"));
@@ -258,6 +310,7 @@ pub fn shared_checks(shared: &[BenchRun], label: &str) -> Vec<Check> {
             ratio: p99(sh(m), sh("callback")),
             limit: 0.5,
             at_most: true,
+            rounds: Vec::new(),
         });
     }
     for m in ["async", "async-mt"] {
@@ -266,6 +319,7 @@ pub fn shared_checks(shared: &[BenchRun], label: &str) -> Vec<Check> {
             ratio: ops(sh(m), sh("callback")),
             limit: 1.0,
             at_most: false,
+            rounds: Vec::new(),
         });
     }
     out
@@ -302,6 +356,7 @@ mod tests {
             flows,
             iters: 100,
             figures: figures(t, p99, Some(t * 2.0), Some(ops)),
+            rounds_t_typical: Vec::new(),
         }
     }
 
@@ -427,6 +482,20 @@ mod tests {
             .to_string()
             .contains("1.15x  (target <= 1.10x)  NOT met"));
         assert!(c[5].to_string().contains("(target > 1.00x)  met"));
+        assert!(
+            !c[0].to_string().contains("by round"),
+            "one round: no per-round ratios"
+        );
+        // With rounds, the ratio within each round too: async 22, 26, 21 against 20, 20, 21.
+        let mut one = one;
+        one[0].rounds_t_typical = vec![20.0, 20.0, 21.0];
+        one[4].rounds_t_typical = vec![22.0, 26.0, 21.0];
+        let c = checks(&pt, &one, &shared);
+        assert_eq!(c[0].rounds, [1.1, 1.3, 1.0]);
+        assert!(c[0]
+            .to_string()
+            .ends_with("[by round: median 1.10x, 1.00-1.30x, 2 of 3 within]"));
+        assert!(c[2].rounds.is_empty(), "callback ran no rounds");
         // Missing runs: not measured.
         let none = checks(&[], &[], &[]);
         assert!(none.iter().all(|c| c.met().is_none()));
