@@ -47,7 +47,12 @@
 //!   runs right after the round; tasks it woke are in the run queue already, so for them it
 //!   wakes itself and pays no `epoll_wait` (a multi-thread worker would defer a `yield_now`
 //!   wake-up until it has nothing else to run, up to 61 tasks later, so there the driver
-//!   always wakes itself). When it wakes from parking and the channel has at most 4 parked
+//!   always wakes itself). Only futures of this crate polled by `block_on` itself count: a
+//!   `main` that waits on a task (a `JoinHandle`, a channel) which awaits the operations is
+//!   polled at the runtime's maintenance while the driver spins, every 61 ticks, as it
+//!   always was when that task found its completion with its own polls; so is a runtime's
+//!   `block_on` run inside `spawn_blocking` (tokio reports a task there). For latency, await
+//!   the operations in `main`, or keep the whole loop in a task. When it wakes from parking and the channel has at most 4 parked
 //!   CQs (a connection's own channel has one), it polls them first, yields if that woke a
 //!   task, and reads the events only then: the event read (`ibv_get_cq_event` and its
 //!   `EAGAIN` read, about 11 us in the soft-RoCE VM) is off the path from completion to

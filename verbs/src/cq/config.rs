@@ -15,10 +15,10 @@ pub(crate) const MAX_BATCH: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
     /// How many consecutive empty polls the driver does on a CQ after its last completion
-    /// before it arms the CQ and parks it (it yields to the runtime every 32 polls). Each CQ
-    /// counts its own: a CQ that went quiet is parked after this many polls even while other
-    /// CQs of the channel stay busy. `0`
-    /// parks at once (event mode: lowest CPU, highest latency; a waiting future then also
+    /// before it arms the CQ and parks it (one poll of each active CQ per round; it yields to
+    /// the runtime every 32 empty rounds). Each CQ counts its own: a CQ that went quiet is
+    /// parked after this many polls even while other CQs of the channel stay busy. `0` parks
+    /// at once (event mode: lowest CPU, highest latency; a waiting future then also
     /// waits on the channel fd itself, so its task is woken first). Bounded by count, never by
     /// clock. It is also the budget of a future that spins on its own CQ while that CQ is the
     /// driver's only active one (see the crate docs): it polls at most this many times per

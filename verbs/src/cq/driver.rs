@@ -278,7 +278,8 @@ fn on_current_thread_runtime() -> bool {
 /// spin only polls the CQs between them. The runtime still polls its I/O and timer drivers
 /// (and a current-thread runtime its `block_on` future) every `event_interval` ticks (61 by
 /// default), so neither is starved; but a `block_on` future is polled only that often while
-/// the driver spins, which is why the yield after a round that woke tasks is `yield_now`.
+/// the driver spins, which is why the yield after a round that may have woken one (see
+/// [`yield_after_round`]) is `yield_now`.
 async fn yield_to_tasks() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
@@ -406,9 +407,9 @@ mod tests {
 
     use super::yield_after_round;
 
-    /// How many turns a task yielding with `yield_after_round(dispatched)` makes between
+    /// How many turns a task yielding with `yield_after_round(block_on_woken)` makes between
     /// waking the `block_on` future of a current-thread runtime and that future running.
-    fn turns_until_block_on_runs(dispatched: bool) -> u32 {
+    fn turns_until_block_on_runs(block_on_woken: bool) -> u32 {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -422,7 +423,7 @@ mod tests {
                     if t.fetch_add(1, Ordering::Relaxed) == 3 {
                         n.notify_one();
                     }
-                    yield_after_round(dispatched, true).await;
+                    yield_after_round(block_on_woken, true).await;
                 }
             });
             notify.notified().await;

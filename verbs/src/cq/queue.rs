@@ -291,20 +291,31 @@ impl CqInner {
     /// driver is woken if it stands aside. A future polled outside any task (the `block_on`
     /// future of a current-thread runtime) is counted for the channel too: while one waits,
     /// the driver's yield after a round that woke futures lets that future run right after
-    /// the round (`cq::driver`). Not counted in event mode, where the driver never stands
-    /// aside and always yields so.
+    /// the round (`cq::driver`). Where it is polled is looked at on every `Pending` (a
+    /// thread-local read), so a future moved between a task and `block_on` is counted where
+    /// it is now. Not counted in event mode, where the driver never stands aside and always
+    /// yields so.
     pub(crate) fn begin_wait(&self, waiting: &mut Waiting) {
-        if *waiting != Waiting::No || self.config.spin_iterations == 0 {
+        if self.config.spin_iterations == 0 {
             return;
         }
-        if tokio::task::try_id().is_some() {
-            *waiting = Waiting::InTask;
+        let now = if tokio::task::try_id().is_some() {
+            Waiting::InTask
         } else {
-            *waiting = Waiting::OutsideTask;
-            self.registry.note_outside_task(true);
+            Waiting::OutsideTask
+        };
+        match std::mem::replace(waiting, now) {
+            Waiting::No => {
+                if now == Waiting::OutsideTask {
+                    self.registry.note_outside_task(true);
+                }
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                self.registry.nudge_driver();
+            }
+            before if before == now => {}
+            Waiting::InTask => self.registry.note_outside_task(true),
+            Waiting::OutsideTask => self.registry.note_outside_task(false),
         }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        self.registry.nudge_driver();
     }
 
     /// The future with state `waiting` completed or was dropped: no longer counted.
