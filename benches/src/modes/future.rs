@@ -52,7 +52,10 @@ pub async fn run(f: AsyncFlow) -> Result<Record> {
             () = tokio::time::sleep(stall) => {
                 let now = shared.load(Ordering::Relaxed);
                 if now == last {
+                    // Its QP, buffers and receive stream are dropped before the error
+                    // reaches the caller, which tears the connection down.
                     work.abort();
+                    let _ = (&mut work).await;
                     bail!("no progress from the peer for {stall:?} (after {now} steps)");
                 }
                 last = now;
