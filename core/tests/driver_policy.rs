@@ -270,7 +270,8 @@ fn a_busy_cq_keeps_being_polled_without_arming() {
 
 #[test]
 fn steady_state_allocates_nothing() {
-    let mut p = DriverPolicy::with_capacity(cfg(64, 8, 16), 4);
+    // No capacity given: adding the CQs sizes the tables.
+    let mut p = DriverPolicy::new(cfg(64, 8, 16));
     for cq in 0..4 {
         p.add_cq(cq);
     }
@@ -298,6 +299,42 @@ fn steady_state_allocates_nothing() {
         }
     });
     assert_eq!(steps, 200_000);
+    assert_eq!(allocations, 0);
+}
+
+/// CQs added while others are active: parking them all later, and waking them all, allocates
+/// nothing (the tables are sized when a CQ is added, whatever the others' state then).
+#[test]
+fn cqs_added_while_others_are_active_park_and_wake_without_allocating() {
+    let mut p = DriverPolicy::new(cfg(2, 8, 16));
+    let wake_all = |p: &mut DriverPolicy, n: usize| {
+        p.on_readable();
+        assert_eq!(p.next_step(), DriverStep::DrainEvents);
+        for cq in 0..n {
+            let _ = p.on_event(cq);
+        }
+    };
+    let run_to_park = |p: &mut DriverPolicy| loop {
+        match p.next_step() {
+            DriverStep::Poll(cq) => p.on_polled(cq, 0),
+            DriverStep::Arm(cq) => p.on_polled_after_arm(cq, 0),
+            DriverStep::Park => break,
+            _ => {}
+        }
+    };
+    for cq in 0..4 {
+        p.add_cq(cq);
+    }
+    wake_all(&mut p, 4);
+    for cq in 4..8 {
+        p.add_cq(cq);
+    }
+    let ((), allocations) = ALLOC.measure(|| {
+        run_to_park(&mut p);
+        wake_all(&mut p, 8);
+        run_to_park(&mut p);
+    });
+    assert!(p.active().is_empty());
     assert_eq!(allocations, 0);
 }
 
