@@ -52,11 +52,11 @@
 //!   polled at the runtime's maintenance while the driver spins, every 61 ticks, as it
 //!   always was when that task found its completion with its own polls; so is a runtime's
 //!   `block_on` run inside `spawn_blocking` (tokio reports a task there). For latency, await
-//!   the operations in `main`, or keep the whole loop in a task. When it wakes from parking and the channel has at most 4 parked
-//!   CQs (a connection's own channel has one), it polls them first, yields if that woke a
-//!   task, and reads the events only then: the event read (`ibv_get_cq_event` and its
-//!   `EAGAIN` read, about 11 us in the soft-RoCE VM) is off the path from completion to
-//!   consumer.
+//!   the operations in `main`, or keep the whole loop in a task. When the driver wakes from
+//!   parking and the channel has at most 4 parked CQs (a connection's own channel has one),
+//!   it polls them first, yields if that woke a task, and reads the events only then: the
+//!   event read (`ibv_get_cq_event` and its `EAGAIN` read, about 11 us in the soft-RoCE VM)
+//!   is off the path from completion to consumer.
 //! * **Event mode: the lone waiter wakes first.** With `spin_iterations: 0`, a future about to
 //!   return `Pending` also waits on the channel fd itself (tokio's single reader waker of the
 //!   `AsyncFd`), so on an event the reactor wakes its task before the driver task, and its
