@@ -22,7 +22,7 @@ mod table;
 pub use results::{read_bench_json, BenchRun};
 pub use script::script_functions;
 use script::{bench_steps, CASES, IDLE_SECONDS};
-pub use table::side_by_side;
+pub use table::{median, side_by_side};
 
 use crate::device::Target;
 use crate::process;

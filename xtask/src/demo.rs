@@ -15,6 +15,7 @@
 //! dispatch mode (busy-poll, event, callback, async, async-mt, async-event): its table, with ratios to
 //! busy-poll within the run, and the path of its latency CDF plot (`target/bench/`).
 
+use crate::bench::median;
 use crate::device::Target;
 use crate::process;
 use anyhow::{bail, Result};
@@ -216,15 +217,6 @@ fn runs(output: &[String], size: u32) -> Vec<(String, Vec<(f64, f64)>)> {
         }
     }
     found
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The median over rounds of `variant / base`, each pair from the same round (runs side by

@@ -209,14 +209,14 @@ impl std::fmt::Display for Check {
             self.what, self.limit
         )?;
         if !self.rounds.is_empty() {
-            let mut sorted = self.rounds.clone();
-            sorted.sort_by(f64::total_cmp);
-            let n = sorted.len();
-            let median = if n % 2 == 1 {
-                sorted[n / 2]
-            } else {
-                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-            };
+            let n = self.rounds.len();
+            let median = median(self.rounds.clone());
+            let (low, high) = self
+                .rounds
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &r| {
+                    (l.min(r), h.max(r))
+                });
             let within = self
                 .rounds
                 .iter()
@@ -230,12 +230,20 @@ impl std::fmt::Display for Check {
                 .count();
             write!(
                 f,
-                "  [by round: median {median:.2}x, {:.2}-{:.2}x, {within} of {n} within]",
-                sorted[0],
-                sorted[n - 1]
+                "  [by round: median {median:.2}x, {low:.2}-{high:.2}x, {within} of {n} within]"
             )?;
         }
         Ok(())
+    }
+}
+
+/// The median of `v` (the mean of the two middle values for an even count; NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
