@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdma_sys as ffi;
-use tokio_rdma_core::{ActiveOpen, ConnectAction};
+use tokio_rdma_core::{ActiveOpen, ConnectAction, ConnectFailure};
 
 use crate::addr::RawAddr;
 use crate::connection::{Connection, Parts};
@@ -63,12 +63,11 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
             addr,
         ));
     }
-    expect(
+    resolved(
         &mut events,
         &mut open,
         addr,
-        margin(opts.resolve_addr_timeout),
-        step,
+        opts.resolve_addr_timeout,
         ConnectAction::ResolveRoute,
     )
     .await?;
@@ -82,12 +81,11 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
             addr,
         ));
     }
-    expect(
+    resolved(
         &mut events,
         &mut open,
         addr,
-        margin(opts.resolve_route_timeout),
-        step,
+        opts.resolve_route_timeout,
         ConnectAction::Connect,
     )
     .await?;
@@ -153,32 +151,51 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
     Ok(Connection::new(parts, events, private_data, params))
 }
 
-/// Waits for the event that completes the current step.
-async fn expect(
+/// Waits for the kernel's answer to a resolution it was given `bound` for.
+///
+/// The kernel always answers (resolved, or an error event once `bound` has passed), so no
+/// timer of ours races it: a timer would fire whenever this process or its runtime stalled
+/// past `bound` after the kernel answered (a local address resolves in microseconds) but
+/// before the channel's driver routed the answer, and fail a resolution that succeeded. The
+/// whole attempt stays bounded by `ConnectOptions::timeout`. The kernel's `-ETIMEDOUT` is
+/// reported as [`Error::TimedOut`] after `bound`.
+async fn resolved(
     events: &mut ConnectionEvents,
     open: &mut ActiveOpen,
     addr: SocketAddr,
-    timeout: Duration,
-    step: &StepCell,
+    bound: Duration,
     want: ConnectAction,
 ) -> Result<()> {
-    let wait = async {
-        loop {
-            let e = next_raw(events).await?;
-            match open.handle(e.kind, e.status) {
-                a if a == want => return Ok(()),
-                ConnectAction::Fail(f) => return Err(failure(f, addr, e.private_data)),
-                _ => {}
+    loop {
+        let e = next_raw(events).await?;
+        match open.handle(e.kind, e.status) {
+            a if a == want => return Ok(()),
+            ConnectAction::Fail(f) => {
+                return Err(resolution_failure(f, addr, bound, e.private_data))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A resolution's failure: the kernel's `-ETIMEDOUT` (nothing answered within `bound`) is
+/// [`Error::TimedOut`], the rest as [`failure`] tells.
+fn resolution_failure(
+    f: ConnectFailure,
+    addr: SocketAddr,
+    bound: Duration,
+    private_data: Vec<u8>,
+) -> Error {
+    match f {
+        ConnectFailure::Unreachable { step, status } if status == -libc::ETIMEDOUT => {
+            Error::TimedOut {
+                step,
+                addr,
+                after: bound,
             }
         }
-    };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .map_err(|_| Error::TimedOut {
-            step: step.get(),
-            addr,
-            after: timeout,
-        })?
+        f => failure(f, addr, private_data),
+    }
 }
 
 /// The step in progress, read when the whole attempt times out.
@@ -209,12 +226,37 @@ fn refused_at_once(call: &'static str, step: Step, addr: SocketAddr) -> Error {
     }
 }
 
-/// How long to wait for a resolution librdmacm was given `d` for: a little longer, so its own
-/// error event (ADDR_ERROR / ROUTE_ERROR: unreachable) wins over our timeout.
-fn margin(d: Duration) -> Duration {
-    d + Duration::from_millis(500)
-}
-
 fn millis(d: Duration) -> i32 {
     d.as_millis().clamp(1, i32::MAX as u128) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_resolution_timeout_is_timed_out_other_failures_unreachable() {
+        let addr: SocketAddr = "192.0.2.9:7000".parse().unwrap();
+        let bound = Duration::from_secs(2);
+        let timed_out = ConnectFailure::Unreachable {
+            step: Step::ResolveAddr,
+            status: -libc::ETIMEDOUT,
+        };
+        match resolution_failure(timed_out, addr, bound, Vec::new()) {
+            Error::TimedOut { step, after, .. } => {
+                assert_eq!((step, after), (Step::ResolveAddr, bound))
+            }
+            e => panic!("{e:?}"),
+        }
+        let no_host = ConnectFailure::Unreachable {
+            step: Step::ResolveRoute,
+            status: -libc::EHOSTUNREACH,
+        };
+        match resolution_failure(no_host, addr, bound, Vec::new()) {
+            Error::Unreachable { step, status, .. } => {
+                assert_eq!((step, status), (Step::ResolveRoute, -libc::EHOSTUNREACH))
+            }
+            e => panic!("{e:?}"),
+        }
+    }
 }

@@ -156,9 +156,11 @@ pub struct ConnectOptions {
     pub qp: QpOptions,
     /// Source address to bind to (default: chosen by the route).
     pub src_addr: Option<SocketAddr>,
-    /// Bound of address resolution (default 2 s).
+    /// Bound of address resolution (default 2 s), kept by the kernel (librdmacm's
+    /// `timeout_ms`): its answer, not a timer of ours, ends the step, so a stall of this
+    /// process cannot fail a resolution the kernel finished.
     pub resolve_addr_timeout: Duration,
-    /// Bound of route resolution (default 2 s).
+    /// Bound of route resolution (default 2 s), kept by the kernel as above.
     pub resolve_route_timeout: Duration,
     /// Bound of the handshake, from `rdma_connect` to established (default 10 s).
     pub connect_timeout: Duration,
