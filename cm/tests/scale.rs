@@ -7,6 +7,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{addr, bounded, exchange, ok, open_fds, pair, rss_kib, threads, wait_event};
@@ -24,6 +26,48 @@ async fn fds_settle(cond: impl Fn(usize) -> bool) -> usize {
             return n;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How far the 256 simultaneous setups got, for the message of a test that stalls: requests
+/// the listener took, setups done on each side, and the errors seen.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicUsize,
+    accepted: AtomicUsize,
+    connected: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+    /// Notified at the first error: the listener would wait for the failed client's request
+    /// until the test's bound.
+    failed: tokio::sync::Notify,
+}
+
+impl Tally {
+    fn record<T>(&self, done: &AtomicUsize, what: String, r: &tokio_rdma_cm::Result<T>) {
+        match r {
+            Ok(_) => {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("{what}: {e}"));
+                self.failed.notify_one();
+            }
+        }
+    }
+
+    fn report(&self) -> String {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        format!(
+            "{} requests taken, {} accepted, {} connected, {} errors: {:?}",
+            self.requests.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+            self.connected.load(Ordering::Relaxed),
+            errors.len(),
+            &errors[..errors.len().min(8)]
+        )
     }
 }
 
@@ -147,11 +191,14 @@ async fn simultaneous_connections() {
         ..AcceptOptions::default()
     };
     let start = Instant::now();
+    let tally = Arc::new(Tally::default());
     let dial: Vec<_> = (0..N)
-        .map(|_| {
+        .map(|i| {
             let copts = copts.clone();
+            let tally = tally.clone();
             tokio::spawn(async move {
                 let c = connect(to, copts).await;
+                tally.record(&tally.connected, format!("connect {i}"), &c);
                 (c, start.elapsed())
             })
         })
@@ -160,14 +207,28 @@ async fn simultaneous_connections() {
         let mut answers = Vec::with_capacity(N);
         for i in 0..N {
             let req = ok(&format!("accept {i}"), listener.accept().await);
-            answers.push(tokio::spawn(req.accept(aopts.clone())));
+            tally.requests.fetch_add(1, Ordering::Relaxed);
+            let (aopts, tally) = (aopts.clone(), tally.clone());
+            answers.push(tokio::spawn(async move {
+                let s = req.accept(aopts).await;
+                tally.record(&tally.accepted, format!("accept {i}"), &s);
+                s
+            }));
         }
         futures::future::join_all(answers).await
     };
-    let (servers, clients) = bounded("256 connections", 120, async {
-        tokio::join!(take, futures::future::join_all(dial))
-    })
-    .await;
+    let both = async { tokio::join!(take, futures::future::join_all(dial)) };
+    let (servers, clients) = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(120), both) => match r {
+            Ok(v) => v,
+            Err(_) => panic!("256 connections: not set up in 120 s: {}", tally.report()),
+        },
+        () = tally.failed.notified() => {
+            // A moment for more errors, then all of them.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            panic!("256 connections: a setup failed: {}", tally.report())
+        }
+    };
     let mut times: Vec<Duration> = Vec::with_capacity(N);
     let clients: Vec<Connection> = clients
         .into_iter()
