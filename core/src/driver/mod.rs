@@ -17,8 +17,8 @@
 //! * **acks are batched** ([`DriverPolicyConfig::ack_batch`]; `ibv_ack_cq_events` takes a
 //!   mutex), and [`DriverPolicy::on_cq_removed`] returns what is still unacknowledged: ack it
 //!   before `ibv_destroy_cq`, which blocks until acks match events.
-//! * **count-bounded:** idling costs `spin_polls` rounds of polls then one arm and poll per
-//!   CQ; no clock is read.
+//! * **count-bounded:** a CQ that went quiet costs `spin_polls` polls of the channel (split
+//!   over the CQs active meanwhile) then one arm and poll; no clock is read.
 //! * **completions before events on a wake-up:** when the driver wakes from parking
 //!   ([`DriverPolicy::on_woken`]) and at most `wake_polls` CQs are parked, those CQs are polled
 //!   first, and the events are read only after the tasks they woke had their turn. The event
@@ -26,74 +26,9 @@
 //!   to consumer. A parked CQ is armed, so a completion in it has raised an event: the drain
 //!   that follows makes it active, and the usual poll-arm-poll parks it again.
 
-/// Tuning of a [`DriverPolicy`]. Counts, never clock time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DriverPolicyConfig {
-    /// Empty polls of an active CQ in a row (one per round) after its last completion
-    /// before it is armed and parked. Each CQ counts its own, so a CQ that went quiet is
-    /// parked after this many rounds even while others keep completing. `0` arms a CQ after
-    /// one empty poll.
-    pub spin_polls: u32,
-    /// Empty rounds polled back to back between two [`DriverStep::Yield`]s (at least 1): the
-    /// runtime's per-yield cost is paid once per this many empty rounds.
-    pub tight_polls: u32,
-    /// Acknowledge a CQ's events once this many are unacknowledged (at least 1).
-    pub ack_batch: u32,
-    /// On a wake-up from parking, poll the parked CQs before reading the events when there
-    /// are at most this many (`0`: read the events first). The events say which CQs to poll,
-    /// so with many parked CQs reading them is cheaper than polling every one.
-    pub wake_polls: u32,
-}
+mod step;
 
-impl Default for DriverPolicyConfig {
-    fn default() -> Self {
-        Self {
-            spin_polls: 16384,
-            tight_polls: 32,
-            ack_batch: 64,
-            wake_polls: 4,
-        }
-    }
-}
-
-/// What the executor does next (see [`DriverPolicy::next_step`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriverStep<K> {
-    /// `ibv_ack_cq_events(cq, n)`.
-    Ack {
-        /// The CQ whose events are acknowledged.
-        cq: K,
-        /// How many.
-        n: u32,
-    },
-    /// The channel fd was seen readable: read every pending CQ event (`ibv_get_cq_event`
-    /// until `EAGAIN`, clearing the fd's readiness only then), reporting each with
-    /// [`DriverPolicy::on_event`].
-    DrainEvents,
-    /// Poll this CQ once (one batch) and report it with [`DriverPolicy::on_polled`].
-    Poll(K),
-    /// Arm this CQ (`ibv_req_notify_cq`), then poll it once and report that poll with
-    /// [`DriverPolicy::on_polled_after_arm`].
-    Arm(K),
-    /// Yield to the runtime once. Afterwards, if the fd is readable (a cheap, non-blocking
-    /// check), report it with [`DriverPolicy::on_readable`].
-    Yield,
-    /// Nothing is active (every CQ is armed and was found empty after its arm): wait until
-    /// the channel fd is readable, then call [`DriverPolicy::on_woken`]. Parking gives the
-    /// runtime control, so no [`DriverStep::Yield`] precedes it.
-    Park,
-}
-
-/// What [`DriverPolicy::on_event`] made of an event.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventOutcome {
-    /// Counted for a later [`DriverStep::Ack`]; the CQ is active.
-    Counted,
-    /// The CQ is not registered (it is being removed): acknowledge this one event right away,
-    /// before the CQ is destroyed.
-    AckNow,
-}
+pub use step::{DriverPolicyConfig, DriverStep, EventOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -180,7 +115,8 @@ pub struct DriverPolicy<K = usize> {
     config: DriverPolicyConfig,
     entries: Vec<Entry<K>>,
     active: Vec<K>,
-    /// `idle[i]`: consecutive empty polls of `active[i]` since its last completion or arm.
+    /// `idle[i]`: polls of the channel since `active[i]`'s last completion or arm, counted at
+    /// its empty polls (each adds the number of CQs active then).
     idle: Vec<u32>,
     /// Some active CQ's `idle` reached `spin_polls` in this round: arm at its end.
     ripe: bool,
@@ -348,8 +284,11 @@ impl<K: Copy + Eq> DriverPolicy<K> {
         }
         if let Phase::Polling { pos, found } = self.phase {
             if self.active.get(pos) == Some(&cq) {
+                // Counted in the channel's polls: each of the active CQs was polled once
+                // since this CQ's last look.
+                let polls = u32::try_from(self.active.len()).unwrap_or(u32::MAX);
                 let idle = &mut self.idle[pos];
-                *idle = if n > 0 { 0 } else { idle.saturating_add(1) };
+                *idle = if n > 0 { 0 } else { idle.saturating_add(polls) };
                 self.ripe |= *idle >= self.config.spin_polls.max(1);
                 self.phase = Phase::Polling {
                     pos: pos + 1,
@@ -365,7 +304,12 @@ impl<K: Copy + Eq> DriverPolicy<K> {
     /// before the [`on_polled`](Self::on_polled) of the same look. Ignored for a CQ that is
     /// not active.
     pub fn on_activity(&mut self, cq: K) {
-        if let Some(i) = self.active.iter().position(|&a| a == cq) {
+        // Reported during the CQ's own look, where its position is known: no search.
+        let i = match self.phase {
+            Phase::Polling { pos, .. } if self.active.get(pos) == Some(&cq) => Some(pos),
+            _ => self.active.iter().position(|&a| a == cq),
+        };
+        if let Some(i) = i {
             self.idle[i] = 0;
         }
     }

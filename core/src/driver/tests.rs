@@ -308,7 +308,7 @@ fn only_parked_cqs_are_polled_on_a_wake_up_and_removal_keeps_the_place() {
 /// second busy CQ) for as long as the other was busy.
 #[test]
 fn a_busy_cq_does_not_keep_a_quiet_one_active() {
-    let mut p = DriverPolicy::new(cfg(4, 32, 64));
+    let mut p = DriverPolicy::new(cfg(8, 32, 64));
     p.add_cq(0);
     p.add_cq(1);
     wake(&mut p, &[0, 1]);
@@ -328,8 +328,8 @@ fn a_busy_cq_does_not_keep_a_quiet_one_active() {
         }
     }
     assert_eq!(p.active(), [0], "steps: {steps:?}");
-    // Four rounds, each ending with a yield (CQ 0 found completions), the fourth with the
-    // arm of CQ 1.
+    // Eight polls of the channel are four rounds of two, each ending with a yield (CQ 0
+    // found completions), the fourth with the arm of CQ 1.
     let round = [Poll(0), Poll(1), Yield];
     let expected: Vec<_> = round
         .iter()
@@ -346,7 +346,7 @@ fn a_busy_cq_does_not_keep_a_quiet_one_active() {
 /// Completions futures took from one CQ restart that CQ's budget only.
 #[test]
 fn activity_on_one_cq_does_not_restart_the_budget_of_another() {
-    let mut p = DriverPolicy::new(cfg(2, 32, 64));
+    let mut p = DriverPolicy::new(cfg(4, 32, 64));
     p.add_cq(0);
     p.add_cq(1);
     wake(&mut p, &[0, 1]);
@@ -361,4 +361,25 @@ fn activity_on_one_cq_does_not_restart_the_budget_of_another() {
     p.on_polled_after_arm(1, 0);
     assert_eq!(p.next_step(), Yield);
     assert_eq!(p.active(), [0]);
+}
+
+/// The spin budget counts the channel's polls: `n` quiet CQs are parked after
+/// `spin_polls / n` rounds, so going quiet costs the same polls however many were active (it
+/// was `spin_polls` rounds of `n` polls each: 512 connections that each had a message kept a
+/// round of 512 polls going for 16384 rounds).
+#[test]
+fn quiet_cqs_cost_the_spin_budget_in_polls_however_many_are_active() {
+    for n in [1usize, 2, 4, 16] {
+        let mut p = DriverPolicy::new(cfg(64, 1000, 64));
+        let keys: Vec<usize> = (0..n).collect();
+        for &k in &keys {
+            p.add_cq(k);
+        }
+        wake(&mut p, &keys);
+        let mut cqs = vec![0; n];
+        let steps = run_to_park(&mut p, &mut cqs);
+        let polls = steps.iter().filter(|s| matches!(s, Poll(_))).count();
+        let arms = steps.iter().filter(|s| matches!(s, Arm(_))).count();
+        assert_eq!((polls, arms), (64, n), "{n} CQs: {steps:?}");
+    }
 }
