@@ -34,8 +34,9 @@
 //!   `ibv_get_cq_event` to `EAGAIN` (readiness is cleared only then, via `try_io`; the CQ is
 //!   found through its `cq_context`, no lookup), acks events in batches, polls the signalled
 //!   CQs in batches of up to 64, keeps polling a dry CQ for [`DriverConfig::spin_iterations`]
-//!   rounds (bounded by count, never by clock; each CQ counts its own, so a busy CQ does not
-//!   keep a quiet one polled), then **arms** it and **polls again**; only a CQ still empty
+//!   polls of the channel (bounded by count, never by clock; each CQ counts its own, so a busy
+//!   CQ does not keep a quiet one polled, and with `n` CQs active a round is `n` polls, so
+//!   each parks `n` times sooner), then **arms** it and **polls again**; only a CQ still empty
 //!   after that is parked. So idle CQs cost nothing, busy ones are never re-armed per
 //!   completion, and no completion can slip between the last poll and the arm. Should the
 //!   channel fd fail, the driver polls its CQs on a timer instead: nothing is released early.

@@ -14,10 +14,12 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Tuning of a completion channel's driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// How many consecutive empty polls the driver does on a CQ after its last completion
-    /// before it arms the CQ and parks it (one poll of each active CQ per round; it yields to
-    /// the runtime every 32 empty rounds). Each CQ counts its own: a CQ that went quiet is
-    /// parked after this many polls even while other CQs of the channel stay busy. `0` parks
+    /// How many polls the driver spends on a CQ that went quiet before it arms the CQ and
+    /// parks it, counted in polls of the channel (a round polls each active CQ once; the
+    /// driver yields to the runtime every 32 empty rounds): with one CQ active, this many
+    /// empty rounds; with `n`, this many divided by `n`, so a moment of many busy connections
+    /// does not leave every one of them polled for long. Each CQ counts its own: a CQ that
+    /// went quiet is parked even while other CQs of the channel stay busy. `0` parks
     /// at once (event mode: lowest CPU, highest latency; a waiting future then also
     /// waits on the channel fd itself, so its task is woken first). Bounded by count, never by
     /// clock. It is also the budget of a future that spins on its own CQ while that CQ is the

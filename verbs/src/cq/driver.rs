@@ -2,6 +2,7 @@
 //! (poll-arm-poll, count-bounded spin, batched acks, park) with the real verbs, and ticks the
 //! channel's pending teardowns.
 
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -40,14 +41,25 @@ struct Executor<'a> {
     /// At the last yield: the lone active CQ (by key), its spin turns, and the channel's
     /// nudges (see [`Executor::spinner`]).
     seen: Option<(usize, u32, u32)>,
+    /// Where [`Executor::cq`] looks first.
+    next_held: Cell<usize>,
     /// The timer the driver stands aside with (made on first use; `Err` if it could not be,
     /// and then the driver never stands aside).
     timer: Option<io::Result<AsideTimer>>,
 }
 
 impl Executor<'_> {
+    /// The held CQ `key`. A round polls the active CQs in the order they became active,
+    /// which is `held`'s order too, so the one after the last found (or the first, at a
+    /// round's start) is tried before a search: a round costs O(active), not O(active²).
     fn cq(&self, key: usize) -> Option<&Arc<CqInner>> {
-        self.held.iter().find(|c| c.key == key)
+        let next = self.next_held.get();
+        let i = [next, 0]
+            .into_iter()
+            .find(|&i| self.held.get(i).is_some_and(|c| c.key == key))
+            .or_else(|| self.held.iter().position(|c| c.key == key))?;
+        self.next_held.set(i + 1);
+        self.held.get(i)
     }
 
     /// The channel's nudges, when a future has taken spin turns on the lone active CQ since
@@ -322,6 +334,7 @@ pub(super) async fn drive(chan: Arc<ChannelInner>) {
         known: Vec::new(),
         dispatched: false,
         seen: None,
+        next_held: Cell::new(0),
         timer: None,
     };
     // The task runs on the runtime that spawned it, for good.
@@ -401,116 +414,4 @@ async fn fallback(chan: &ChannelInner, why: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
-    use super::yield_after_round;
-
-    /// How many turns a task yielding with `yield_after_round(block_on_woken)` makes between
-    /// waking the `block_on` future of a current-thread runtime and that future running.
-    fn turns_until_block_on_runs(block_on_woken: bool) -> u32 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let turns = Arc::new(AtomicU32::new(0));
-            let notify = Arc::new(tokio::sync::Notify::new());
-            let (t, n) = (turns.clone(), notify.clone());
-            let spinner = tokio::spawn(async move {
-                loop {
-                    if t.fetch_add(1, Ordering::Relaxed) == 3 {
-                        n.notify_one();
-                    }
-                    yield_after_round(block_on_woken, true).await;
-                }
-            });
-            notify.notified().await;
-            let late = turns.load(Ordering::Relaxed) - 4;
-            spinner.abort();
-            late
-        })
-    }
-
-    #[test]
-    fn a_block_on_future_woken_by_a_round_runs_right_after_it() {
-        // The driver's yield after dispatching: the woken `block_on` future runs next (it ran
-        // after up to 61 driver turns with the self-waking yield: a ping-pong awaited in
-        // `#[tokio::main]` took 450 us instead of 28 us in the VM).
-        assert!(turns_until_block_on_runs(true) <= 1);
-        // While spinning on empty rounds the `block_on` future gets its turn every
-        // `event_interval` ticks: bounded, never starved.
-        assert!(turns_until_block_on_runs(false) <= 62);
-    }
-
-    /// The most turns an always-ready task makes between two turns of a task yielding with
-    /// `yield_after_round(true, current_thread)` on a one-worker multi-thread runtime.
-    fn busy_turns_between_yields_on_a_multi_thread_runtime(current_thread: bool) -> u32 {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let busy = Arc::new(AtomicU32::new(0));
-            let b = busy.clone();
-            let spinner = tokio::spawn(async move {
-                loop {
-                    b.fetch_add(1, Ordering::Relaxed);
-                    super::yield_to_tasks().await;
-                }
-            });
-            let yielder = tokio::spawn(async move {
-                let (mut worst, mut last) = (0, busy.load(Ordering::Relaxed));
-                for _ in 0..200 {
-                    yield_after_round(true, current_thread).await;
-                    let now = busy.load(Ordering::Relaxed);
-                    worst = worst.max(now - last);
-                    last = now;
-                }
-                worst
-            });
-            let worst = yielder.await.unwrap();
-            spinner.abort();
-            worst
-        })
-    }
-
-    #[test]
-    fn on_a_multi_thread_runtime_a_driver_that_dispatched_is_not_deferred_behind_ready_tasks() {
-        // A multi-thread worker defers `yield_now` until it has nothing else to run (or its
-        // next maintenance, 61 tasks later): the driver polled again only after ~60 turns of
-        // an always-ready task.
-        let deferred = busy_turns_between_yields_on_a_multi_thread_runtime(true);
-        assert!(
-            deferred > 2,
-            "yield_now is no longer deferred ({deferred} turns): revisit yield_after_round"
-        );
-        // Its own yield puts it behind that task, once.
-        let worst = busy_turns_between_yields_on_a_multi_thread_runtime(false);
-        assert!(
-            worst <= 2,
-            "{worst} turns of the ready task between two driver turns"
-        );
-    }
-
-    #[test]
-    fn the_driver_knows_its_runtime_flavor() {
-        let flavor_seen_by_a_task = |rt: tokio::runtime::Runtime| {
-            rt.block_on(async {
-                tokio::spawn(async { super::on_current_thread_runtime() })
-                    .await
-                    .unwrap()
-            })
-        };
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        assert!(flavor_seen_by_a_task(current));
-        assert!(!flavor_seen_by_a_task(multi));
-    }
-}
+mod tests;
