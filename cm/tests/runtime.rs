@@ -13,6 +13,7 @@ use tokio_rdma_cm::{connect, AcceptOptions, ConnectOptions, ListenOptions, Liste
 /// `n` connections made concurrently on `port`, a message on each, then each pair dropped
 /// (client, then its server) in one go, then a new connection still works.
 async fn connections_dropped_pairwise(port: u16, n: usize) {
+    let start = std::time::Instant::now();
     let listener = ok(
         "bind",
         bounded(
@@ -37,6 +38,7 @@ async fn connections_dropped_pairwise(port: u16, n: usize) {
     let (servers, clients) = bounded("connections", 60, async { tokio::join!(take, dial) }).await;
     let mut servers: Vec<_> = servers.into_iter().map(|s| ok("accept", s)).collect();
     let clients: Vec<_> = clients.into_iter().map(|c| ok("connect", c)).collect();
+    eprintln!("{n} connections: set up in {:?}", start.elapsed());
     let mut pairs = Vec::new();
     for c in clients {
         let i = servers
@@ -49,10 +51,16 @@ async fn connections_dropped_pairwise(port: u16, n: usize) {
     }
     // All at once, each client right before its server: the DISCONNECTED events of the
     // server ends arrive at the driver while those ends are being dropped.
+    eprintln!(
+        "{n} connections: a message on each at {:?}",
+        start.elapsed()
+    );
     drop(pairs);
+    eprintln!("{n} connections: dropped at {:?}", start.elapsed());
     // The runtime's CM events still flow: a new connection is made and carries a message.
     let (c, s) = common::pair(&listener).await;
     exchange(&s, &c, b"after the drops").await;
+    eprintln!("{n} connections: a new one worked at {:?}", start.elapsed());
 }
 
 #[test]
@@ -60,8 +68,13 @@ async fn connections_dropped_pairwise(port: u16, n: usize) {
 fn runtime_shuts_down_after_connections_dropped_pairwise() {
     for (round, n) in [1, 64, 256, 256, 256, 256].into_iter().enumerate() {
         let port = 7701 + round as u16;
+        let start = std::time::Instant::now();
         run_bounded(&format!("round {round}: {n} connections"), 120, move || {
             connections_dropped_pairwise(port, n)
         });
+        eprintln!(
+            "round {round}: {n} connections, runtime shut down at {:?}",
+            start.elapsed()
+        );
     }
 }
