@@ -114,7 +114,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub handler_work: u32,
     /// Tuning of the client's completion driver in the async modes (`DriverConfig::
-    /// spin_iterations`; the server keeps its mode's): empty polls before it parks.
+    /// spin_iterations`; the server keeps its mode's): polls of the channel a quiet CQ gets
+    /// before it parks.
     #[arg(long)]
     pub spin: Option<u32>,
     /// Tuning of the client's futures in the async modes (`DriverConfig::inline_polls`):

@@ -153,11 +153,12 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
 
 /// Waits for the kernel's answer to a resolution it was given `bound` for.
 ///
-/// The kernel always answers (resolved, or an error event once `bound` has passed), so no
-/// timer of ours races it: a timer would fire whenever this process or its runtime stalled
-/// past `bound` after the kernel answered (a local address resolves in microseconds) but
-/// before the channel's driver routed the answer, and fail a resolution that succeeded. The
-/// whole attempt stays bounded by `ConnectOptions::timeout`. The kernel's `-ETIMEDOUT` is
+/// The kernel answers (resolved, or an error event once its timeout passed), so no timer of
+/// ours races it: a timer would fire whenever this process or its runtime stalled past
+/// `bound` after the kernel answered (a local address resolves in microseconds) but before the
+/// channel's driver routed the answer, and fail a resolution that succeeded. Should an answer
+/// be late (an InfiniBand path query through ibacm) or lost (the kernel could not allocate
+/// the event), `ConnectOptions::timeout` still ends the attempt. The kernel's `-ETIMEDOUT` is
 /// reported as [`Error::TimedOut`] after `bound`.
 async fn resolved(
     events: &mut ConnectionEvents,

@@ -156,11 +156,14 @@ pub struct ConnectOptions {
     pub qp: QpOptions,
     /// Source address to bind to (default: chosen by the route).
     pub src_addr: Option<SocketAddr>,
-    /// Bound of address resolution (default 2 s), kept by the kernel (librdmacm's
-    /// `timeout_ms`): its answer, not a timer of ours, ends the step, so a stall of this
-    /// process cannot fail a resolution the kernel finished.
+    /// Bound of address resolution (default 2 s), given to the kernel (librdmacm's
+    /// `timeout_ms`): the kernel's answer, not a timer of ours, ends the step, so a stall of
+    /// this process cannot fail a resolution the kernel finished. [`Self::timeout`] bounds it
+    /// too (should an answer be late or lost).
     pub resolve_addr_timeout: Duration,
-    /// Bound of route resolution (default 2 s), kept by the kernel as above.
+    /// Bound of route resolution (default 2 s), given to the kernel as above. On RoCE and
+    /// iWARP the route is known at once and the bound is unused; on InfiniBand the path query
+    /// can take longer when the kernel asks ibacm first.
     pub resolve_route_timeout: Duration,
     /// Bound of the handshake, from `rdma_connect` to established (default 10 s).
     pub connect_timeout: Duration,

@@ -35,11 +35,12 @@
 //!   found through its `cq_context`, no lookup), acks events in batches, polls the signalled
 //!   CQs in batches of up to 64, keeps polling a dry CQ for [`DriverConfig::spin_iterations`]
 //!   polls of the channel (bounded by count, never by clock; each CQ counts its own, so a busy
-//!   CQ does not keep a quiet one polled, and with `n` CQs active a round is `n` polls, so
-//!   each parks `n` times sooner), then **arms** it and **polls again**; only a CQ still empty
-//!   after that is parked. So idle CQs cost nothing, busy ones are never re-armed per
-//!   completion, and no completion can slip between the last poll and the arm. Should the
-//!   channel fd fail, the driver polls its CQs on a timer instead: nothing is released early.
+//!   CQ does not keep a quiet one polled, and with `n` CQs active a round is `n` polls, so a
+//!   quiet one parks after `n` times fewer rounds: the same polls), then **arms** it and
+//!   **polls again**; only a CQ still empty after that is parked. So idle CQs cost nothing,
+//!   busy ones are never re-armed per completion, and no completion can slip between the
+//!   last poll and the arm. Should the channel fd fail, the driver polls its CQs on a timer
+//!   instead: nothing is released early.
 //!   While it spins, the driver yields to the runtime every 32 empty rounds by waking itself
 //!   (the task goes to the back of the run queue), not with `tokio::task::yield_now`, whose
 //!   deferred wake-up costs a non-blocking `epoll_wait` per yield when nothing else runs;
