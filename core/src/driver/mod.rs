@@ -9,9 +9,9 @@
 //! * **poll-arm-poll:** a CQ is armed only after it polled empty for the whole spin budget, and
 //!   it is polled once more right after arming ([`DriverStep::Arm`]); only if that poll is
 //!   empty too is it parked. Each CQ counts the channel's polls since its own last completion:
-//!   a busy CQ does not keep an idle one active (and polled, and counted as active by the futures' polling rules). A
-//!   completion that lands between the last poll and the arm raises no event, and the poll
-//!   after the arm is what finds it.
+//!   a busy CQ does not keep an idle one active (and polled, and counted as active by the
+//!   futures' polling rules). A completion that lands between the last poll and the arm
+//!   raises no event, and the poll after the arm is what finds it.
 //! * **spurious events are normal:** an event for a CQ with nothing in it makes the CQ active;
 //!   it spins for the budget and parks again.
 //! * **acks are batched** ([`DriverPolicyConfig::ack_batch`]; `ibv_ack_cq_events` takes a
