@@ -170,6 +170,10 @@ pub fn run(args: &TestArgs) -> Result<i32> {
                     ])
                     .env("RUSTFLAGS", "--cfg loom")
                     .env("LOOM_MAX_PREEMPTIONS", "3")
+                    // The models need optimised code, not the release profile's whole-program
+                    // LTO (minutes of linking for nothing they measure).
+                    .env("CARGO_PROFILE_RELEASE_LTO", "false")
+                    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
                     .env(
                         "CARGO_TARGET_DIR",
                         crate::project_root().join("target/loom"),
