@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdma_sys as ffi;
@@ -31,6 +32,8 @@ pub(crate) struct EventChannel {
     fd: Option<AsyncFd<ChannelFd>>,
     /// Woken when an id on this channel is destroyed, so an idle driver lets go of the channel.
     pub(crate) id_dropped: Arc<Notify>,
+    /// Set while a drain takes events and routes them (see [`Self::has_unrouted_events`]).
+    routing: AtomicBool,
 }
 
 // SAFETY: librdmacm's channel calls are thread-safe (`rdma_get_cm_event` is one `write` on
@@ -64,6 +67,7 @@ impl EventChannel {
             raw,
             fd: Some(fd),
             id_dropped: Arc::new(Notify::new()),
+            routing: AtomicBool::new(false),
         })
     }
 
@@ -80,6 +84,8 @@ impl EventChannel {
             .readable()
             .await
             .map_err(|e| io_error("AsyncFd::readable", e))?;
+        // From the first event taken until the last one is routed, whichever way this ends.
+        let _routing = Routing::start(&self.routing);
         let mut n = 0;
         loop {
             let mut event: *mut ffi::rdma_cm_event = std::ptr::null_mut();
@@ -101,6 +107,44 @@ impl EventChannel {
             // SAFETY: a fresh, unacknowledged event, now owned by the CmEvent.
             route(unsafe { CmEvent::from_raw(event) });
         }
+    }
+
+    /// Whether events may be on their way to their ids: the kernel holds some that nobody has
+    /// read (the fd is readable), or a drain is taking and routing some right now. One
+    /// non-blocking `poll`: for the rare moment a bound on an answer passed (`crate::bound`),
+    /// not for a hot path. A failed `poll` says no.
+    pub(crate) fn has_unrouted_events(&self) -> bool {
+        if self.routing.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(fd) = self.fd.as_ref() else {
+            return false;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.get_ref().0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a registered, open fd (closed only in Drop, after the
+        // registration), a zero timeout: the call only reads the fd's state.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & libc::POLLIN != 0
+    }
+}
+
+/// Marks a drain in progress until dropped.
+struct Routing<'a>(&'a AtomicBool);
+
+impl<'a> Routing<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for Routing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

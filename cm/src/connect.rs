@@ -9,6 +9,8 @@ use rdma_sys as ffi;
 use tokio_rdma_core::{ActiveOpen, ConnectAction, ConnectFailure};
 
 use crate::addr::RawAddr;
+use crate::bound::within;
+use crate::channel::EventChannel;
 use crate::connection::{Connection, Parts};
 use crate::device::Device;
 use crate::driver::{current_channel, CONNECTION_QUEUE};
@@ -19,7 +21,9 @@ use crate::stream::{failure, next_raw, ConnectionEvents};
 
 /// Connects to a listener at `addr`: resolves the address and the route, creates the QP
 /// and CQ on the device the route leads to, and runs the CM handshake, each step bounded by
-/// its timeout in `opts` and the whole by `opts.timeout`.
+/// its timeout in `opts` and the whole by `opts.timeout`. A stall of the process cannot fail a
+/// step the kernel or the peer answered in time: the resolutions end on the kernel's answer,
+/// and the timers of ours wait for the channel's events to be routed (`crate::bound`).
 ///
 /// Errors tell the cases apart: [`Error::Unreachable`] (no route, nobody answers),
 /// [`Error::Refused`] (nobody listens on that port), [`Error::Rejected`] (the peer
@@ -27,9 +31,17 @@ use crate::stream::{failure, next_raw, ConnectionEvents};
 pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Connection> {
     check_private_data(&opts.private_data, MAX_CONNECT_PRIVATE_DATA, "connect")?;
     let step = StepCell(Mutex::new(Step::ResolveAddr));
-    match tokio::time::timeout(opts.timeout, attempt(addr, &opts, &step)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::TimedOut {
+    let channel = current_channel()?;
+    let unrouted = || channel.has_unrouted_events();
+    match within(
+        opts.timeout,
+        unrouted,
+        attempt(addr, &opts, &step, &channel),
+    )
+    .await
+    {
+        Some(r) => r,
+        None => Err(Error::TimedOut {
             step: step.get(),
             addr,
             after: opts.timeout,
@@ -37,9 +49,13 @@ pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Connectio
     }
 }
 
-async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Result<Connection> {
-    let channel = current_channel()?;
-    let (id, rx) = Id::create(&channel, CONNECTION_QUEUE)?;
+async fn attempt(
+    addr: SocketAddr,
+    opts: &ConnectOptions,
+    step: &StepCell,
+    channel: &Arc<EventChannel>,
+) -> Result<Connection> {
+    let (id, rx) = Id::create(channel, CONNECTION_QUEUE)?;
     let mut events = ConnectionEvents::new(rx);
     let mut open = ActiveOpen::new();
 
@@ -92,7 +108,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
 
     step.set(Step::Connect);
     let id = Arc::new(id);
-    let device = Device::for_id(&id, &channel)?;
+    let device = Device::for_id(&id, channel)?;
     let initiator = opts.initiator_depth.min(device.max_initiator);
     let responder = opts.responder_resources.min(device.max_responder);
     let parts = Parts::build(id.clone(), device, &opts.qp)?;
@@ -112,7 +128,8 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
     if !sent {
         return Err(Error::last_os("rdma_connect", format!("to {addr}")));
     }
-    let (private_data, params) = tokio::time::timeout(opts.connect_timeout, async {
+    let unrouted = || channel.has_unrouted_events();
+    let (private_data, params) = within(opts.connect_timeout, unrouted, async {
         loop {
             let e = next_raw(&mut events).await?;
             match open.handle(e.kind, e.status) {
@@ -123,7 +140,7 @@ async fn attempt(addr: SocketAddr, opts: &ConnectOptions, step: &StepCell) -> Re
         }
     })
     .await
-    .map_err(|_| Error::TimedOut {
+    .ok_or(Error::TimedOut {
         step: Step::Connect,
         addr,
         after: opts.connect_timeout,

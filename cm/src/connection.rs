@@ -161,7 +161,7 @@ impl Connection {
     /// [`AcceptOptions::wait_established`]: crate::AcceptOptions::wait_established
     pub async fn established(&mut self, timeout: Duration) -> Result<()> {
         let addr = self.peer.unwrap_or_else(crate::unspecified);
-        crate::stream::wait_established(&mut self.events, addr, timeout).await?;
+        crate::stream::wait_established(self.id.channel(), &mut self.events, addr, timeout).await?;
         self.id.route().set_up();
         Ok(())
     }

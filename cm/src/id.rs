@@ -213,6 +213,11 @@ impl Id {
         self.raw.as_ptr()
     }
 
+    /// The channel the id reports on.
+    pub(crate) fn channel(&self) -> &Arc<EventChannel> {
+        &self.channel
+    }
+
     pub(crate) fn route(&self) -> &Route {
         self.route.as_ref().expect("only anchors have no route")
     }

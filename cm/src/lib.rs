@@ -72,6 +72,7 @@
 //! ```
 
 mod addr;
+mod bound;
 mod channel;
 mod connect;
 mod connection;

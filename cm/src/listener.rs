@@ -207,7 +207,7 @@ impl IncomingRequest {
             return Err(e);
         }
         if opts.wait_established {
-            wait_established(&mut events, peer, opts.timeout).await?;
+            wait_established(&self.channel, &mut events, peer, opts.timeout).await?;
         }
         Ok(Connection::new(
             parts,

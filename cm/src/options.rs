@@ -129,7 +129,10 @@ pub struct AcceptOptions {
     /// [`ConnectionEvent::Established`](crate::ConnectionEvent::Established); work posted
     /// before it may be retried by the transport.
     pub wait_established: bool,
-    /// Bound of the wait for ESTABLISHED (default 10 s).
+    /// Bound of the wait for ESTABLISHED (default 10 s). A timer of ours: when it passes
+    /// while the event channel still holds events nobody has routed (the process stalled, and
+    /// the answer may be among them), the wait goes on until they are routed, for at most this
+    /// long again.
     pub timeout: Duration,
 }
 
@@ -165,9 +168,11 @@ pub struct ConnectOptions {
     /// iWARP the route is known at once and the bound is unused; on InfiniBand the path query
     /// can take longer when the kernel asks ibacm first.
     pub resolve_route_timeout: Duration,
-    /// Bound of the handshake, from `rdma_connect` to established (default 10 s).
+    /// Bound of the handshake, from `rdma_connect` to established (default 10 s). A timer of
+    /// ours, extended like [`AcceptOptions::timeout`] while the channel holds events nobody
+    /// has routed.
     pub connect_timeout: Duration,
-    /// Bound of the whole attempt (default 15 s).
+    /// Bound of the whole attempt (default 15 s), extended in the same way.
     pub timeout: Duration,
     /// RDMA READs/atomics we may have outstanding (default 16, capped by the device).
     pub initiator_depth: u8,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use tokio_rdma_core::{ConnectAction, ConnectFailure, ConnectionEvent, InboxReceiver, PassiveOpen};
 
+use crate::channel::EventChannel;
 use crate::error::{Error, Result};
 use crate::event::EventData;
 use crate::id::IdEvent;
@@ -106,8 +107,10 @@ impl fmt::Debug for ConnectionEvents {
     }
 }
 
-/// Waits for ESTABLISHED on an accepted id, at most `timeout`.
+/// Waits for ESTABLISHED on an accepted id, at most `timeout` (as `crate::bound` extends it
+/// while `channel`, the id's, still holds events nobody has routed).
 pub(crate) async fn wait_established(
+    channel: &EventChannel,
     events: &mut ConnectionEvents,
     addr: SocketAddr,
     timeout: Duration,
@@ -123,9 +126,9 @@ pub(crate) async fn wait_established(
             }
         }
     };
-    tokio::time::timeout(timeout, wait)
+    crate::bound::within(timeout, || channel.has_unrouted_events(), wait)
         .await
-        .map_err(|_| Error::TimedOut {
+        .ok_or(Error::TimedOut {
             step: crate::Step::Connect,
             addr,
             after: timeout,

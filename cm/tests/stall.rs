@@ -1,6 +1,8 @@
-//! A runtime that stalls while a connection is being set up: when the kernel answered within
-//! the step's bound, the setup succeeds, whatever the process did meanwhile. Needs an RDMA
-//! device (`cargo xtask test` runs these in the soft-RoCE VM). Ports 7800-7899.
+//! A runtime that stalls while a connection is being set up: when the kernel or the peer
+//! answered within the step's bound, the setup succeeds, whatever the process did meanwhile
+//! (address resolution, the connecting side's handshake, the accepting side's wait for
+//! ESTABLISHED). Needs an RDMA device (`cargo xtask test` runs these in the soft-RoCE VM).
+//! Ports 7800-7899.
 //!
 //! The stall is made with blocking sleeps on both workers of a multi-thread runtime: what a
 //! host that stops the VM for a few seconds, or 256 setups' blocking system calls, do to it.
@@ -64,4 +66,101 @@ async fn stalled_resolution() {
     let server = ok("accept", server);
     other.await.expect("blocking task");
     exchange(&client, &server, b"after a stall").await;
+}
+
+/// A bound shorter than the stall, for the handshake and accept tests.
+const SHORT: Duration = Duration::from_secs(1);
+
+/// Blocks one worker of the runtime for `d`, from when this returns (the calling thread, not a
+/// worker, may block meanwhile: nothing waits on it yet).
+fn block_a_worker(d: Duration) -> tokio::task::JoinHandle<()> {
+    let (started_tx, started) = mpsc::channel();
+    let other = tokio::spawn(async move {
+        started_tx.send(()).expect("test waits");
+        std::thread::sleep(d);
+    });
+    started.recv().expect("blocking task started");
+    other
+}
+
+/// The same race at the handshake's bound: the peer accepted (its reply is in this process's
+/// channel) when the process stalls; the bound passes during the stall.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn a_runtime_stalled_during_the_handshake_still_connects() {
+    run_bounded("stalled handshake", 60, stalled_handshake);
+}
+
+async fn stalled_handshake() {
+    let listener = listen(7802).await;
+    let to = listener.local_addr();
+    drop(pair(&listener).await);
+
+    // One worker stalls for the whole setup; everything else runs on the other one.
+    let other = block_a_worker(STALL + Duration::from_secs(2));
+    let opts = ConnectOptions {
+        connect_timeout: SHORT,
+        ..ConnectOptions::default()
+    };
+    let client = tokio::spawn(connect(to, opts));
+    // The server answers the request (`rdma_accept`: the kernel sends the reply at once), then
+    // stalls the other worker, so nothing routes the reply to the connecting task.
+    let server = tokio::spawn(async move {
+        let req = ok("request", listener.accept().await);
+        let mut accept = std::pin::pin!(req.accept(AcceptOptions::default()));
+        assert!(
+            futures::poll!(accept.as_mut()).is_pending(),
+            "accepted before the client's handshake ended"
+        );
+        std::thread::sleep(STALL);
+        (listener, accept.await)
+    });
+    let client = bounded("connect after a stall", 30, client).await;
+    let client = ok(
+        "connect after a stalled handshake",
+        client.expect("client task"),
+    );
+    let (_listener, server) = bounded("accept", 30, server).await.expect("server task");
+    let server = ok("accept", server);
+    other.await.expect("blocking task");
+    exchange(&client, &server, b"after a stalled handshake").await;
+}
+
+/// The same race at the accepting side's bound: the client's RTU (ESTABLISHED, for the
+/// listener) is in the channel when the process stalls; the accept's bound passes meanwhile.
+#[test]
+#[ignore = "needs an RDMA device"]
+fn a_runtime_stalled_while_accepting_still_accepts() {
+    run_bounded("stalled accept", 60, stalled_accept);
+}
+
+async fn stalled_accept() {
+    let listener = listen(7803).await;
+    let to = listener.local_addr();
+    drop(pair(&listener).await);
+
+    let other = block_a_worker(STALL + Duration::from_secs(2));
+    let server = tokio::spawn(async move {
+        let req = ok("request", listener.accept().await);
+        let opts = AcceptOptions {
+            timeout: SHORT,
+            ..AcceptOptions::default()
+        };
+        (listener, req.accept(opts).await)
+    });
+    // The client stalls the other worker as soon as its handshake ended (its RTU is sent),
+    // before anything routes the listener's ESTABLISHED.
+    let client = tokio::spawn(async move {
+        let conn = connect(to, ConnectOptions::default()).await;
+        std::thread::sleep(STALL);
+        conn
+    });
+    let client = bounded("connect", 30, client).await;
+    let client = ok("connect", client.expect("client task"));
+    let (_listener, server) = bounded("accept after a stall", 30, server)
+        .await
+        .expect("server task");
+    let server = ok("accept after a stall", server);
+    other.await.expect("blocking task");
+    exchange(&client, &server, b"after a stalled accept").await;
 }
