@@ -173,7 +173,10 @@ async fn serve(
     let inline = size <= MAX_INLINE;
     let mut pending: Option<OpFuture<Tx>> = None;
     loop {
-        let (m, ()) = tokio::try_join!(next(rx), finish(pending.take()))?;
+        let m = match pending.take() {
+            None => next(rx).await?,
+            Some(p) => tokio::try_join!(next(rx), finish(Some(p)))?.0,
+        };
         progress.step();
         let stop = is_stop(&m);
         let imm = m.imm();
