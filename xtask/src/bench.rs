@@ -190,6 +190,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     for check in table::checks(&perftest, &cases[0], &cases[2]) {
         summary += &format!("{check}\n");
     }
+    summary += &table::floor(&cases[2], "16 flows, shared state");
     summary += "  the same, with handlers that compute (a case beyond the issue's):\n";
     for check in table::shared_checks(&cases[3], "16 flows, handler work") {
         summary += &format!("{check}\n");
