@@ -10,6 +10,10 @@
 //! when the bound passes while the channel still holds events nobody has routed, the wait
 //! goes on in short grace periods until the driver has caught up: for at most the bound once
 //! more, so a channel that is never empty (other ids' events) cannot hold a wait for good.
+//!
+//! This covers answers the kernel had queued for this process when the bound passed. A stall
+//! of the whole machine (a paused VM) also holds the kernel's CM work, whose answer can then
+//! come after our bound.
 
 use std::future::Future;
 use std::task::Poll;
@@ -29,14 +33,17 @@ pub(crate) async fn within<F: Future>(
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
-    let mut until = Instant::now() + bound;
+    // A bound too far to represent is none (as `tokio::time::timeout` takes it).
+    let Some(mut until) = Instant::now().checked_add(bound) else {
+        return Some(fut.await);
+    };
     let mut last: Option<Instant> = None;
     loop {
         if let Ok(v) = tokio::time::timeout_at(until, fut.as_mut()).await {
             return Some(v);
         }
         let now = Instant::now();
-        let last = *last.get_or_insert(now + bound);
+        let last = *last.get_or_insert(now.checked_add(bound).unwrap_or(now));
         if now < last && unrouted() {
             until = (now + GRACE).min(last);
             continue;
@@ -67,6 +74,15 @@ mod tests {
         assert_eq!(r, Some(7));
         assert_eq!(asked.load(Ordering::Relaxed), 0);
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bound_too_far_to_represent_is_none() {
+        let answer = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            1
+        };
+        assert_eq!(within(Duration::MAX, || false, answer).await, Some(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdma_sys as ffi;
@@ -113,10 +113,11 @@ impl EventChannel {
     /// read (the fd is readable), or a drain is taking and routing some right now. One
     /// non-blocking `poll`: for the rare moment a bound on an answer passed (`crate::bound`),
     /// not for a hot path. A failed `poll` says no.
+    ///
+    /// The fd first, then the flag: an event gone from the fd by then was taken by a drain,
+    /// which set the flag before taking it; if the flag is clear again, that drain has routed
+    /// it (the caller then looks at its inbox once more).
     pub(crate) fn has_unrouted_events(&self) -> bool {
-        if self.routing.load(Ordering::Acquire) {
-            return true;
-        }
         let Some(fd) = self.fd.as_ref() else {
             return false;
         };
@@ -128,7 +129,12 @@ impl EventChannel {
         // SAFETY: one valid pollfd for a registered, open fd (closed only in Drop, after the
         // registration), a zero timeout: the call only reads the fd's state.
         let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & libc::POLLIN != 0
+        if n > 0 && p.revents & libc::POLLIN != 0 {
+            return true;
+        }
+        // Pairs with the fence in `Routing::start`: the flag is read after the fd's state.
+        fence(Ordering::SeqCst);
+        self.routing.load(Ordering::Acquire)
     }
 }
 
@@ -138,6 +144,8 @@ struct Routing<'a>(&'a AtomicBool);
 impl<'a> Routing<'a> {
     fn start(flag: &'a AtomicBool) -> Self {
         flag.store(true, Ordering::Release);
+        // Set before the first event is taken from the fd (`has_unrouted_events`).
+        fence(Ordering::SeqCst);
         Self(flag)
     }
 }

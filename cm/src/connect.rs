@@ -22,8 +22,9 @@ use crate::stream::{failure, next_raw, ConnectionEvents};
 /// Connects to a listener at `addr`: resolves the address and the route, creates the QP
 /// and CQ on the device the route leads to, and runs the CM handshake, each step bounded by
 /// its timeout in `opts` and the whole by `opts.timeout`. A stall of the process cannot fail a
-/// step the kernel or the peer answered in time: the resolutions end on the kernel's answer,
-/// and the timers of ours wait for the channel's events to be routed (`crate::bound`).
+/// step whose answer the kernel had queued in time: the resolutions end on the kernel's
+/// answer, and the timers of ours wait for the channel's events to be routed
+/// (`crate::bound`).
 ///
 /// Errors tell the cases apart: [`Error::Unreachable`] (no route, nobody answers),
 /// [`Error::Refused`] (nobody listens on that port), [`Error::Rejected`] (the peer

@@ -61,7 +61,8 @@ pub enum Error {
         step: Step,
         /// The peer.
         addr: SocketAddr,
-        /// The timeout that expired.
+        /// The timeout that expired: the configured bound, not the time waited (which can be
+        /// longer after a stall, or while the event channel was busy; see the options).
         after: Duration,
     },
     /// The connection is disconnected.
