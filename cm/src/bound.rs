@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::channel::EventChannel;
+
 /// How long the wait goes on each time the bound passes with events not yet routed.
 pub(crate) const GRACE: Duration = Duration::from_millis(10);
 
@@ -55,6 +57,15 @@ pub(crate) async fn within<F: Future>(
         })
         .await;
     }
+}
+
+/// [`within`] for an answer that reaches its id through `channel`.
+pub(crate) async fn for_answer<F: Future>(
+    channel: &EventChannel,
+    bound: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    within(bound, || channel.has_unrouted_events(), fut).await
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use rdma_sys as ffi;
 use tokio_rdma_core::{ActiveOpen, ConnectAction, ConnectFailure};
 
 use crate::addr::RawAddr;
-use crate::bound::within;
+use crate::bound::for_answer;
 use crate::channel::EventChannel;
 use crate::connection::{Connection, Parts};
 use crate::device::Device;
@@ -33,10 +33,9 @@ pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Connectio
     check_private_data(&opts.private_data, MAX_CONNECT_PRIVATE_DATA, "connect")?;
     let step = StepCell(Mutex::new(Step::ResolveAddr));
     let channel = current_channel()?;
-    let unrouted = || channel.has_unrouted_events();
-    match within(
+    match for_answer(
+        &channel,
         opts.timeout,
-        unrouted,
         attempt(addr, &opts, &step, &channel),
     )
     .await
@@ -129,8 +128,7 @@ async fn attempt(
     if !sent {
         return Err(Error::last_os("rdma_connect", format!("to {addr}")));
     }
-    let unrouted = || channel.has_unrouted_events();
-    let (private_data, params) = within(opts.connect_timeout, unrouted, async {
+    let (private_data, params) = for_answer(channel, opts.connect_timeout, async {
         loop {
             let e = next_raw(&mut events).await?;
             match open.handle(e.kind, e.status) {

@@ -126,7 +126,7 @@ pub(crate) async fn wait_established(
             }
         }
     };
-    crate::bound::within(timeout, || channel.has_unrouted_events(), wait)
+    crate::bound::for_answer(channel, timeout, wait)
         .await
         .ok_or(Error::TimedOut {
             step: crate::Step::Connect,

@@ -28,20 +28,19 @@ fn a_runtime_stalled_during_address_resolution_still_connects() {
     run_bounded("stalled address resolution", 60, stalled_resolution);
 }
 
-async fn stalled_resolution() {
-    let listener = listen(7801).await;
+/// A listener on `port`, after a first connection: the runtime's event channel and its driver
+/// task exist from then on.
+async fn warmed_listener(port: u16) -> (tokio_rdma_cm::Listener, std::net::SocketAddr) {
+    let listener = listen(port).await;
     let to = listener.local_addr();
-    // The runtime's event channel and its driver task exist from the first connection on.
     drop(pair(&listener).await);
+    (listener, to)
+}
 
+async fn stalled_resolution() {
+    let (listener, to) = warmed_listener(7801).await;
     // One worker stalls in a task of its own, for longer than the other.
-    let (started_tx, started) = mpsc::channel();
-    let other = tokio::spawn(async move {
-        started_tx.send(()).expect("test waits");
-        std::thread::sleep(STALL + Duration::from_secs(1));
-    });
-    // This thread (block_on's, not a worker) may block: nothing else waits on it yet.
-    started.recv().expect("blocking task started");
+    let other = block_a_worker(STALL + Duration::from_secs(1));
 
     // The other worker stalls in the connecting task, right after `connect` asked the kernel
     // to resolve the address: the kernel answers while nothing can run the channel's driver.
@@ -92,9 +91,7 @@ fn a_runtime_stalled_during_the_handshake_still_connects() {
 }
 
 async fn stalled_handshake() {
-    let listener = listen(7802).await;
-    let to = listener.local_addr();
-    drop(pair(&listener).await);
+    let (listener, to) = warmed_listener(7802).await;
 
     // One worker stalls for the whole setup; everything else runs on the other one.
     let other = block_a_worker(STALL + Duration::from_secs(2));
@@ -135,9 +132,7 @@ fn a_runtime_stalled_while_accepting_still_accepts() {
 }
 
 async fn stalled_accept() {
-    let listener = listen(7803).await;
-    let to = listener.local_addr();
-    drop(pair(&listener).await);
+    let (listener, to) = warmed_listener(7803).await;
 
     let other = block_a_worker(STALL + Duration::from_secs(2));
     let server = tokio::spawn(async move {
